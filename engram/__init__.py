@@ -1,0 +1,43 @@
+"""engram: layered memory for long-lived applications.
+
+    >>> from engram import Memory
+    >>> memory = Memory()  # doctest: +SKIP
+
+Memory moves from the sensory layer through working memory and episodes into a semantic knowledge base and on to an
+archive, each move a Prefect flow (see ``flows/``). This package is the domain core and imports no Prefect.
+"""
+
+from engram.errors import (
+    ArchiveError,
+    EngramError,
+    InvalidInput,
+    LeaseLost,
+    NotFound,
+    QualityGateFailed,
+    StoreError,
+)
+from engram.layers import Layer
+from engram.memory import DeletionReceipt, HistoryEntry, IngestReport, Item, Memory
+from engram.search import Hit
+from engram.settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchiveError",
+    "DeletionReceipt",
+    "EngramError",
+    "Hit",
+    "HistoryEntry",
+    "IngestReport",
+    "InvalidInput",
+    "Item",
+    "Layer",
+    "LeaseLost",
+    "Memory",
+    "NotFound",
+    "QualityGateFailed",
+    "Settings",
+    "StoreError",
+    "__version__",
+]

@@ -1,0 +1,70 @@
+"""The errors engram raises, all under one root.
+
+    EngramError
+    ├── InvalidInput          a value given to the API is wrong; names the field, the kind of value, what to do
+    ├── NotFound              an item or session that does not exist for this tenant
+    ├── QualityGateFailed     a Great Expectations suite failed for a whole batch; carries the validation result
+    ├── StoreError            the database failed (driver errors are translated into this at the store boundary)
+    │   └── LeaseLost         a claimed batch's lease expired or was taken by another worker
+    └── ArchiveError          the object storage failed or an archived file does not match its manifest
+
+Driver exceptions (SQLAlchemy, psycopg2, botocore, s3fs) never leave engram untranslated: the store and the archive
+adapters catch them in one place and raise one of the above with the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EngramError(Exception):
+    """Root of every error engram raises."""
+
+
+class InvalidInput(EngramError, ValueError):
+    """A value given to engram is wrong.
+
+    Attributes:
+        field: the name of the offending field (``tenant``, ``text``, ...).
+        reason: what is wrong with it and what to do, in one sentence.
+    """
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+class NotFound(EngramError, KeyError):
+    """The item, session or manifest does not exist for this tenant."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "not found"
+
+
+class QualityGateFailed(EngramError):
+    """A quality suite failed at batch level; nothing of the batch was written.
+
+    Attributes:
+        suite: the suite's name (``sensory_to_working``, ...).
+        failed: the names of the failed expectations.
+        result: the full validation result as a JSON-serialisable dict.
+    """
+
+    def __init__(self, suite: str, failed: list[str], result: dict[str, Any] | None = None):
+        self.suite = suite
+        self.failed = failed
+        self.result = result or {}
+        super().__init__(f"quality gate {suite!r} failed: {', '.join(failed)}")
+
+
+class StoreError(EngramError):
+    """The database failed; the original driver error is the ``__cause__``."""
+
+
+class LeaseLost(StoreError):
+    """A batch claimed under a lease can no longer be committed: the lease expired or moved."""
+
+
+class ArchiveError(EngramError):
+    """Object storage failed, or an archived file does not match its manifest."""

@@ -1,0 +1,579 @@
+"""``Memory``: engram's public Python API."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from engram.errors import InvalidInput, NotFound
+from engram.layers import Layer
+from engram.search import Hit, IndexRegistry, TenantIndex
+from engram.settings import Settings
+from engram.store import Store, new_id, stable_id, transition_row
+from engram.text import render
+from engram.validation import (
+    CleanEvent,
+    Limits,
+    check_opaque_id,
+    check_tags,
+    check_tenant,
+    raw_payload,
+    safe_tenant_label,
+    to_utc,
+    validate_event,
+)
+
+Clock = Callable[[], datetime]
+SEARCHABLE_LAYERS = tuple(layer.value for layer in Layer)
+MAX_QUERY_CHARS = 4_096
+MAX_LIMIT = 1_000
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What a bulk write did.
+
+    Attributes:
+        received: rows given.
+        accepted: rows written to the sensory layer for the first time.
+        duplicates: valid rows whose event id was already stored (idempotent resend).
+        quarantined: rows rejected, each stored in quarantine with its raw payload and reason.
+        reasons: rejected rows per field that was wrong.
+    """
+
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: IngestReport) -> IngestReport:
+        reasons = dict(self.reasons)
+        for k, v in other.reasons.items():
+            reasons[k] = reasons.get(k, 0) + v
+        return IngestReport(
+            self.received + other.received,
+            self.accepted + other.accepted,
+            self.duplicates + other.duplicates,
+            self.quarantined + other.quarantined,
+            reasons,
+        )
+
+
+@dataclass(frozen=True)
+class Item:
+    """One memory item as stored, in whichever layer holds it."""
+
+    tenant: str
+    item_id: str
+    layer: str
+    text: str
+    rendered: str
+    at: datetime
+    actor: str = ""
+    tags: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    session_id: str | None = None
+    version: int | None = None
+    support_count: int | None = None
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    superseded_by: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One step in an item's history: a move between layers by one flow run (or the event's arrival)."""
+
+    at: datetime
+    item_id: str
+    action: str
+    from_layer: str | None
+    to_layer: str | None
+    flow_run_id: str | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeletionReceipt:
+    """Proof that a forget happened, without the forgotten content.
+
+    Attributes:
+        receipt_id: the id under which the receipt is kept in the audit trail.
+        tenant: whose memory it was.
+        subject_sha256: the sha256 of the subject (``None`` for the whole tenant), never the subject itself.
+        removed: rows removed per table (and objects per archive location, once archived).
+        flow_run_id: the Prefect flow run that did it, when run as a flow.
+        at: when.
+    """
+
+    receipt_id: str
+    tenant: str
+    subject_sha256: str | None
+    removed: dict[str, int]
+    flow_run_id: str | None
+    at: datetime
+
+    @property
+    def total(self) -> int:
+        return sum(self.removed.values())
+
+
+class Memory:
+    """The memory of one application, all tenants, all layers.
+
+    Args:
+        store: URL of the hot store (``sqlite:///path.db`` or ``postgresql://user@host/db``); defaults to
+            ``ENGRAM_STORE_URL``, else SQLite in the user's data folder.
+        archive: URL of the archive (``file:///folder`` or ``s3://bucket/prefix``); defaults to
+            ``ENGRAM_ARCHIVE_URL``, else a folder beside the store.
+        settings: overrides the settings read from the environment.
+        clock: returns "now"; pass a fixed clock in tests (see ``engram.testing``).
+
+    Example:
+        >>> from engram import Memory
+        >>> memory = Memory("sqlite:///:memory:")  # doctest: +SKIP
+        >>> memory.observe("acme", "s1", "Caroline", "I moved to Lisbon", "2023-05-08T13:56:00Z")  # doctest: +SKIP
+        >>> [h.text for h in memory.search("acme", "where does Caroline live")]  # doctest: +SKIP
+        ['(8 May 2023) Caroline: I moved to Lisbon']
+    """
+
+    def __init__(
+        self,
+        store: str | None = None,
+        archive: str | None = None,
+        *,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+        migrate: bool = True,
+    ):
+        self.settings = settings or Settings()
+        self.store_url = store or self.settings.resolved_store_url()
+        self.archive_url = check_archive_url(archive or self.settings.resolved_archive_url())
+        self.clock: Clock = clock or utc_now
+        self.limits = Limits(self.settings.max_text_bytes, self.settings.max_metadata_bytes)
+        self.store = Store(self.store_url)
+        if migrate:
+            self.store.migrate()
+        self._indexes = IndexRegistry()
+
+    def __repr__(self) -> str:
+        return f"Memory(store={self.store.safe_url!r}, archive={self.archive_url!r})"
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.store.dispose()
+
+    def _now(self) -> datetime:
+        return to_utc(self.clock(), "clock")
+
+    # -- writing -----------------------------------------------------------------------------------------------
+
+    def observe(
+        self,
+        tenant: str,
+        session: str,
+        actor: str,
+        text: str,
+        at: datetime | str | float,
+        event_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record one input event in the sensory layer.
+
+        Idempotent on ``event_id``: sending the same id again stores nothing new and returns the id. Without an id,
+        one is derived from the event's content, so an exact resend is still a no-op.
+
+        Args:
+            tenant: whose memory this is (letters, digits, ``_``, ``-``).
+            session: the conversation or task the event belongs to.
+            actor: who spoke or acted.
+            text: what was said or done.
+            at: when (datetime, ISO-8601 string or epoch seconds; UTC when no offset is given).
+            event_id: the caller's idempotency key.
+            metadata: a JSON object; ``tags`` (list of strings) and ``scope`` (``"session"`` or ``"task"``) are
+                understood by engram.
+
+        Returns:
+            The event id.
+
+        Raises:
+            InvalidInput: naming the field that is wrong; nothing is stored.
+        """
+        event = validate_event(
+            {
+                "tenant": tenant,
+                "session": session,
+                "actor": actor,
+                "text": text,
+                "at": at,
+                "event_id": event_id,
+                "metadata": metadata,
+            },
+            self.limits,
+        )
+        self.store.add_events([_event_row(event)], self._now())
+        return event.event_id
+
+    def observe_many(self, rows: Any, *, batch_size: int | None = None) -> IngestReport:
+        """Record many events at once; bad rows go to quarantine, the valid ones of the same batch are kept.
+
+        Args:
+            rows: a pandas DataFrame or an iterable of mappings with the fields of ``observe`` (``session`` may be
+                given as ``session_id``).
+            batch_size: rows per database transaction (default ``ENGRAM_WRITE_BATCH_SIZE``).
+
+        Returns:
+            An ``IngestReport`` with the counts of accepted, duplicate and quarantined rows.
+        """
+        size = batch_size or self.settings.write_batch_size
+        report = IngestReport()
+        batch: list[Any] = []
+        for row in _iter_rows(rows):
+            batch.append(row)
+            if len(batch) >= size:
+                report += self._write_batch(batch)
+                batch = []
+        if batch:
+            report += self._write_batch(batch)
+        return report
+
+    def _write_batch(self, rows: Sequence[Any]) -> IngestReport:
+        now = self._now()
+        good: dict[tuple[str, str], CleanEvent] = {}
+        rejects: list[dict[str, Any]] = []
+        reasons: dict[str, int] = {}
+        in_batch_dupes = 0
+        for row in rows:
+            try:
+                event = validate_event(row, self.limits)
+            except InvalidInput as exc:
+                claimed = row.get("tenant") if isinstance(row, Mapping) else None
+                rejects.append(
+                    {
+                        "tenant": safe_tenant_label(claimed),
+                        "quarantine_id": new_id("q"),
+                        "source": "observe_many",
+                        "field": exc.field[:64],
+                        "reason": exc.reason,
+                        "raw_payload": raw_payload(row),
+                        "flow_run_id": None,
+                        "quarantined_at": now,
+                    }
+                )
+                reasons[exc.field] = reasons.get(exc.field, 0) + 1
+                continue
+            key = (event.tenant, event.event_id)
+            if key in good:
+                in_batch_dupes += 1
+                continue
+            good[key] = event
+        # Quarantine first: if the event write fails, the caller retries the batch and the rejects are not lost.
+        self.store.add_quarantine(rejects)
+        added = self.store.add_events([_event_row(e) for e in good.values()], now)
+        return IngestReport(
+            received=len(rows),
+            accepted=len(added),
+            duplicates=len(good) - len(added) + in_batch_dupes,
+            quarantined=len(rejects),
+            reasons=reasons,
+        )
+
+    def close_session(self, tenant: str, session: str, at: datetime | str | None = None) -> None:
+        """Ask for a session to be closed: the next ``close_sessions`` run turns it into an episode.
+
+        Raises:
+            InvalidInput: for a bad tenant or session id.
+        """
+        tenant = check_tenant(tenant)
+        session = check_opaque_id(session, "session")
+        when = self._now() if at is None else to_utc(at)
+        self.store.request_session_close(tenant, session, when)
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    def _index(self, tenant: str) -> TenantIndex:
+        index = self._indexes.get(tenant)
+        with index.lock:
+            seq, epoch, added, removed = self.store.index_changes(tenant, index.seq)
+            if index.epoch is not None and epoch != index.epoch:
+                # The tenant's memory was rewritten wholesale (forget): start over from the store.
+                index = self._indexes.reset(tenant)
+                seq, epoch, added, removed = self.store.index_changes(tenant, 0)
+            index.epoch = epoch
+            index.apply(seq, added, removed)
+        return index
+
+    def search(
+        self,
+        tenant: str,
+        query: str,
+        *,
+        limit: int = 20,
+        layers: Sequence[str | Layer] | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> list[Hit]:
+        """Find a tenant's memories that match ``query``.
+
+        Args:
+            tenant: whose memory to search; no search reads across tenants.
+            query: free text.
+            limit: the most hits to return (1-1000).
+            layers: restrict to these layers (default: every layer that holds searchable items).
+            since: only items at or after this time.
+            until: only items before this time.
+            tags: only items that carry every one of these tags.
+
+        Returns:
+            Hits, best first; each ``Hit.text`` carries the item's date and speaker.
+
+        Raises:
+            InvalidInput: naming the argument that is wrong.
+        """
+        tenant = check_tenant(tenant)
+        if not isinstance(query, str):
+            raise InvalidInput("query", f"must be a string, got {type(query).__name__}")
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidInput("query", f"is {len(query)} characters, over the limit of {MAX_QUERY_CHARS}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise InvalidInput("limit", f"must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
+        layer_names = _check_layers(layers)
+        since_dt = to_utc(since, "since") if since is not None else None
+        until_dt = to_utc(until, "until") if until is not None else None
+        tag_list = check_tags(list(tags) if tags is not None else None, "tags")
+        if not query.strip():
+            return []
+        index = self._index(tenant)
+        with index.lock:
+            found = index.search(query, limit, layer_names, since_dt, until_dt, tag_list)
+        sources = self._sources_for(tenant, [(layer, item_id) for _, layer, item_id, _ in found])
+        hits = [
+            Hit(
+                text=doc["rendered"],
+                layer=layer,
+                score=score,
+                at=doc["at"],
+                item_id=item_id,
+                sources=sources.get(item_id, (item_id,)),
+                tags=doc["tags"],
+            )
+            for score, layer, item_id, doc in found
+        ]
+        semantic = [h.item_id for h in hits if h.layer == Layer.SEMANTIC]
+        if semantic:
+            self.store.touch_accessed(tenant, semantic, self._now())
+        return hits
+
+    def _sources_for(self, tenant: str, keys: Sequence[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+        semantic = [item_id for layer, item_id in keys if layer == Layer.SEMANTIC]
+        return self.store.lineage_of(tenant, semantic) if semantic else {}
+
+    def get(self, tenant: str, item_id: str) -> Item:
+        """One item by id, from whichever layer holds it.
+
+        Raises:
+            NotFound: when the tenant has no such item.
+        """
+        tenant = check_tenant(tenant)
+        row = self.store.find_item(tenant, _check_item_id(item_id))
+        if row is None:
+            raise NotFound(f"tenant {tenant!r} has no item {item_id!r}")
+        at = row.get("at") or row.get("last_seen")
+        text = row["text"]
+        actor = row.get("actor") or ""
+        return Item(
+            tenant=tenant,
+            item_id=item_id,
+            layer=str(row["layer"].value if isinstance(row["layer"], Layer) else row["layer"]),
+            text=text,
+            rendered=row.get("rendered") or render(text, actor, at),
+            at=at,
+            actor=actor,
+            tags=tuple(row.get("tags") or ()),
+            sources=tuple(row.get("sources") or ()),
+            session_id=row.get("session_id"),
+            version=row.get("version"),
+            support_count=row.get("support_count"),
+            valid_from=row.get("valid_from"),
+            valid_to=row.get("valid_to"),
+            superseded_by=row.get("superseded_by"),
+        )
+
+    def history(self, tenant: str, item_id: str) -> list[HistoryEntry]:
+        """Where an item came from and every change since: its source events' arrival, each move between layers
+        with the flow run that made it, and every version of a semantic fact.
+
+        Raises:
+            NotFound: when the tenant has no such item and no audit rows for it.
+        """
+        tenant = check_tenant(tenant)
+        item_id = _check_item_id(item_id)
+        row = self.store.find_item(tenant, item_id)
+        ids: list[str] = [item_id]
+        sources: list[str] = []
+        if row is not None:
+            sources = list(row.get("sources") or [])
+            if row.get("fact_key"):
+                ids = [v["item_id"] for v in self.store.fact_versions(tenant, row["fact_key"])]
+                sources = sorted({s for i in ids for s in self.store.lineage_of(tenant, [i]).get(i, ())})
+        entries = [
+            HistoryEntry(
+                at=e["received_at"],
+                item_id=e["event_id"],
+                action="observe",
+                from_layer=None,
+                to_layer=Layer.SENSORY.value,
+                flow_run_id=None,
+                detail={"session": e["session_id"]},
+            )
+            for e in self.store.events_by_id(tenant, sources or ([item_id] if row is None else []))
+        ]
+        entries += [
+            HistoryEntry(
+                at=t["at"],
+                item_id=t["item_id"],
+                action=t["action"],
+                from_layer=t["from_layer"],
+                to_layer=t["to_layer"],
+                flow_run_id=t["flow_run_id"],
+                detail=t["detail"] or {},
+            )
+            for t in self.store.transitions_for(tenant, [*sources, *ids])
+        ]
+        if row is None and not entries:
+            raise NotFound(f"tenant {tenant!r} has no item {item_id!r} and no history for it")
+        entries.sort(key=lambda e: (e.at, e.action != "observe"))
+        return entries
+
+    def stats(self, tenant: str | None = None) -> dict[str, int]:
+        """How many items each layer holds (plus quarantined rows), for one tenant or all."""
+        if tenant is not None:
+            tenant = check_tenant(tenant)
+        return self.store.count_by_layer(tenant)
+
+    def forget(self, tenant: str, subject: str | None = None, *, flow_run_id: str | None = None) -> DeletionReceipt:
+        """Remove a subject's memories (every item whose text names it, and what was distilled from those), or a
+        tenant's whole memory when ``subject`` is None.
+
+        Returns:
+            A ``DeletionReceipt``: what was removed where, counted, without the content. The receipt is kept in the
+            audit trail under its own id.
+        """
+        tenant = check_tenant(tenant)
+        if subject is not None and (not isinstance(subject, str) or not subject.strip()):
+            raise InvalidInput("subject", "must be a non-empty string, or None to forget the whole tenant")
+        now = self._now()
+        removed = self.store.forget(tenant, subject, now, flow_run_id)
+        subject_hash = hashlib.sha256(subject.encode()).hexdigest() if subject is not None else None
+        receipt = DeletionReceipt(
+            receipt_id=stable_id("receipt", tenant, subject_hash or "*", now.isoformat()),
+            tenant=tenant,
+            subject_sha256=subject_hash,
+            removed=removed,
+            flow_run_id=flow_run_id,
+            at=now,
+        )
+        self.store.record_receipt(
+            transition_row(
+                tenant,
+                receipt.receipt_id,
+                None,
+                None,
+                "forget",
+                now,
+                flow_run_id,
+                0,
+                {"subject_sha256": subject_hash, "removed": removed},
+            )
+        )
+        self._indexes.drop(tenant)
+        return receipt
+
+    # -- orchestration -----------------------------------------------------------------------------------------
+
+    def run_lifecycle(self, as_of: datetime | str | None = None, *, tenant: str | None = None) -> dict[str, Any]:
+        """Run the lifecycle flow through Prefect (ingest, close sessions, expire, consolidate) and return its
+        summary. Uses the Prefect API configured in the environment, or a temporary local one.
+        """
+        from flows.lifecycle import lifecycle  # Prefect stays out of the domain core until it is asked for
+
+        when = to_utc(as_of, "as_of") if as_of is not None else None
+        if tenant is not None:
+            tenant = check_tenant(tenant)
+        return lifecycle(store_url=self.store_url, archive_url=self.archive_url, as_of=when, tenant=tenant)
+
+
+def _event_row(e: CleanEvent) -> dict[str, Any]:
+    metadata = dict(e.metadata)
+    return {
+        "tenant": e.tenant,
+        "event_id": e.event_id,
+        "session_id": e.session_id,
+        "actor": e.actor,
+        "text": e.text,
+        "at": e.at,
+        "metadata": metadata,
+    }
+
+
+def _iter_rows(rows: Any) -> Iterable[Any]:
+    """Rows of a DataFrame or an iterable, as dicts with NaN/NaT turned into None."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
+        columns = [str(c) for c in rows.columns]
+        for values in rows.itertuples(index=False, name=None):
+            yield {c: _none_if_nan(v) for c, v in zip(columns, values, strict=True)}
+        return
+    if isinstance(rows, (str, bytes, Mapping)):
+        raise InvalidInput("rows", "must be a DataFrame or an iterable of mappings, not a single value")
+    yield from rows
+
+
+def _none_if_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if value is not None and type(value).__name__ in ("NaTType", "NAType"):
+        return None
+    return value
+
+
+def _check_layers(layers: Sequence[str | Layer] | None) -> list[str] | None:
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        layers = [layers]
+    out = []
+    for layer in layers:
+        value = layer.value if isinstance(layer, Layer) else layer
+        if value not in SEARCHABLE_LAYERS:
+            raise InvalidInput("layers", f"unknown layer {str(value)[:40]!r}; use some of {SEARCHABLE_LAYERS}")
+        out.append(value)
+    return out
+
+
+def _check_item_id(item_id: Any) -> str:
+    if not isinstance(item_id, str) or not item_id or len(item_id) > 128:
+        raise InvalidInput("item_id", "must be an item id string as returned by search or get")
+    return item_id
+
+
+def check_archive_url(url: str) -> str:
+    """An archive location: ``file:///folder`` or ``s3://bucket/prefix``."""
+    if not isinstance(url, str) or not (url.startswith("file://") or url.startswith("s3://")):
+        raise InvalidInput("archive", f"must be a file:// or s3:// URL, got {str(url)[:80]!r}")
+    return url.rstrip("/")

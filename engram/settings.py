@@ -1,0 +1,53 @@
+"""engram's configuration: one place, read from ``ENGRAM_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from platformdirs import user_data_dir
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(user_data_dir("engram", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Settings for one engram installation.
+
+    Every field can be set with an ``ENGRAM_`` environment variable, e.g. ``ENGRAM_STORE_URL``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ENGRAM_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Folder for the embedded defaults.")
+    store_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the hot store; defaults to SQLite in data_dir."
+    )
+    archive_url: str | None = Field(
+        default=None,
+        description="file:// or s3://bucket/prefix URL of the archive; defaults to data_dir/archive.",
+    )
+    max_text_bytes: int = Field(default=65_536, gt=0, description="Largest accepted event text, in UTF-8 bytes.")
+    max_metadata_bytes: int = Field(default=16_384, gt=0, description="Largest accepted metadata, as JSON bytes.")
+    write_batch_size: int = Field(default=5_000, gt=0, description="Rows per INSERT batch in bulk writes.")
+    working_ttl_hours: float = Field(default=24.0, gt=0, description="Lifetime of task-scoped working memory.")
+    session_idle_minutes: float = Field(default=30.0, gt=0, description="Idle time after which a session closes.")
+
+    def resolved_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        return f"sqlite:///{self.data_dir / 'engram.db'}"
+
+    def resolved_archive_url(self) -> str:
+        if self.archive_url:
+            return self.archive_url
+        return (self.data_dir / "archive").resolve().as_uri()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

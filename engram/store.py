@@ -1,0 +1,879 @@
+"""The hot store: the only code in engram that speaks SQL.
+
+One ``Store`` wraps one SQLAlchemy engine (SQLite by default, PostgreSQL through a URL). Writes go through
+``Store.write()``, a transaction that translates driver errors into ``StoreError`` in one place; bulk writes are
+batched multi-row INSERTs with ``ON CONFLICT DO NOTHING`` (never one statement per row), which is also what makes them
+idempotent on their natural keys.
+
+Every write that touches a tenant first bumps that tenant's change counter (``tenant_state.seq``) under a row lock
+and stamps the rows it writes with the new value. Writers of one tenant are therefore serialised for the length of a
+transaction, so a reader that has seen counter N has seen every row stamped N or lower: the search index follows the
+counter to stay current without rebuilding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, and_, create_engine, event, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from engram.errors import StoreError
+from engram.layers import LEAVES_SOURCE_LAYER, Layer
+from engram.models import (
+    ArchiveManifest,
+    Episode,
+    EpisodeTurn,
+    Event,
+    Lineage,
+    QuarantinedRow,
+    SemanticItem,
+    SessionState,
+    TenantState,
+    Transition,
+    WorkingItem,
+)
+
+EVENTS: Table = Event.__table__  # type: ignore[attr-defined]
+SESSIONS: Table = SessionState.__table__  # type: ignore[attr-defined]
+WORKING: Table = WorkingItem.__table__  # type: ignore[attr-defined]
+EPISODES: Table = Episode.__table__  # type: ignore[attr-defined]
+TURNS: Table = EpisodeTurn.__table__  # type: ignore[attr-defined]
+SEMANTIC: Table = SemanticItem.__table__  # type: ignore[attr-defined]
+LINEAGE: Table = Lineage.__table__  # type: ignore[attr-defined]
+MANIFESTS: Table = ArchiveManifest.__table__  # type: ignore[attr-defined]
+TRANSITIONS: Table = Transition.__table__  # type: ignore[attr-defined]
+QUARANTINE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
+TENANTS: Table = TenantState.__table__  # type: ignore[attr-defined]
+
+# Rows per multi-row INSERT. SQLite allows 32,766 bound parameters per statement; the widest table has 14 columns.
+INSERT_CHUNK = 2_000
+
+
+def new_id(prefix: str) -> str:
+    """A random id for rows that have no natural key (quarantine, manifests)."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def stable_id(prefix: str, *parts: str) -> str:
+    """A deterministic id from its parts, so that a rerun writes the same row and the conflict clause skips it."""
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{prefix}-{digest[:32]}"
+
+
+def transition_row(
+    tenant: str,
+    item_id: str,
+    from_layer: Layer | None,
+    to_layer: Layer | None,
+    action: str,
+    at: datetime,
+    flow_run_id: str | None,
+    seq: int,
+    detail: Mapping[str, Any] | None = None,
+    key: str = "",
+) -> dict[str, Any]:
+    """One audit row. Its id derives from the move itself (plus ``key``), so a rerun of the move is a no-op."""
+    return {
+        "tenant": tenant,
+        "transition_id": stable_id("tr", tenant, item_id, str(from_layer or ""), str(to_layer or ""), action, key),
+        "item_id": item_id,
+        "from_layer": from_layer.value if from_layer else None,
+        "to_layer": to_layer.value if to_layer else None,
+        "action": action,
+        "flow_run_id": flow_run_id,
+        "at": at,
+        "detail": dict(detail or {}),
+        "seq": seq,
+    }
+
+
+def _sqlite_url_with_dirs(url: str) -> str:
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+class Store:
+    """The hot store behind one database URL.
+
+    Args:
+        url: a SQLAlchemy URL: ``sqlite:///path/to/engram.db`` or ``postgresql://user@host:5432/db``.
+
+    Example:
+        >>> store = Store("sqlite:///:memory:")  # doctest: +SKIP
+        >>> store.migrate()  # doctest: +SKIP
+    """
+
+    def __init__(self, url: str):
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url.removeprefix("postgres://")
+        self.url = url
+        try:
+            if url.startswith("sqlite"):
+                self.engine: Engine = create_engine(
+                    _sqlite_url_with_dirs(url),
+                    connect_args={"timeout": 60, "check_same_thread": False},
+                    # One file, many processes (flows run elsewhere): no pooled connection outlives its use.
+                    poolclass=NullPool,
+                )
+                self._setup_sqlite(self.engine)
+            else:
+                self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(f"cannot open the store at {self.safe_url}: {exc}") from exc
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password masked, for messages."""
+        try:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:  # an unparsable URL is shown as its scheme only
+            return self.url.split(":", 1)[0] + "://..."
+
+    @staticmethod
+    def _setup_sqlite(engine: Engine) -> None:
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" event issue BEGIN itself, so a write can ask for BEGIN IMMEDIATE: it takes the
+            # write lock up front instead of failing to upgrade a read lock halfway through a transaction.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("engram_write") else "BEGIN")
+
+    # -- schema ------------------------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the newest Alembic revision (idempotent)."""
+        from engram.migrations import upgrade_to_head
+
+        try:
+            upgrade_to_head(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the store at {self.safe_url}: {exc}") from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions ------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A read-write transaction; commits on success, rolls back and raises ``StoreError`` on a driver error."""
+        try:
+            with self.engine.connect() as conn:
+                conn.info["engram_write"] = True
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    conn.info.pop("engram_write", None)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"write to {self.safe_url} failed: {exc.__class__.__name__}: {exc}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction."""
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"read from {self.safe_url} failed: {exc.__class__.__name__}: {exc}") from exc
+
+    # -- generic bulk helpers ----------------------------------------------------------------------------------
+
+    def _insert(self, table: Table):  # noqa: ANN202 - dialect-specific Insert
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table)
+
+    def insert_ignore(self, conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert rows, skipping rows whose primary key exists; returns how many were inserted.
+
+        One compiled statement executed over the rows (the drivers batch it into multi-row VALUES), not a statement
+        per row and not a freshly compiled multi-row statement per chunk, which costs more than the insert itself.
+        """
+        if not rows:
+            return 0
+        pk = table.primary_key.columns.values()[0]
+        return len(self._insert_many(conn, table, rows, pk.name))
+
+    def _insert_many(
+        self, conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], *keys: str
+    ) -> list[tuple[Any, ...]]:
+        if self.dialect == "postgresql":
+            return self._copy_insert_many(conn, table, rows, keys)
+        stmt = self._insert(table).on_conflict_do_nothing().returning(*(table.c[k] for k in keys))
+        out: list[tuple[Any, ...]] = []
+        for start in range(0, len(rows), INSERT_CHUNK):
+            chunk = [dict(r) for r in rows[start : start + INSERT_CHUNK]]
+            out += [tuple(r) for r in conn.execute(stmt, chunk)]
+        return out
+
+    def _copy_insert_many(
+        self, conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """PostgreSQL: COPY the rows into a temporary table, then one INSERT ... SELECT ... ON CONFLICT.
+
+        COPY streams rows without building a statement; the driver's multi-row VALUES path spends more time parsing
+        its own placeholders than the server spends inserting.
+        """
+        import json
+
+        from sqlalchemy import JSON
+
+        columns = [c for c in table.columns if c.name in rows[0]]
+        names = ", ".join(f'"{c.name}"' for c in columns)
+        temp = f"engram_load_{table.name}"
+        is_json = [isinstance(c.type, JSON) for c in columns]
+        raw = conn.connection.dbapi_connection
+        with raw.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(
+                f'CREATE TEMP TABLE IF NOT EXISTS "{temp}" (LIKE "{table.name}" INCLUDING DEFAULTS) '
+                "ON COMMIT DELETE ROWS"
+            )
+            cur.execute(f'TRUNCATE "{temp}"')
+            with cur.copy(f'COPY "{temp}" ({names}) FROM STDIN') as copy:
+                for row in rows:
+                    copy.write_row(
+                        [
+                            json.dumps(row[c.name]) if j and row[c.name] is not None else row[c.name]
+                            for c, j in zip(columns, is_json, strict=True)
+                        ]
+                    )
+            returning = ", ".join(f'"{k}"' for k in keys)
+            cur.execute(
+                f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM "{temp}" '
+                f"ON CONFLICT DO NOTHING RETURNING {returning}"
+            )
+            out = [tuple(r) for r in cur.fetchall()]
+            cur.execute(f'TRUNCATE "{temp}"')
+        return out
+
+    def bump_seq(self, conn: Connection, tenants: Iterable[str], now: datetime) -> dict[str, int]:
+        """Advance each tenant's change counter, locking its row until the transaction ends."""
+        seqs: dict[str, int] = {}
+        for tenant in sorted(set(tenants)):  # sorted: two writers lock tenants in the same order, no deadlock
+            conn.execute(self._insert(TENANTS).values(tenant=tenant, seq=0, created_at=now).on_conflict_do_nothing())
+            seqs[tenant] = conn.execute(
+                update(TENANTS).where(TENANTS.c.tenant == tenant).values(seq=TENANTS.c.seq + 1).returning(TENANTS.c.seq)
+            ).scalar_one()
+        return seqs
+
+    def current_seq(self, conn: Connection, tenant: str) -> int:
+        return conn.execute(select(TENANTS.c.seq).where(TENANTS.c.tenant == tenant)).scalar() or 0
+
+    # -- sensory -----------------------------------------------------------------------------------------------
+
+    def add_events(self, events: Sequence[Mapping[str, Any]], now: datetime) -> set[tuple[str, str]]:
+        """Write events to the sensory layer; returns the (tenant, event_id) pairs that were new.
+
+        Args:
+            events: rows with the columns of ``events`` except ``received_at``, ``routed_at`` and ``seq``.
+        """
+        if not events:
+            return set()
+        with self.write() as conn:
+            seqs = self.bump_seq(conn, (e["tenant"] for e in events), now)
+            rows = [{**e, "received_at": now, "routed_at": None, "seq": seqs[e["tenant"]]} for e in events]
+            # RETURNING gives (tenant, event_id) of the rows that were inserted; duplicates are skipped by the
+            # conflict clause and counted by the caller.
+            added = {(t, e) for t, e in self._insert_many(conn, EVENTS, rows, "tenant", "event_id")}
+        return added
+
+    def add_quarantine(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Write rejected rows with their raw payload and reason."""
+        if not rows:
+            return 0
+        with self.write() as conn:
+            return self.insert_ignore(conn, QUARANTINE, rows)
+
+    def pending_events(self, limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` events still in the sensory layer, oldest first."""
+        query = select(EVENTS).where(EVENTS.c.routed_at.is_(None))
+        if tenant is not None:
+            query = query.where(EVENTS.c.tenant == tenant)
+        query = query.order_by(EVENTS.c.received_at, EVENTS.c.tenant, EVENTS.c.event_id).limit(limit)
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def route_events(
+        self,
+        working: Sequence[Mapping[str, Any]],
+        rejected: Sequence[Mapping[str, Any]],
+        now: datetime,
+        flow_run_id: str | None,
+    ) -> dict[str, int]:
+        """Move validated events to working memory and rejected ones to quarantine, in one transaction.
+
+        Only events still pending are moved (``routed_at IS NULL`` is re-checked under the write lock), so two
+        ingest runs that read the same batch move each event once.
+
+        Args:
+            working: working-item rows (``WorkingItem`` columns but ``seq``), one per event; ``item_id`` is the
+                event id.
+            rejected: ``{"tenant", "event_id", "field", "reason"}`` for events that failed the quality gate.
+
+        Returns:
+            counts: ``routed``, ``quarantined``, ``skipped`` (already moved by another run).
+        """
+        counts = {"routed": 0, "quarantined": 0, "skipped": 0}
+        if not working and not rejected:
+            return counts
+        tenants = {r["tenant"] for r in working} | {r["tenant"] for r in rejected}
+        with self.write() as conn:
+            seqs = self.bump_seq(conn, tenants, now)
+            claimed = self._claim_pending(conn, [(r["tenant"], r["item_id"]) for r in working], now)
+            claimed_rejects = self._claim_pending(conn, [(r["tenant"], r["event_id"]) for r in rejected], now)
+            keep = [dict(r, seq=seqs[r["tenant"]]) for r in working if (r["tenant"], r["item_id"]) in claimed]
+            self.insert_ignore(conn, WORKING, keep)
+            self._touch_sessions(conn, keep)
+            audit = [
+                transition_row(
+                    r["tenant"],
+                    r["item_id"],
+                    Layer.SENSORY,
+                    Layer.WORKING,
+                    "ingest",
+                    now,
+                    flow_run_id,
+                    seqs[r["tenant"]],
+                    {"session": r["session_id"]},
+                )
+                for r in keep
+            ]
+            bad = [r for r in rejected if (r["tenant"], r["event_id"]) in claimed_rejects]
+            if bad:
+                payloads = self._raw_events(conn, [(r["tenant"], r["event_id"]) for r in bad])
+                self.insert_ignore(
+                    conn,
+                    QUARANTINE,
+                    [
+                        {
+                            "tenant": r["tenant"],
+                            "quarantine_id": stable_id("q", r["tenant"], r["event_id"], "ingest"),
+                            "source": "ingest",
+                            "field": r["field"],
+                            "reason": r["reason"],
+                            "raw_payload": payloads.get((r["tenant"], r["event_id"]), "{}"),
+                            "flow_run_id": flow_run_id,
+                            "quarantined_at": now,
+                        }
+                        for r in bad
+                    ],
+                )
+                audit += [
+                    transition_row(
+                        r["tenant"],
+                        r["event_id"],
+                        Layer.SENSORY,
+                        None,
+                        "quarantine",
+                        now,
+                        flow_run_id,
+                        seqs[r["tenant"]],
+                        {"field": r["field"], "reason": r["reason"]},
+                    )
+                    for r in bad
+                ]
+            self.insert_ignore(conn, TRANSITIONS, audit)
+            counts["routed"] = len(keep)
+            counts["quarantined"] = len(bad)
+            counts["skipped"] = len(working) + len(rejected) - len(keep) - len(bad)
+        return counts
+
+    def _claim_pending(self, conn: Connection, keys: list[tuple[str, str]], now: datetime) -> set[tuple[str, str]]:
+        """Mark pending events as routed; returns the keys this transaction marked."""
+        claimed: set[tuple[str, str]] = set()
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, event_id in keys:
+            by_tenant.setdefault(tenant, []).append(event_id)
+        for tenant, ids in by_tenant.items():
+            for start in range(0, len(ids), INSERT_CHUNK):
+                chunk = ids[start : start + INSERT_CHUNK]
+                result = conn.execute(
+                    update(EVENTS)
+                    .where(EVENTS.c.tenant == tenant, EVENTS.c.event_id.in_(chunk), EVENTS.c.routed_at.is_(None))
+                    .values(routed_at=now)
+                    .returning(EVENTS.c.event_id)
+                )
+                claimed.update((tenant, r[0]) for r in result)
+        return claimed
+
+    def _raw_events(self, conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        import json
+
+        out: dict[tuple[str, str], str] = {}
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, event_id in keys:
+            by_tenant.setdefault(tenant, []).append(event_id)
+        for tenant, ids in by_tenant.items():
+            for r in conn.execute(select(EVENTS).where(EVENTS.c.tenant == tenant, EVENTS.c.event_id.in_(ids))):
+                m = r._mapping
+                out[(tenant, m["event_id"])] = json.dumps(
+                    {
+                        "tenant": m["tenant"],
+                        "event_id": m["event_id"],
+                        "session": m["session_id"],
+                        "actor": m["actor"],
+                        "text": m["text"],
+                        "at": m["at"].isoformat(),
+                        "metadata": m["metadata"],
+                    },
+                    ensure_ascii=True,
+                )
+        return out
+
+    def _touch_sessions(self, conn: Connection, working: Sequence[Mapping[str, Any]]) -> None:
+        """Create or extend the session rows of newly routed working items."""
+        spans: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+        for r in working:
+            if r.get("scope", "session") != "session":
+                continue
+            key = (r["tenant"], r["session_id"])
+            lo, hi = spans.get(key, (r["at"], r["at"]))
+            spans[key] = (min(lo, r["at"]), max(hi, r["at"]))
+        if not spans:
+            return
+        stmt = self._insert(SESSIONS)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[SESSIONS.c.tenant, SESSIONS.c.session_id],
+            set_={
+                "first_event_at": func.min(SESSIONS.c.first_event_at, stmt.excluded.first_event_at)
+                if self.dialect == "sqlite"
+                else func.least(SESSIONS.c.first_event_at, stmt.excluded.first_event_at),
+                "last_event_at": func.max(SESSIONS.c.last_event_at, stmt.excluded.last_event_at)
+                if self.dialect == "sqlite"
+                else func.greatest(SESSIONS.c.last_event_at, stmt.excluded.last_event_at),
+            },
+        )
+        rows = [
+            {"tenant": t, "session_id": s, "first_event_at": lo, "last_event_at": hi}
+            for (t, s), (lo, hi) in sorted(spans.items())
+        ]
+        for start in range(0, len(rows), INSERT_CHUNK):
+            conn.execute(stmt, rows[start : start + INSERT_CHUNK])
+
+    def request_session_close(self, tenant: str, session_id: str, at: datetime) -> None:
+        """Mark a session to be closed by the next ``close_sessions`` run, whether or not it has been ingested."""
+        stmt = self._insert(SESSIONS).values(
+            tenant=tenant, session_id=session_id, first_event_at=at, last_event_at=at, close_requested_at=at
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[SESSIONS.c.tenant, SESSIONS.c.session_id],
+            set_={"close_requested_at": stmt.excluded.close_requested_at},
+        )
+        with self.write() as conn:
+            conn.execute(stmt)
+
+    # -- search feed -------------------------------------------------------------------------------------------
+
+    def index_changes(
+        self, tenant: str, since_seq: int
+    ) -> tuple[int, int, list[dict[str, Any]], list[tuple[str, str, int]]]:
+        """What changed in a tenant's hot layers after ``since_seq``.
+
+        Returns:
+            (seq, epoch, added, removed): the tenant's counter and epoch now; the searchable documents written after
+            ``since_seq`` (each with ``layer``, ``item_id``, ``text``, ``actor``, ``at``, ``tags``, ``rendered``,
+            ``seq``); and (layer, item_id, seq) for each item that left a hot layer since then.
+        """
+        with self.read() as conn:
+            state = conn.execute(select(TENANTS.c.seq, TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).first()
+            seq, epoch = (state.seq, state.epoch) if state else (0, 0)
+            if seq <= since_seq:
+                return seq, epoch, [], []
+            added: list[dict[str, Any]] = []
+
+            def window(table: Table):  # noqa: ANN202
+                return and_(table.c.tenant == tenant, table.c.seq > since_seq, table.c.seq <= seq)
+
+            for r in conn.execute(
+                select(
+                    EVENTS.c.event_id,
+                    EVENTS.c.actor,
+                    EVENTS.c.text,
+                    EVENTS.c.at,
+                    EVENTS.c.metadata,
+                    EVENTS.c.seq,
+                ).where(window(EVENTS), EVENTS.c.routed_at.is_(None))
+            ):
+                tags = (r.metadata or {}).get("tags") or []
+                added.append(_doc(Layer.SENSORY, r.event_id, r.text, r.actor, r.at, tags, r.seq))
+            for r in conn.execute(
+                select(
+                    WORKING.c.item_id,
+                    WORKING.c.actor,
+                    WORKING.c.text,
+                    WORKING.c.at,
+                    WORKING.c.tags,
+                    WORKING.c.seq,
+                ).where(window(WORKING))
+            ):
+                added.append(_doc(Layer.WORKING, r.item_id, r.text, r.actor, r.at, r.tags, r.seq))
+            for r in conn.execute(
+                select(TURNS.c.item_id, TURNS.c.actor, TURNS.c.text, TURNS.c.at, TURNS.c.tags, TURNS.c.seq).where(
+                    window(TURNS), TURNS.c.archived_manifest_id.is_(None)
+                )
+            ):
+                added.append(_doc(Layer.EPISODIC, r.item_id, r.text, r.actor, r.at, r.tags, r.seq))
+            for r in conn.execute(
+                select(
+                    SEMANTIC.c.item_id,
+                    SEMANTIC.c.actor,
+                    SEMANTIC.c.text,
+                    SEMANTIC.c.rendered,
+                    SEMANTIC.c.last_seen,
+                    SEMANTIC.c.tags,
+                    SEMANTIC.c.seq,
+                ).where(window(SEMANTIC), SEMANTIC.c.valid_to.is_(None), SEMANTIC.c.archived_manifest_id.is_(None))
+            ):
+                added.append(_doc(Layer.SEMANTIC, r.item_id, r.text, r.actor, r.last_seen, r.tags, r.seq, r.rendered))
+            removed = [
+                (r.from_layer, r.item_id, r.seq)
+                for r in conn.execute(
+                    select(TRANSITIONS.c.from_layer, TRANSITIONS.c.item_id, TRANSITIONS.c.seq).where(
+                        window(TRANSITIONS),
+                        TRANSITIONS.c.from_layer.is_not(None),
+                        TRANSITIONS.c.action.in_(sorted(LEAVES_SOURCE_LAYER)),
+                    )
+                )
+            ]
+        return seq, epoch, added, removed
+
+    # -- reads -------------------------------------------------------------------------------------------------
+
+    def count_by_layer(self, tenant: str | None = None) -> dict[str, int]:
+        """How many items each layer holds, plus quarantined rows; for one tenant or all."""
+
+        def count(table: Table, *where: Any) -> int:
+            q = select(func.count()).select_from(table).where(*where)
+            if tenant is not None:
+                q = q.where(table.c.tenant == tenant)
+            return conn.execute(q).scalar_one()
+
+        with self.read() as conn:
+            return {
+                Layer.SENSORY.value: count(EVENTS, EVENTS.c.routed_at.is_(None)),
+                Layer.WORKING.value: count(WORKING),
+                Layer.EPISODIC.value: count(EPISODES, EPISODES.c.archived_manifest_id.is_(None)),
+                "episodic_turns": count(TURNS, TURNS.c.archived_manifest_id.is_(None)),
+                Layer.SEMANTIC.value: count(
+                    SEMANTIC, SEMANTIC.c.valid_to.is_(None), SEMANTIC.c.archived_manifest_id.is_(None)
+                ),
+                "semantic_versions": count(SEMANTIC, SEMANTIC.c.archived_manifest_id.is_(None)),
+                Layer.ARCHIVAL.value: count(SEMANTIC, SEMANTIC.c.archived_manifest_id.is_not(None))
+                + count(TURNS, TURNS.c.archived_manifest_id.is_not(None)),
+                "quarantine": count(QUARANTINE),
+                "events": count(EVENTS),
+            }
+
+    def tenants(self) -> list[str]:
+        with self.read() as conn:
+            return [r[0] for r in conn.execute(select(TENANTS.c.tenant).order_by(TENANTS.c.tenant))]
+
+    def find_item(self, tenant: str, item_id: str) -> dict[str, Any] | None:
+        """The item with this id in the highest layer that holds it, as a dict with a ``layer`` key."""
+        with self.read() as conn:
+            row = conn.execute(
+                select(SEMANTIC).where(SEMANTIC.c.tenant == tenant, SEMANTIC.c.item_id == item_id)
+            ).first()
+            if row is not None:
+                out = dict(row._mapping)
+                out["layer"] = Layer.ARCHIVAL if out["archived_manifest_id"] else Layer.SEMANTIC
+                out["sources"] = self._sources(conn, tenant, item_id)
+                return out
+            row = conn.execute(select(TURNS).where(TURNS.c.tenant == tenant, TURNS.c.item_id == item_id)).first()
+            if row is not None:
+                out = dict(row._mapping)
+                out["layer"] = Layer.ARCHIVAL if out["archived_manifest_id"] else Layer.EPISODIC
+                out["sources"] = [out["event_id"]]
+                return out
+            row = conn.execute(
+                select(EPISODES).where(EPISODES.c.tenant == tenant, EPISODES.c.episode_id == item_id)
+            ).first()
+            if row is not None:
+                out = dict(row._mapping)
+                out["layer"] = Layer.ARCHIVAL if out["archived_manifest_id"] else Layer.EPISODIC
+                out["item_id"] = item_id
+                out["text"] = out["summary"]
+                out["at"] = out["started_at"]
+                out["sources"] = [
+                    r[0]
+                    for r in conn.execute(
+                        select(TURNS.c.event_id)
+                        .where(TURNS.c.tenant == tenant, TURNS.c.episode_id == item_id)
+                        .order_by(TURNS.c.position)
+                    )
+                ]
+                return out
+            row = conn.execute(select(WORKING).where(WORKING.c.tenant == tenant, WORKING.c.item_id == item_id)).first()
+            if row is not None:
+                out = dict(row._mapping)
+                out["layer"] = Layer.WORKING
+                out["sources"] = [out["event_id"]]
+                return out
+            row = conn.execute(select(EVENTS).where(EVENTS.c.tenant == tenant, EVENTS.c.event_id == item_id)).first()
+            if row is not None:
+                out = dict(row._mapping)
+                out["layer"] = Layer.SENSORY
+                out["item_id"] = item_id
+                out["tags"] = (out.get("metadata") or {}).get("tags") or []
+                out["sources"] = [item_id]
+                return out
+        return None
+
+    def _sources(self, conn: Connection, tenant: str, item_id: str) -> list[str]:
+        return [
+            r[0]
+            for r in conn.execute(
+                select(LINEAGE.c.event_id)
+                .where(LINEAGE.c.tenant == tenant, LINEAGE.c.item_id == item_id)
+                .order_by(LINEAGE.c.event_id)
+            )
+        ]
+
+    def lineage_of(self, tenant: str, item_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """The source event ids of each item."""
+        out: dict[str, list[str]] = {}
+        ids = list(dict.fromkeys(item_ids))
+        with self.read() as conn:
+            for start in range(0, len(ids), INSERT_CHUNK):
+                for item_id, event_id in conn.execute(
+                    select(LINEAGE.c.item_id, LINEAGE.c.event_id)
+                    .where(LINEAGE.c.tenant == tenant, LINEAGE.c.item_id.in_(ids[start : start + INSERT_CHUNK]))
+                    .order_by(LINEAGE.c.item_id, LINEAGE.c.event_id)
+                ):
+                    out.setdefault(item_id, []).append(event_id)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def events_by_id(self, tenant: str, event_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Sensory rows (routed or not) by id."""
+        ids = list(dict.fromkeys(event_ids))
+        out: list[dict[str, Any]] = []
+        with self.read() as conn:
+            for start in range(0, len(ids), INSERT_CHUNK):
+                out += [
+                    dict(r._mapping)
+                    for r in conn.execute(
+                        select(EVENTS).where(
+                            EVENTS.c.tenant == tenant,
+                            EVENTS.c.event_id.in_(ids[start : start + INSERT_CHUNK]),
+                        )
+                    )
+                ]
+        return out
+
+    def record_receipt(self, row: Mapping[str, Any]) -> None:
+        """Keep a deletion receipt (a transition row with no layers) in the audit trail."""
+        with self.write() as conn:
+            seq = self.bump_seq(conn, [row["tenant"]], row["at"])[row["tenant"]]
+            self.insert_ignore(conn, TRANSITIONS, [dict(row, seq=seq)])
+
+    def transitions_for(self, tenant: str, item_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Every audit row of the given items, oldest first."""
+        if not item_ids:
+            return []
+        out: list[dict[str, Any]] = []
+        with self.read() as conn:
+            ids = list(dict.fromkeys(item_ids))
+            for start in range(0, len(ids), INSERT_CHUNK):
+                out += [
+                    dict(r._mapping)
+                    for r in conn.execute(
+                        select(TRANSITIONS).where(
+                            TRANSITIONS.c.tenant == tenant,
+                            TRANSITIONS.c.item_id.in_(ids[start : start + INSERT_CHUNK]),
+                        )
+                    )
+                ]
+        out.sort(key=lambda r: (r["at"], r["seq"], r["transition_id"]))
+        return out
+
+    def fact_versions(self, tenant: str, fact_key: str) -> list[dict[str, Any]]:
+        """Every version of a semantic fact, oldest first."""
+        with self.read() as conn:
+            return [
+                dict(r._mapping)
+                for r in conn.execute(
+                    select(SEMANTIC)
+                    .where(SEMANTIC.c.tenant == tenant, SEMANTIC.c.fact_key == fact_key)
+                    .order_by(SEMANTIC.c.version)
+                )
+            ]
+
+    def touch_accessed(self, tenant: str, item_ids: Sequence[str], now: datetime) -> None:
+        """Record that semantic items were returned by a search (feeds the retention policy)."""
+        if not item_ids:
+            return
+        with self.write() as conn:
+            conn.execute(
+                update(SEMANTIC)
+                .where(SEMANTIC.c.tenant == tenant, SEMANTIC.c.item_id.in_(list(item_ids)))
+                .values(last_accessed=now)
+            )
+
+    # -- forget ------------------------------------------------------------------------------------------------
+
+    def forget(self, tenant: str, subject: str | None, now: datetime, flow_run_id: str | None) -> dict[str, int]:
+        """Remove a tenant's memories about ``subject`` (or all of them) from every hot table, in one transaction.
+
+        A subject matches an item whose text contains it as a whole word, case-insensitively. Matching items are
+        removed with their lineage and their audit rows (which would otherwise keep ids that point at the content);
+        the caller writes the receipt. Returns the count removed per table.
+        """
+        from engram.text import mentions
+
+        removed: dict[str, int] = {}
+        with self.write() as conn:
+            self.bump_seq(conn, [tenant], now)
+            if subject is None:
+                for name, table in (
+                    ("events", EVENTS),
+                    ("working_items", WORKING),
+                    ("episode_turns", TURNS),
+                    ("episodes", EPISODES),
+                    ("sessions", SESSIONS),
+                    ("semantic_items", SEMANTIC),
+                    ("lineage", LINEAGE),
+                    ("transitions", TRANSITIONS),
+                    ("quarantine", QUARANTINE),
+                    ("archive_manifests", MANIFESTS),
+                ):
+                    removed[name] = conn.execute(table.delete().where(table.c.tenant == tenant)).rowcount or 0
+            else:
+                removed = self._forget_subject(conn, tenant, subject, mentions)
+            # The index follows the counter; a forget invalidates it wholesale by moving the tenant's epoch.
+            conn.execute(update(TENANTS).where(TENANTS.c.tenant == tenant).values(epoch=TENANTS.c.epoch + 1))
+        return removed
+
+    def _forget_subject(self, conn: Connection, tenant: str, subject: str, mentions: Any) -> dict[str, int]:
+        removed: dict[str, int] = {}
+        like = f"%{subject.lower()}%"
+
+        def matching(table: Table, id_col: str, *extra: str) -> list[Any]:
+            cols = [table.c[id_col], table.c.text, *(table.c[c] for c in extra)]
+            rows = conn.execute(
+                select(*cols).where(table.c.tenant == tenant, func.lower(table.c.text).like(like))
+            ).all()
+            return [r for r in rows if mentions(r.text, subject)]
+
+        events = matching(EVENTS, "event_id")
+        event_ids = {r.event_id for r in events}
+        working = matching(WORKING, "item_id")
+        turns = matching(TURNS, "item_id", "episode_id", "position")
+        semantic = matching(SEMANTIC, "item_id")
+        # An item distilled from a forgotten event goes with it even when it no longer names the subject.
+        if event_ids:
+            derived = set()
+            ids = sorted(event_ids)
+            for start in range(0, len(ids), INSERT_CHUNK):
+                derived.update(
+                    r[0]
+                    for r in conn.execute(
+                        select(LINEAGE.c.item_id).where(
+                            LINEAGE.c.tenant == tenant,
+                            LINEAGE.c.event_id.in_(ids[start : start + INSERT_CHUNK]),
+                        )
+                    )
+                )
+        else:
+            derived = set()
+        sem_ids = {r.item_id for r in semantic} | derived
+        all_ids = event_ids | {r.item_id for r in working} | {r.item_id for r in turns} | sem_ids
+
+        def delete_in(table: Table, col: str, ids: Iterable[str]) -> int:
+            ids = sorted(set(ids))
+            n = 0
+            for start in range(0, len(ids), INSERT_CHUNK):
+                n += (
+                    conn.execute(
+                        table.delete().where(
+                            table.c.tenant == tenant, table.c[col].in_(ids[start : start + INSERT_CHUNK])
+                        )
+                    ).rowcount
+                    or 0
+                )
+            return n
+
+        removed["events"] = delete_in(EVENTS, "event_id", event_ids)
+        removed["working_items"] = delete_in(WORKING, "item_id", {r.item_id for r in working} | event_ids)
+        removed["episode_turns"] = delete_in(TURNS, "item_id", {r.item_id for r in turns} | event_ids)
+        removed["semantic_items"] = delete_in(SEMANTIC, "item_id", sem_ids)
+        removed["lineage"] = delete_in(LINEAGE, "item_id", sem_ids) + delete_in(LINEAGE, "event_id", event_ids)
+        removed["transitions"] = delete_in(TRANSITIONS, "item_id", all_ids)
+        q = conn.execute(
+            select(QUARANTINE.c.quarantine_id, QUARANTINE.c.raw_payload).where(QUARANTINE.c.tenant == tenant)
+        ).all()
+        removed["quarantine"] = delete_in(
+            QUARANTINE, "quarantine_id", [r.quarantine_id for r in q if mentions(r.raw_payload, subject)]
+        )
+        # Episodes keep an extractive summary: rewrite the ones that quoted a forgotten turn.
+        ep_rows = conn.execute(
+            select(EPISODES.c.episode_id, EPISODES.c.summary).where(
+                EPISODES.c.tenant == tenant, func.lower(EPISODES.c.summary).like(like)
+            )
+        ).all()
+        for r in ep_rows:
+            if mentions(r.summary, subject):
+                kept = [s for s in r.summary.split("\n") if not mentions(s, subject)]
+                conn.execute(
+                    update(EPISODES)
+                    .where(EPISODES.c.tenant == tenant, EPISODES.c.episode_id == r.episode_id)
+                    .values(summary="\n".join(kept))
+                )
+        removed["episode_summaries_rewritten"] = len([r for r in ep_rows if mentions(r.summary, subject)])
+        return removed
+
+    def tenant_epoch(self, tenant: str) -> int:
+        """Changes when a tenant's memory is rewritten wholesale (forget): the index then rebuilds."""
+        with self.read() as conn:
+            return conn.execute(select(TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).scalar() or 0
+
+
+def _doc(
+    layer: Layer,
+    item_id: str,
+    text: str,
+    actor: str,
+    at: datetime,
+    tags: Sequence[str] | None,
+    seq: int,
+    rendered: str | None = None,
+) -> dict[str, Any]:
+    from engram.text import render
+
+    return {
+        "seq": seq,
+        "layer": layer.value,
+        "item_id": item_id,
+        "text": text,
+        "actor": actor,
+        "at": at,
+        "tags": list(tags or []),
+        "rendered": rendered or render(text, actor, at),
+    }

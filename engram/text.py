@@ -1,0 +1,34 @@
+"""Text helpers shared by search, consolidation and forget: rendering, tokens, subject matching."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def render_date(at: datetime) -> str:
+    """A date as people write it in prose: ``8 May 2023``."""
+    return f"{at.day} {at.strftime('%B')} {at.year}"
+
+
+def render(text: str, actor: str, at: datetime) -> str:
+    """How an item is handed to an application: ``(8 May 2023) Caroline: text``."""
+    speaker = f"{actor}: " if actor else ""
+    return f"({render_date(at)}) {speaker}{text}"
+
+
+def words(text: str) -> list[str]:
+    """Lower-case alphanumeric words."""
+    return _WORD.findall(text.lower())
+
+
+def mentions(text: str, subject: str) -> bool:
+    """Whether ``text`` names ``subject`` as whole words (case-insensitive); ``"Mel"`` does not match ``"Melanie"``."""
+    needle = words(subject)
+    if not needle:
+        return False
+    hay = words(text)
+    n = len(needle)
+    return any(hay[i : i + n] == needle for i in range(len(hay) - n + 1))

@@ -1,0 +1,122 @@
+"""The public API on both store backends: observe, idempotency, search filters, get, history, stats, forget."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from engram import InvalidInput, Memory, NotFound
+from tests.conftest import T0
+
+
+def test_observe_is_idempotent_on_event_id(memory: Memory) -> None:
+    first = memory.observe("acme", "s1", "Caroline", "I moved to Lisbon", T0, event_id="e1")
+    again = memory.observe("acme", "s1", "Caroline", "I moved to Lisbon", T0, event_id="e1")
+    assert first == again == "e1"
+    assert memory.stats("acme")["sensory"] == 1
+
+
+def test_observe_without_event_id_derives_a_stable_one(memory: Memory) -> None:
+    a = memory.observe("acme", "s1", "Caroline", "hello there", T0)
+    b = memory.observe("acme", "s1", "Caroline", "hello there", T0)
+    c = memory.observe("acme", "s1", "Caroline", "hello there", T0 + timedelta(seconds=1))
+    assert a == b != c
+    assert memory.stats("acme")["sensory"] == 2
+
+
+def test_search_renders_date_and_speaker_and_keeps_tenants_apart(memory: Memory) -> None:
+    memory.observe("acme", "s1", "Caroline", "I adopted a dog named Rex", T0, event_id="e1")
+    memory.observe("other", "s9", "Mallory", "my dog Rex is a secret", T0, event_id="e1")
+    hits = memory.search("acme", "dog Rex")
+    assert [h.item_id for h in hits] == ["e1"]
+    assert hits[0].text == "(1 March 2024) Caroline: I adopted a dog named Rex"
+    assert hits[0].sources == ("e1",)
+    assert hits[0].layer == "sensory"
+    assert all("Mallory" not in h.text for h in hits)
+
+
+def test_search_sees_writes_made_after_the_index_was_built(memory: Memory) -> None:
+    memory.observe("acme", "s1", "A", "the first note about kayaks", T0, event_id="e1")
+    assert len(memory.search("acme", "kayaks")) == 1
+    memory.observe("acme", "s1", "A", "a second note about kayaks", T0, event_id="e2")
+    assert {h.item_id for h in memory.search("acme", "kayaks")} == {"e1", "e2"}
+
+
+def test_search_filters_by_time_and_tags(memory: Memory) -> None:
+    memory.observe("acme", "s1", "A", "paris trip planning", T0, event_id="old", metadata={"tags": ["travel"]})
+    memory.observe(
+        "acme",
+        "s1",
+        "A",
+        "paris trip booked",
+        T0 + timedelta(days=2),
+        event_id="new",
+        metadata={"tags": ["travel", "done"]},
+    )
+    memory.observe("acme", "s1", "A", "paris museum list", T0 + timedelta(days=3), event_id="untagged")
+    assert {h.item_id for h in memory.search("acme", "paris", since=T0 + timedelta(days=1))} == {
+        "new",
+        "untagged",
+    }
+    assert {h.item_id for h in memory.search("acme", "paris", until=T0 + timedelta(days=1))} == {"old"}
+    assert {h.item_id for h in memory.search("acme", "paris", tags=["travel"])} == {"old", "new"}
+    assert {h.item_id for h in memory.search("acme", "paris", tags=["travel", "done"])} == {"new"}
+    assert memory.search("acme", "paris", layers=["semantic"]) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"limit": 0}, "limit"),  # a search that can return nothing is a caller bug
+        ({"limit": "5"}, "limit"),  # wrong type, not coerced
+        ({"layers": ["attic"]}, "layers"),  # unknown layer
+        ({"tags": ["a b"]}, "tags"),  # spaces are not allowed in tags
+        ({"since": "yesterday"}, "since"),  # not ISO-8601
+    ],
+)
+def test_search_rejects_bad_arguments_naming_them(memory: Memory, kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        memory.search("acme", "anything", **kwargs)
+    assert err.value.field == field
+
+
+def test_get_and_history_of_an_event(memory: Memory) -> None:
+    memory.observe("acme", "s1", "Caroline", "I moved to Lisbon", T0, event_id="e1")
+    item = memory.get("acme", "e1")
+    assert (item.layer, item.actor, item.session_id, item.text) == (
+        "sensory",
+        "Caroline",
+        "s1",
+        "I moved to Lisbon",
+    )
+    history = memory.history("acme", "e1")
+    assert [(h.action, h.to_layer) for h in history] == [("observe", "sensory")]
+    with pytest.raises(NotFound):
+        memory.get("acme", "nope")
+    with pytest.raises(NotFound):
+        memory.get("other", "e1")  # another tenant's id is not found, not leaked
+
+
+def test_forget_subject_removes_it_everywhere_and_leaves_the_rest(memory: Memory) -> None:
+    memory.observe("acme", "s1", "Caroline", "Melanie paints sunsets", T0, event_id="e1")
+    memory.observe("acme", "s1", "Caroline", "I run on Sundays", T0, event_id="e2")
+    memory.observe("acme", "s1", "Caroline", "Mel is a nickname, not Melanie's friend", T0, event_id="e3")
+    assert memory.search("acme", "Melanie")  # builds the index before the forget
+    receipt = memory.forget("acme", "Melanie")
+    assert receipt.removed["events"] == 2
+    assert receipt.subject_sha256 is not None and "Melanie" not in repr(receipt)
+    assert memory.search("acme", "Melanie paints") == []
+    assert [h.item_id for h in memory.search("acme", "Sundays")] == ["e2"]
+    assert memory.stats("acme")["sensory"] == 1
+
+
+def test_stats_counts_per_layer(memory: Memory) -> None:
+    memory.observe_many(
+        [
+            {"tenant": t, "session": "s", "actor": "a", "text": f"x {i}", "at": T0, "event_id": f"e{i}"}
+            for i, t in enumerate(["a", "a", "b"])
+        ]
+    )
+    assert memory.stats("a")["sensory"] == 2
+    assert memory.stats()["sensory"] == 3
