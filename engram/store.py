@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, Table, and_, case, create_engine, event, func, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -469,6 +469,13 @@ class Store:
                 "last_event_at": func.max(SESSIONS.c.last_event_at, stmt.excluded.last_event_at)
                 if self.dialect == "sqlite"
                 else func.greatest(SESSIONS.c.last_event_at, stmt.excluded.last_event_at),
+                # New turns reopen a session that was already turned into an episode; a close asked for after the
+                # newest turn still stands, an older one does not.
+                "episode_id": None,
+                "close_requested_at": case(
+                    (SESSIONS.c.close_requested_at >= stmt.excluded.last_event_at, SESSIONS.c.close_requested_at),
+                    else_=None,
+                ),
             },
         )
         rows = [
@@ -489,6 +496,507 @@ class Store:
         )
         with self.write() as conn:
             conn.execute(stmt)
+
+    # -- leases -----------------------------------------------------------------------------------------------
+
+    def _claim(
+        self,
+        table: Table,
+        key_cols: Sequence[str],
+        ready: Any,
+        order_by: Any,
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        tenant: str | None,
+    ) -> list[tuple[str, ...]]:
+        """Lease up to ``limit`` ready rows of ``table`` to ``owner``; returns their keys.
+
+        A lease is a pair of columns (owner, expiry) set in one statement, so it survives the process that took it
+        and expires by itself when that process dies. Leases use the wall clock, never a flow's ``as_of``. On
+        PostgreSQL, ``FOR UPDATE SKIP LOCKED`` lets two claimers take disjoint rows at the same time; SQLite
+        serialises writers, which has the same effect.
+        """
+        from datetime import UTC, timedelta
+
+        now = datetime.now(UTC)
+        keys = [table.c[k] for k in key_cols]
+        free = or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now)
+        pick = select(*keys).where(ready, free)
+        if tenant is not None:
+            pick = pick.where(table.c.tenant == tenant)
+        pick = pick.order_by(*order_by).limit(limit)
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        with self.write() as conn:
+            result = conn.execute(
+                update(table)
+                .where(tuple_(*keys).in_(pick))
+                .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
+                .returning(*keys)
+            )
+            return sorted(tuple(r) for r in result)
+
+    def _check_leases(
+        self, conn: Connection, table: Table, key_cols: Sequence[str], keys: Sequence[tuple[str, ...]], owner: str
+    ) -> None:
+        """Raise ``LeaseLost`` unless every key is still leased to ``owner`` (checked under the write lock)."""
+        from engram.errors import LeaseLost
+
+        held = 0
+        cols = [table.c[k] for k in key_cols]
+        for start in range(0, len(keys), INSERT_CHUNK):
+            chunk = list(keys[start : start + INSERT_CHUNK])
+            held += conn.execute(
+                select(func.count()).select_from(table).where(tuple_(*cols).in_(chunk), table.c.lease_owner == owner)
+            ).scalar_one()
+        if held != len(keys):
+            raise LeaseLost(
+                f"{len(keys) - held} of {len(keys)} claimed {table.name} rows were taken over by another worker; "
+                "this batch was not written and will be done by the new holder"
+            )
+
+    # -- working -> episodic -------------------------------------------------------------------------------------
+
+    def claim_sessions_to_close(
+        self,
+        as_of: datetime,
+        idle_seconds: float,
+        owner: str,
+        lease_seconds: float = 300,
+        limit: int = 500,
+        tenant: str | None = None,
+    ) -> list[tuple[str, str]]:
+        """Lease sessions that are over: closed explicitly at or before ``as_of``, or idle for ``idle_seconds``."""
+        from datetime import timedelta
+
+        cutoff = as_of - timedelta(seconds=idle_seconds)
+        ready = and_(
+            SESSIONS.c.episode_id.is_(None),
+            or_(
+                and_(SESSIONS.c.close_requested_at.is_not(None), SESSIONS.c.close_requested_at <= as_of),
+                SESSIONS.c.last_event_at < cutoff,
+            ),
+        )
+        return self._claim(
+            SESSIONS, ("tenant", "session_id"), ready, (SESSIONS.c.last_event_at,), owner, lease_seconds, limit, tenant
+        )
+
+    def close_sessions(
+        self,
+        sessions: Sequence[tuple[str, str]],
+        owner: str,
+        as_of: datetime,
+        flow_run_id: str | None,
+        summarize: Any,
+    ) -> dict[str, int]:
+        """Turn leased sessions into episodes: their working items become ordered turns, in one transaction.
+
+        Args:
+            summarize: ``f(turns DataFrame) -> str``, the extractive summary (``engram.consolidate``).
+
+        Returns:
+            counts: ``episodes``, ``turns``, ``empty`` (sessions that had no working items left).
+        """
+        import pandas as pd
+
+        counts = {"episodes": 0, "turns": 0, "empty": 0}
+        if not sessions:
+            return counts
+        with self.write() as conn:
+            seqs = self.bump_seq(conn, {t for t, _ in sessions}, as_of)
+            self._check_leases(conn, SESSIONS, ("tenant", "session_id"), sessions, owner)
+            items: list[dict[str, Any]] = []
+            for start in range(0, len(sessions), INSERT_CHUNK):
+                chunk = list(sessions[start : start + INSERT_CHUNK])
+                items += [
+                    dict(r._mapping)
+                    for r in conn.execute(
+                        select(WORKING).where(
+                            tuple_(WORKING.c.tenant, WORKING.c.session_id).in_(chunk), WORKING.c.scope == "session"
+                        )
+                    )
+                ]
+            by_session: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for it in items:
+                by_session.setdefault((it["tenant"], it["session_id"]), []).append(it)
+            episodes, turns, audit, closed = [], [], [], []
+            for tenant, session_id in sessions:
+                rows = sorted(by_session.get((tenant, session_id), []), key=lambda r: (r["at"], r["item_id"]))
+                if not rows:
+                    counts["empty"] += 1
+                    closed.append({"t": tenant, "s": session_id, "e": ""})
+                    continue
+                episode_id = stable_id("ep", tenant, session_id, rows[0]["item_id"])
+                ep_turns = [
+                    {
+                        "tenant": tenant,
+                        "episode_id": episode_id,
+                        "position": i,
+                        "item_id": r["item_id"],
+                        "event_id": r["event_id"],
+                        "actor": r["actor"],
+                        "text": r["text"],
+                        "at": r["at"],
+                        "tags": r["tags"],
+                        "metadata": r["metadata"],
+                        "archived_manifest_id": None,
+                        "seq": seqs[tenant],
+                    }
+                    for i, r in enumerate(rows)
+                ]
+                tags = sorted({t for r in rows for t in (r["tags"] or [])})
+                episodes.append(
+                    {
+                        "tenant": tenant,
+                        "episode_id": episode_id,
+                        "session_id": session_id,
+                        "started_at": rows[0]["at"],
+                        "ended_at": rows[-1]["at"],
+                        "participants": list(dict.fromkeys(r["actor"] for r in rows)),
+                        "summary": summarize(pd.DataFrame(ep_turns)),
+                        "turn_count": len(rows),
+                        "tags": tags,
+                        "created_run_id": flow_run_id,
+                        "consolidated_at": None,
+                        "consolidated_run_id": None,
+                        "lease_owner": None,
+                        "lease_expires_at": None,
+                        "archived_manifest_id": None,
+                        "seq": seqs[tenant],
+                    }
+                )
+                turns += ep_turns
+                audit += [
+                    transition_row(
+                        tenant,
+                        r["item_id"],
+                        Layer.WORKING,
+                        Layer.EPISODIC,
+                        "close_session",
+                        as_of,
+                        flow_run_id,
+                        seqs[tenant],
+                        {"episode_id": episode_id, "position": r["position"]},
+                    )
+                    for r in ep_turns
+                ]
+                closed.append({"t": tenant, "s": session_id, "e": episode_id})
+            self.insert_ignore(conn, EPISODES, episodes)
+            self.insert_ignore(conn, TURNS, turns)
+            self.insert_ignore(conn, TRANSITIONS, audit)
+            keys = [(r["tenant"], r["item_id"]) for r in items]
+            for start in range(0, len(keys), INSERT_CHUNK):
+                conn.execute(
+                    WORKING.delete().where(
+                        tuple_(WORKING.c.tenant, WORKING.c.item_id).in_(keys[start : start + INSERT_CHUNK])
+                    )
+                )
+            for c in closed:
+                conn.execute(
+                    update(SESSIONS)
+                    .where(SESSIONS.c.tenant == c["t"], SESSIONS.c.session_id == c["s"])
+                    .values(episode_id=c["e"], lease_owner=None, lease_expires_at=None)
+                )
+            counts["episodes"] = len(episodes)
+            counts["turns"] = len(turns)
+        return counts
+
+    def expire_working(
+        self, as_of: datetime, flow_run_id: str | None, limit: int = 5_000, tenant: str | None = None
+    ) -> int:
+        """Discard working items past their TTL that belong to no open session; each discard is audited.
+
+        Task-scoped items are scratch memory and never become episodes; a session-scoped item can only be left
+        behind by a session that was already turned into an episode.
+        """
+        closed_session = (
+            select(SESSIONS.c.session_id)
+            .where(
+                SESSIONS.c.tenant == WORKING.c.tenant,
+                SESSIONS.c.session_id == WORKING.c.session_id,
+                SESSIONS.c.episode_id.is_not(None),
+            )
+            .exists()
+        )
+        query = select(WORKING.c.tenant, WORKING.c.item_id, WORKING.c.scope, WORKING.c.expires_at).where(
+            WORKING.c.expires_at <= as_of, or_(WORKING.c.scope == "task", closed_session)
+        )
+        if tenant is not None:
+            query = query.where(WORKING.c.tenant == tenant)
+        query = query.order_by(WORKING.c.expires_at).limit(limit)
+        with self.write() as conn:
+            rows = conn.execute(query).all()
+            if not rows:
+                return 0
+            seqs = self.bump_seq(conn, {r.tenant for r in rows}, as_of)
+            self.insert_ignore(
+                conn,
+                TRANSITIONS,
+                [
+                    transition_row(
+                        r.tenant,
+                        r.item_id,
+                        Layer.WORKING,
+                        None,
+                        "expire",
+                        as_of,
+                        flow_run_id,
+                        seqs[r.tenant],
+                        {"scope": r.scope, "expired_at": r.expires_at.isoformat()},
+                    )
+                    for r in rows
+                ],
+            )
+            keys = [(r.tenant, r.item_id) for r in rows]
+            for start in range(0, len(keys), INSERT_CHUNK):
+                conn.execute(
+                    WORKING.delete().where(
+                        tuple_(WORKING.c.tenant, WORKING.c.item_id).in_(keys[start : start + INSERT_CHUNK])
+                    )
+                )
+        return len(rows)
+
+    # -- episodic -> semantic ----------------------------------------------------------------------------------
+
+    def claim_episodes(
+        self, as_of: datetime, owner: str, lease_seconds: float = 300, limit: int = 200, tenant: str | None = None
+    ) -> list[tuple[str, str]]:
+        """Lease episodes that ended by ``as_of`` and are not consolidated yet."""
+        ready = and_(
+            EPISODES.c.consolidated_at.is_(None),
+            EPISODES.c.archived_manifest_id.is_(None),
+            EPISODES.c.ended_at <= as_of,
+        )
+        return self._claim(
+            EPISODES,
+            ("tenant", "episode_id"),
+            ready,
+            (EPISODES.c.ended_at, EPISODES.c.episode_id),
+            owner,
+            lease_seconds,
+            limit,
+            tenant,
+        )
+
+    def load_episodes(self, keys: Sequence[tuple[str, str]]) -> tuple[Any, Any]:
+        """The episodes and their turns, as DataFrames in the consolidation contract's columns."""
+        import pandas as pd
+
+        episodes: list[dict[str, Any]] = []
+        turns: list[dict[str, Any]] = []
+        with self.read() as conn:
+            for start in range(0, len(keys), INSERT_CHUNK):
+                chunk = list(keys[start : start + INSERT_CHUNK])
+                episodes += [
+                    dict(r._mapping)
+                    for r in conn.execute(
+                        select(EPISODES).where(tuple_(EPISODES.c.tenant, EPISODES.c.episode_id).in_(chunk))
+                    )
+                ]
+                turns += [
+                    dict(r._mapping)
+                    for r in conn.execute(
+                        select(TURNS)
+                        .where(tuple_(TURNS.c.tenant, TURNS.c.episode_id).in_(chunk))
+                        .order_by(TURNS.c.tenant, TURNS.c.episode_id, TURNS.c.position)
+                    )
+                ]
+        return pd.DataFrame(episodes), pd.DataFrame(turns)
+
+    def commit_consolidation(
+        self,
+        episodes: Sequence[tuple[str, str]],
+        candidates: Any,
+        owner: str,
+        as_of: datetime,
+        flow_run_id: str | None,
+        plan: Any,
+        embed: Any = None,
+    ) -> dict[str, int]:
+        """Apply a batch's candidate facts to the semantic layer and mark its episodes consolidated, atomically.
+
+        The plan is made inside the transaction, after the tenant's row lock is held, from the current items as
+        they are then: two consolidations of different episodes that distil the same fact cannot both create it.
+        The episodes' leases are checked under the same lock; a lost lease rolls everything back.
+
+        Args:
+            candidates: the consolidator's DataFrame (``engram.consolidate.FACT_COLUMNS``).
+            plan: ``engram.consolidate.plan_changes``.
+            embed: optional ``f(list[str]) -> list[bytes]`` run on the texts of new items.
+        """
+        import pandas as pd
+
+        counts = {"episodes": 0, "candidates": int(len(candidates)), "new": 0, "merged": 0, "superseded": 0}
+        if not episodes:
+            return counts
+        tenants = {t for t, _ in episodes}
+        with self.write() as conn:
+            seqs = self.bump_seq(conn, tenants, as_of)
+            self._check_leases(conn, EPISODES, ("tenant", "episode_id"), episodes, owner)
+            existing_rows: list[dict[str, Any]] = []
+            if len(candidates):
+                keys = sorted({(r.tenant, r.fact_key) for r in candidates[["tenant", "fact_key"]].itertuples()})
+                for start in range(0, len(keys), INSERT_CHUNK):
+                    existing_rows += [
+                        dict(r._mapping)
+                        for r in conn.execute(
+                            select(SEMANTIC).where(
+                                tuple_(SEMANTIC.c.tenant, SEMANTIC.c.fact_key).in_(keys[start : start + INSERT_CHUNK]),
+                                SEMANTIC.c.valid_to.is_(None),
+                            )
+                        )
+                    ]
+            existing = pd.DataFrame(existing_rows)
+            if len(existing):
+                lineage: dict[tuple[str, str], list[str]] = {}
+                ids = [(r["tenant"], r["item_id"]) for r in existing_rows]
+                for start in range(0, len(ids), INSERT_CHUNK):
+                    for r in conn.execute(
+                        select(LINEAGE.c.tenant, LINEAGE.c.item_id, LINEAGE.c.event_id).where(
+                            tuple_(LINEAGE.c.tenant, LINEAGE.c.item_id).in_(ids[start : start + INSERT_CHUNK])
+                        )
+                    ):
+                        lineage.setdefault((r.tenant, r.item_id), []).append(r.event_id)
+                existing["sources"] = [lineage.get((r["tenant"], r["item_id"]), []) for r in existing_rows]
+            changes = plan(candidates, existing, as_of) if len(candidates) else None
+            episode_of = self._episode_of_events(conn, episodes)
+            if changes is not None:
+                self._apply_plan(conn, changes, existing_rows, seqs, as_of, flow_run_id, episode_of, embed)
+                counts.update({k: v for k, v in changes.counts.items()})
+            done = 0
+            for start in range(0, len(episodes), INSERT_CHUNK):
+                chunk = list(episodes[start : start + INSERT_CHUNK])
+                done += (
+                    conn.execute(
+                        update(EPISODES)
+                        .where(
+                            tuple_(EPISODES.c.tenant, EPISODES.c.episode_id).in_(chunk), EPISODES.c.lease_owner == owner
+                        )
+                        .values(
+                            consolidated_at=as_of,
+                            consolidated_run_id=flow_run_id,
+                            lease_owner=None,
+                            lease_expires_at=None,
+                        )
+                    ).rowcount
+                    or 0
+                )
+            counts["episodes"] = done
+        return counts
+
+    def _episode_of_events(self, conn: Connection, episodes: Sequence[tuple[str, str]]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for start in range(0, len(episodes), INSERT_CHUNK):
+            chunk = list(episodes[start : start + INSERT_CHUNK])
+            for r in conn.execute(
+                select(TURNS.c.event_id, TURNS.c.episode_id).where(
+                    tuple_(TURNS.c.tenant, TURNS.c.episode_id).in_(chunk)
+                )
+            ):
+                out[r.event_id] = r.episode_id
+        return out
+
+    def _apply_plan(
+        self,
+        conn: Connection,
+        changes: Any,
+        existing_rows: list[dict[str, Any]],
+        seqs: dict[str, int],
+        as_of: datetime,
+        flow_run_id: str | None,
+        episode_of: dict[str, str],
+        embed: Any,
+    ) -> None:
+        semantic_cols = {c.name for c in SEMANTIC.columns}
+        new_rows = []
+        lineage_rows = []
+        audit = []
+        texts = [r["text"] for r in changes.new_items]
+        vectors = embed(texts) if (embed is not None and texts) else [None] * len(texts)
+        for item, vector in zip(changes.new_items, vectors, strict=True):
+            tenant = item["tenant"]
+            row = {k: v for k, v in item.items() if k in semantic_cols}
+            row.update(seq=seqs[tenant], created_run_id=flow_run_id, embedding=vector)
+            new_rows.append(row)
+            sources = list(dict.fromkeys(item.get("sources") or []))
+            lineage_rows += [{"tenant": tenant, "item_id": item["item_id"], "event_id": e} for e in sources]
+            audit.append(
+                transition_row(
+                    tenant,
+                    item["item_id"],
+                    Layer.EPISODIC,
+                    Layer.SEMANTIC,
+                    "consolidate",
+                    as_of,
+                    flow_run_id,
+                    seqs[tenant],
+                    {
+                        "version": item.get("version", 1),
+                        "episodes": sorted({episode_of[e] for e in sources if e in episode_of}),
+                    },
+                )
+            )
+        self.insert_ignore(conn, SEMANTIC, new_rows)
+        by_id = {r["item_id"]: r for r in existing_rows}
+        for item_id, merge in changes.merges.items():
+            old = by_id[item_id]
+            tenant = old["tenant"]
+            last_seen = max(old["last_seen"], merge.get("last_seen") or old["last_seen"])
+            conn.execute(
+                update(SEMANTIC)
+                .where(SEMANTIC.c.tenant == tenant, SEMANTIC.c.item_id == item_id)
+                .values(
+                    support_count=SEMANTIC.c.support_count + int(merge.get("support_delta", 1)),
+                    last_seen=last_seen,
+                    seq=seqs[tenant],
+                )
+            )
+            sources = list(dict.fromkeys(merge.get("sources") or []))
+            lineage_rows += [{"tenant": tenant, "item_id": item_id, "event_id": e} for e in sources]
+            audit.append(
+                transition_row(
+                    tenant,
+                    item_id,
+                    Layer.SEMANTIC,
+                    Layer.SEMANTIC,
+                    "merge",
+                    as_of,
+                    flow_run_id,
+                    seqs[tenant],
+                    {
+                        "support_delta": int(merge.get("support_delta", 1)),
+                        "sources": sources[:50],
+                        "episodes": sorted({episode_of[e] for e in sources if e in episode_of}),
+                    },
+                    key=",".join(sorted(sources)),
+                )
+            )
+        new_by_id = {r["item_id"]: r for r in new_rows}
+        for old_id, new_id_ in changes.supersessions.items():
+            old = by_id[old_id]
+            tenant = old["tenant"]
+            valid_to = new_by_id[new_id_]["valid_from"] if new_id_ in new_by_id else as_of
+            conn.execute(
+                update(SEMANTIC)
+                .where(SEMANTIC.c.tenant == tenant, SEMANTIC.c.item_id == old_id, SEMANTIC.c.valid_to.is_(None))
+                .values(valid_to=valid_to, superseded_by=new_id_)
+            )
+            audit.append(
+                transition_row(
+                    tenant,
+                    old_id,
+                    Layer.SEMANTIC,
+                    Layer.SEMANTIC,
+                    "supersede",
+                    as_of,
+                    flow_run_id,
+                    seqs[tenant],
+                    {"superseded_by": new_id_},
+                )
+            )
+        self.insert_ignore(conn, LINEAGE, lineage_rows)
+        self.insert_ignore(conn, TRANSITIONS, audit)
 
     # -- search feed -------------------------------------------------------------------------------------------
 

@@ -1,0 +1,41 @@
+"""``consolidate``: episodic -> semantic."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from prefect import flow
+
+from engram.policy import LifecyclePolicy
+from tasks.common import Stopwatch, resolve_as_of, worker_id
+from tasks.consolidation import claim_episodes, commit_facts, distill_facts, gate_facts
+from tasks.reporting import publish_run_summary, publish_validation
+
+
+@flow(name="consolidate")
+def consolidate(
+    store_url: str | None = None,
+    as_of: datetime | None = None,
+    tenant: str | None = None,
+    batch_size: int = 200,
+    max_reject_fraction: float = 0.5,
+    max_batches: int = 10_000,
+) -> dict:
+    """Distil facts from episodes under database leases, gate them, and merge or version them into the semantic
+    layer. Two runs at once take disjoint episodes; a crashed run's episodes are retaken when its lease expires."""
+    clock, as_of, policy, owner = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings(), worker_id()
+    totals: Counter[str] = Counter()
+    results = []
+    for _ in range(max_batches):
+        episodes = claim_episodes(store_url, as_of, owner, policy.lease.total_seconds(), batch_size, tenant)
+        if not episodes:
+            break
+        candidates = distill_facts(store_url, episodes)
+        gate = gate_facts(candidates, max_reject_fraction)
+        results.append(gate.result)
+        totals["rows_in"] += len(candidates)
+        totals["quarantined"] += len(gate.rejected)
+        totals.update(commit_facts(store_url, episodes, gate.valid, owner, as_of))
+    publish_validation("episodic_to_semantic", results)
+    return publish_run_summary("consolidate", dict(totals), clock.seconds)

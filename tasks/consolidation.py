@@ -1,0 +1,58 @@
+"""Tasks of the ``consolidate`` flow: claim episodes, distil facts, gate them, commit the plan."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from engram.consolidate import Consolidator, LocalConsolidator, plan_changes
+from engram.errors import QualityGateFailed
+from tasks.common import current_run_id, open_store
+from tasks.reporting import publish_gate_failure
+
+
+@task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
+def claim_episodes(
+    store_url: str | None, as_of: datetime, owner: str, lease_seconds: float, batch_size: int, tenant: str | None
+) -> list[tuple[str, str]]:
+    """Lease a batch of episodes not consolidated yet."""
+    return open_store(store_url).claim_episodes(as_of, owner, lease_seconds, batch_size, tenant)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def distill_facts(
+    store_url: str | None, episodes: list[tuple[str, str]], consolidator: Consolidator | None = None
+) -> pd.DataFrame:
+    """Candidate facts from the episodes' turns."""
+    frames, turns = open_store(store_url).load_episodes(episodes)
+    return (consolidator or LocalConsolidator()).distill(frames, turns)
+
+
+@task(cache_policy=NO_CACHE)
+def gate_facts(candidates: pd.DataFrame, max_reject_fraction: float):  # noqa: ANN201 - GateResult
+    """The episodic -> semantic quality gate."""
+    from engram.quality import validate_fact_batch
+
+    try:
+        return validate_fact_batch(candidates, max_reject_fraction=max_reject_fraction)
+    except QualityGateFailed as exc:
+        publish_gate_failure(exc.suite, exc.result)
+        raise
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def commit_facts(
+    store_url: str | None,
+    episodes: list[tuple[str, str]],
+    facts: pd.DataFrame,
+    owner: str,
+    as_of: datetime,
+    embed_texts=None,  # noqa: ANN001 - optional Embedder.embed_bytes
+) -> dict[str, int]:
+    """Merge, version or add the facts and mark the episodes consolidated, in one transaction under the leases."""
+    return open_store(store_url).commit_consolidation(
+        episodes, facts, owner, as_of, current_run_id(), plan_changes, embed_texts
+    )

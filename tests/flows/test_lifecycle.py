@@ -1,0 +1,127 @@
+"""The lifecycle flows under Prefect, on SQLite and PostgreSQL: every layer, the gates, the audit trail."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from engram import Memory
+from engram.store import EPISODES, QUARANTINE, SEMANTIC, WORKING
+from flows.ingest import ingest
+from flows.sessions import close_sessions, expire_working
+from tests.conftest import T0
+from tests.flows.helpers import assert_every_event_in_exactly_one_place, conversation_rows, count
+
+
+def test_lifecycle_moves_memory_through_every_hot_layer(memory: Memory) -> None:
+    rows = conversation_rows("acme", sessions=3, start=T0)
+    memory.observe_many(rows)
+    summary = memory.run_lifecycle(as_of=T0 + timedelta(days=10))
+
+    assert summary["ingest"]["routed"] == len(rows)
+    assert summary["close_sessions"]["episodes"] == 3
+    assert summary["consolidate"]["episodes"] == 3
+    stats = memory.stats("acme")
+    assert (stats["sensory"], stats["working"], stats["episodic"]) == (0, 0, 3)
+    # Consolidation keeps the informative statements and drops chit-chat ("Wow, cool!", "Thanks!").
+    assert 0 < stats["semantic"] < len(rows)
+    assert_every_event_in_exactly_one_place(memory.store, "acme")
+
+    hits = memory.search("acme", "where is Caroline moving for her new job", layers=["semantic"])
+    assert hits and "Lisbon" in hits[0].text and "Caroline" in hits[0].text
+    assert "2024" in hits[0].text  # the rendering carries the date
+
+    history = memory.history("acme", hits[0].item_id)
+    actions = [h.action for h in history]
+    assert actions[0] == "observe"
+    assert {"ingest", "close_session", "consolidate"} <= set(actions)
+    assert all(h.flow_run_id for h in history if h.action != "observe")
+
+
+def test_rerunning_the_lifecycle_changes_nothing(memory: Memory) -> None:
+    memory.observe_many(conversation_rows("acme", sessions=2, start=T0))
+    as_of = T0 + timedelta(days=5)
+    memory.run_lifecycle(as_of=as_of)
+    before = memory.stats("acme")
+    again = memory.run_lifecycle(as_of=as_of)
+    assert memory.stats("acme") == before
+    assert again["ingest"].get("routed", 0) == 0 and again["consolidate"].get("episodes", 0) == 0
+
+
+def test_explicitly_closed_session_becomes_an_episode_before_its_idle_timeout(memory: Memory) -> None:
+    memory.observe_many(conversation_rows("acme", sessions=1, start=T0))
+    as_of = T0 + timedelta(minutes=10)  # the session's last turn was 7 minutes earlier: not idle yet
+    ingest(store_url=memory.store_url, as_of=as_of)
+    assert close_sessions(store_url=memory.store_url, as_of=as_of).get("episodes", 0) == 0
+    assert count(memory.store, EPISODES, tenant="acme") == 0
+    memory.close_session("acme", "acme-s0", at=as_of)
+    result = close_sessions(store_url=memory.store_url, as_of=as_of)
+    assert result["episodes"] == 1
+    assert count(memory.store, WORKING, tenant="acme") == 0
+
+
+def test_expire_discards_task_scoped_working_memory_after_its_ttl_and_audits_it(memory: Memory) -> None:
+    memory.observe("acme", "job-1", "planner", "scratch: step 3 of 5 done", T0, metadata={"scope": "task"})
+    memory.observe("acme", "chat-1", "Caroline", "I love hiking", T0)
+    ingest(store_url=memory.store_url, as_of=T0 + timedelta(minutes=1))
+    assert expire_working(store_url=memory.store_url, as_of=T0 + timedelta(hours=1))["discarded"] == 0
+    result = expire_working(store_url=memory.store_url, as_of=T0 + timedelta(hours=25))
+    assert result["discarded"] == 1  # the task item; the chat turn waits for its session to close
+    assert [w.item_id for w in memory.search("acme", "hiking", layers=["working"])]
+    assert memory.search("acme", "scratch step") == []
+    expired = [h for h in memory.history("acme", _only_task_event(memory)) if h.action == "expire"]
+    assert expired and expired[0].flow_run_id
+
+
+def _only_task_event(memory: Memory) -> str:
+    from sqlalchemy import select
+
+    from engram.store import EVENTS
+
+    with memory.store.read() as conn:
+        return conn.execute(select(EVENTS.c.event_id).where(EVENTS.c.session_id == "job-1")).scalar_one()
+
+
+def _raw_event(tenant: str, event_id: str, text: str, at) -> dict:  # noqa: ANN001
+    return {"tenant": tenant, "event_id": event_id, "session_id": "s1", "actor": "A", "text": text, "at": at,
+            "metadata": {}}
+
+
+def test_ingest_gate_quarantines_bad_rows_and_keeps_the_valid_ones(memory: Memory) -> None:
+    # Rows written to the sensory table by a producer that skipped the API's validation.
+    good = [_raw_event("acme", f"g{i}", f"good row {i}", T0) for i in range(9)]
+    bad = [_raw_event("acme", "b0", "x" * (memory.settings.max_text_bytes + 1), T0)]
+    memory.store.add_events(good + bad, T0)
+    result = ingest(store_url=memory.store_url, as_of=T0 + timedelta(minutes=1))
+    assert (result["routed"], result["quarantined"]) == (9, 1)
+    with memory.store.read() as conn:
+        from sqlalchemy import select
+
+        row = conn.execute(select(QUARANTINE).where(QUARANTINE.c.source == "ingest")).one()
+    assert row.field == "text" and "expect" in row.reason.lower()
+    assert "b0" in row.raw_payload
+    assert_every_event_in_exactly_one_place(memory.store, "acme")
+
+
+def test_ingest_gate_failure_stops_the_run_before_it_writes(memory: Memory) -> None:
+    # Most of the batch is broken: a batch-level failure, not a few rows to quarantine.
+    rows = [_raw_event("acme", f"b{i}", "", T0) for i in range(8)] + [_raw_event("acme", "g0", "fine", T0)]
+    memory.store.add_events(rows, T0)
+    state = ingest(store_url=memory.store_url, as_of=T0 + timedelta(minutes=1), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception) as err:
+        state.result()
+    assert "expect" in str(err.value).lower()
+    assert memory.stats("acme")["sensory"] == 9  # nothing moved
+    assert count(memory.store, QUARANTINE) == 0 and count(memory.store, WORKING) == 0
+
+
+def test_flow_runs_are_in_prefects_run_history(memory: Memory) -> None:
+    memory.observe_many(conversation_rows("acme", sessions=1, start=T0))
+    memory.run_lifecycle(as_of=T0 + timedelta(days=2))
+    with get_client(sync_client=True) as client:
+        names = {client.read_flow(r.flow_id).name for r in client.read_flow_runs(limit=200)}
+    assert {"lifecycle", "ingest", "close_sessions", "expire_working", "consolidate"} <= names
+    assert count(memory.store, SEMANTIC, tenant="acme") > 0
