@@ -328,6 +328,7 @@ class Memory:
         since: datetime | str | None = None,
         until: datetime | str | None = None,
         tags: Sequence[str] | None = None,
+        budget_words: int | None = None,
     ) -> list[Hit]:
         """Find a tenant's memories that match ``query``.
 
@@ -339,6 +340,10 @@ class Memory:
             since: only items at or after this time.
             until: only items before this time.
             tags: only items that carry every one of these tags.
+            budget_words: stop before the hit that would take the hits' texts past this many words, so that the
+                result fits a prompt.
+
+        Near-duplicates are removed: a hit whose words are (almost) all in a better hit adds nothing and is dropped.
 
         Returns:
             Hits, best first; each ``Hit.text`` carries the item's date and speaker.
@@ -357,11 +362,17 @@ class Memory:
         since_dt = to_utc(since, "since") if since is not None else None
         until_dt = to_utc(until, "until") if until is not None else None
         tag_list = check_tags(list(tags) if tags is not None else None, "tags")
+        if budget_words is not None and (
+            isinstance(budget_words, bool) or not isinstance(budget_words, int) or budget_words < 1
+        ):
+            raise InvalidInput("budget_words", f"must be a positive integer, got {budget_words!r}")
         if not query.strip():
             return []
         index = self._index(tenant)
+        query_vector = self._embed_query(query) if index.has_vectors else None
         with index.lock:
-            found = index.search(query, limit, layer_names, since_dt, until_dt, tag_list)
+            ranked = index.search(query, limit, layer_names, since_dt, until_dt, tag_list, query_vector)
+        found = select_hits(ranked, limit, budget_words)
         sources = self._sources_for(tenant, [(layer, item_id) for _, layer, item_id, _ in found])
         hits = [
             Hit(
@@ -379,6 +390,12 @@ class Memory:
         if semantic:
             self.store.touch_accessed(tenant, semantic, self._now())
         return hits
+
+    def _embed_query(self, query: str):  # noqa: ANN202 - numpy vector or None
+        from engram.embed import default_embedder, embedding_text
+
+        embedder = default_embedder()
+        return None if embedder is None else embedder.embed([embedding_text(query)])[0]
 
     def _sources_for(self, tenant: str, keys: Sequence[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
         semantic = [item_id for layer, item_id in keys if layer == Layer.SEMANTIC]
@@ -517,6 +534,39 @@ class Memory:
         if tenant is not None:
             tenant = check_tenant(tenant)
         return lifecycle(store_url=self.store_url, archive_url=self.archive_url, as_of=when, tenant=tenant)
+
+
+NEAR_DUPLICATE_CONTAINMENT = 0.85
+
+
+def select_hits(
+    ranked: Sequence[tuple[float, str, str, dict[str, Any]]], limit: int, budget_words: int | None
+) -> list[tuple[float, str, str, dict[str, Any]]]:
+    """Ranked candidates minus near-duplicates, cut at ``limit`` hits and at ``budget_words`` words.
+
+    A candidate is a near-duplicate when at least 85% of its distinct content words occur in one better hit: an
+    episode's turn next to the fact distilled from it, or a fact restated. The date and speaker of the rendering
+    are left out of the comparison, since every item of a day shares them.
+    """
+    from engram.text import content_words
+
+    kept: list[tuple[float, str, str, dict[str, Any]]] = []
+    kept_words: list[set[str]] = []
+    used = 0
+    for cand in ranked:
+        doc = cand[3]
+        bag = content_words(doc["text"])
+        if bag and any(len(bag & other) >= NEAR_DUPLICATE_CONTAINMENT * len(bag) for other in kept_words):
+            continue
+        size = len(doc["rendered"].split())
+        if budget_words is not None and used + size > budget_words:
+            break
+        kept.append(cand)
+        kept_words.append(bag)
+        used += size
+        if len(kept) >= limit:
+            break
+    return kept
 
 
 def _event_row(e: CleanEvent) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from engram.layers import Layer
 
 K1 = 1.5
 B = 0.75
+RRF_K = 60
 _LAYER_CODE = {layer.value: i for i, layer in enumerate(Layer)}
 
 
@@ -87,6 +88,9 @@ class TenantIndex:
         self._df: dict[int, int] = {}
         self._n_alive = 0
         self._total_len = 0.0
+        self._vecs: np.ndarray | None = None
+        self._vec_doc = np.zeros(0, dtype=np.int64)
+        self._n_vecs = 0
         self.lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -137,6 +141,7 @@ class TenantIndex:
             self._docs.append(
                 {
                     "rendered": d["rendered"],
+                    "text": d["text"],
                     "at": d["at"],
                     "tags": tuple(d.get("tags") or ()),
                     "item_id": d["item_id"],
@@ -149,6 +154,7 @@ class TenantIndex:
             self._at[idx] = d["at"].timestamp()
             self._n_alive += 1
             self._total_len += len(ids)
+            self._set_vector(idx, d.get("vector"))
 
     def remove(self, keys: Iterable[tuple[str, str]], before_seq: int | None = None) -> None:
         """Drop documents; with ``before_seq``, only those written before that change."""
@@ -173,7 +179,70 @@ class TenantIndex:
             self.remove([(layer, item_id)], before_seq=at_seq)
         self.seq = max(self.seq, seq)
 
+    # -- dense vectors ---------------------------------------------------------------------------------------
+
+    def _set_vector(self, idx: int, vector: np.ndarray | None) -> None:
+        if vector is None:
+            return
+        if self._vecs is None:
+            self._vecs = np.zeros((1024, len(vector)), dtype=np.float32)
+            self._vec_doc = np.zeros(1024, dtype=np.int64)
+        if len(vector) != self._vecs.shape[1]:
+            return  # a vector from another model; the item stays lexical-only
+        if self._n_vecs >= len(self._vecs):
+            grown = np.zeros((int(len(self._vecs) * 1.5) + 1024, self._vecs.shape[1]), dtype=np.float32)
+            grown[: self._n_vecs] = self._vecs[: self._n_vecs]
+            doc = np.zeros(len(grown), dtype=np.int64)
+            doc[: self._n_vecs] = self._vec_doc[: self._n_vecs]
+            self._vecs, self._vec_doc = grown, doc
+        self._vecs[self._n_vecs] = vector
+        self._vec_doc[self._n_vecs] = idx
+        self._n_vecs += 1
+
+    @property
+    def has_vectors(self) -> bool:
+        return self._n_vecs > 0
+
     # -- query -------------------------------------------------------------------------------------------------
+
+    def _mask(self, layers: Sequence[str] | None, since: datetime | None, until: datetime | None) -> np.ndarray:
+        n_docs = len(self._keys)
+        mask = self._alive[:n_docs].copy()
+        if layers:
+            mask &= np.isin(self._layer[:n_docs], [_LAYER_CODE[x] for x in layers])
+        if since is not None:
+            mask &= self._at[:n_docs] >= since.timestamp()
+        if until is not None:
+            mask &= self._at[:n_docs] < until.timestamp()
+        return mask
+
+    def _bm25(self, query: str, mask: np.ndarray, pool: int) -> tuple[np.ndarray, np.ndarray]:
+        """Doc indexes of the ``pool`` best BM25 matches within ``mask``, best first, and their scores."""
+        n_docs = len(self._keys)
+        q_ids = self._tok.tokenize([query], update_vocab=False, return_as="ids", show_progress=False)[0]
+        q_terms = [t for t in dict.fromkeys(q_ids) if t in self._postings and self._df.get(t, 0) > 0]
+        if not q_terms:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        avgdl = self._total_len / max(self._n_alive, 1)
+        scores = np.zeros(n_docs, dtype=np.float32)
+        lengths = self._len[:n_docs]
+        for t in q_terms:
+            docs, tfs = self._postings[t].arrays()
+            df = self._df[t]
+            idf = math.log(1.0 + (self._n_alive - df + 0.5) / (df + 0.5))
+            scores[docs] += idf * tfs * (K1 + 1.0) / (tfs + K1 * (1.0 - B + B * lengths[docs] / avgdl))
+        candidates = np.flatnonzero(mask & (scores > 0))
+        return _top(candidates, scores[candidates], pool)
+
+    def _dense(self, vector: np.ndarray, mask: np.ndarray, pool: int) -> tuple[np.ndarray, np.ndarray]:
+        """Doc indexes of the ``pool`` nearest vectors within ``mask``, nearest first, and their cosines."""
+        m = self._n_vecs
+        docs = self._vec_doc[:m]
+        keep = mask[docs]
+        if not keep.any():
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        sims = self._vecs[:m][keep] @ vector.astype(np.float32)
+        return _top(docs[keep], sims, pool)
 
     def search(
         self,
@@ -183,63 +252,45 @@ class TenantIndex:
         since: datetime | None = None,
         until: datetime | None = None,
         tags: Sequence[str] | None = None,
+        query_vector: np.ndarray | None = None,
     ) -> list[tuple[float, str, str, dict[str, Any]]]:
-        """Top documents for ``query`` as (score, layer, item_id, doc), best first."""
-        n_docs = len(self._keys)
-        if n_docs == 0 or self._n_alive == 0:
-            return []
-        q_ids = self._tok.tokenize([query], update_vocab=False, return_as="ids", show_progress=False)[0]
-        q_terms = [t for t in dict.fromkeys(q_ids) if t in self._postings and self._df.get(t, 0) > 0]
-        if not q_terms:
-            return []
-        avgdl = self._total_len / max(self._n_alive, 1)
-        scores = np.zeros(n_docs, dtype=np.float32)
-        lengths = self._len[:n_docs]
-        for t in q_terms:
-            docs, tfs = self._postings[t].arrays()
-            df = self._df[t]
-            idf = math.log(1.0 + (self._n_alive - df + 0.5) / (df + 0.5))
-            denom = tfs + K1 * (1.0 - B + B * lengths[docs] / avgdl)
-            scores[docs] += idf * tfs * (K1 + 1.0) / denom
-        mask = self._alive[:n_docs] & (scores > 0)
-        if layers:
-            codes = [_LAYER_CODE[x] for x in layers]
-            mask &= np.isin(self._layer[:n_docs], codes)
-        if since is not None:
-            mask &= self._at[:n_docs] >= since.timestamp()
-        if until is not None:
-            mask &= self._at[:n_docs] < until.timestamp()
-        candidates = np.flatnonzero(mask)
-        if len(candidates) == 0:
+        """Top documents for ``query`` as (score, layer, item_id, doc), best first.
+
+        With ``query_vector`` and stored vectors, BM25 and cosine rankings are fused by reciprocal rank (k=60):
+        a document near the top of either list ranks high, and scores of different scales never mix.
+        """
+        if not self._keys or self._n_alive == 0:
             return []
         want = set(tags or ())
-        # Tags are rare filters: over-fetch, then filter in rank order.
-        take = min(len(candidates), limit * (8 if want else 1) + 32)
-        cand_scores = scores[candidates]
-        top = candidates[np.argpartition(-cand_scores, take - 1)[:take]] if take < len(candidates) else candidates
-        top = top[np.lexsort((top, -scores[top]))]
+        pool = limit * (8 if want else 2) + 32  # over-fetch: tag filtering and near-duplicate removal follow
+        mask = self._mask(layers, since, until)
+        lexical, lex_scores = self._bm25(query, mask, pool)
+        if query_vector is not None and self._n_vecs:
+            dense, _ = self._dense(query_vector, mask, pool)
+            fused: dict[int, float] = {}
+            for ranking in (lexical, dense):
+                for rank, idx in enumerate(ranking.tolist()):
+                    fused[idx] = fused.get(idx, 0.0) + 1.0 / (RRF_K + rank + 1)
+            order = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+        else:
+            order = list(zip(lexical.tolist(), lex_scores.tolist(), strict=True))
         out: list[tuple[float, str, str, dict[str, Any]]] = []
-        for idx in top:
+        for idx, score in order:
             doc = self._docs[idx]
             if want and not want.issubset(doc["tags"]):
                 continue
             layer, item_id = self._keys[idx]
-            out.append((float(scores[idx]), layer, item_id, doc))
-            if len(out) >= limit:
-                break
-        if want and len(out) < limit and take < len(candidates):
-            # Not enough tagged hits in the over-fetched head: scan the rest in order.
-            rest = candidates[np.argsort(-scores[candidates], kind="stable")]
-            seen = {o[2] for o in out}
-            for idx in rest:
-                doc = self._docs[idx]
-                if doc["item_id"] in seen or not want.issubset(doc["tags"]):
-                    continue
-                layer, item_id = self._keys[idx]
-                out.append((float(scores[idx]), layer, item_id, doc))
-                if len(out) >= limit:
-                    break
+            out.append((float(score), layer, item_id, doc))
         return out
+
+
+def _top(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (highest score) of ``idx``, best first; ties broken by index for a stable order."""
+    if len(idx) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        idx, scores = idx[part], scores[part]
+    order = np.lexsort((idx, -scores))
+    return idx[order], scores[order]
 
 
 class IndexRegistry:

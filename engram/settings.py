@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     write_batch_size: int = Field(default=5_000, gt=0, description="Rows per INSERT batch in bulk writes.")
     working_ttl_hours: float = Field(default=24.0, gt=0, description="Lifetime of task-scoped working memory.")
     session_idle_minutes: float = Field(default=30.0, gt=0, description="Idle time after which a session closes.")
+    embeddings: bool = Field(
+        default=True, description="Use dense embeddings when the embeddings extra is installed (fused with BM25)."
+    )
     lease_seconds: float = Field(default=300.0, gt=0, description="How long a claimed batch stays reserved.")
 
     def resolved_store_url(self) -> str:

@@ -812,7 +812,7 @@ class Store:
         as_of: datetime,
         flow_run_id: str | None,
         plan: Any,
-        embed: Any = None,
+        vectors: Mapping[str, bytes] | None = None,
     ) -> dict[str, int]:
         """Apply a batch's candidate facts to the semantic layer and mark its episodes consolidated, atomically.
 
@@ -823,7 +823,7 @@ class Store:
         Args:
             candidates: the consolidator's DataFrame (``engram.consolidate.FACT_COLUMNS``).
             plan: ``engram.consolidate.plan_changes``.
-            embed: optional ``f(list[str]) -> list[bytes]`` run on the texts of new items.
+            vectors: embeddings computed before the transaction, by candidate text; stored with new items.
         """
         import pandas as pd
 
@@ -862,7 +862,7 @@ class Store:
             changes = plan(candidates, existing, as_of) if len(candidates) else None
             episode_of = self._episode_of_events(conn, episodes)
             if changes is not None:
-                self._apply_plan(conn, changes, existing_rows, seqs, as_of, flow_run_id, episode_of, embed)
+                self._apply_plan(conn, changes, existing_rows, seqs, as_of, flow_run_id, episode_of, vectors or {})
                 counts.update({k: v for k, v in changes.counts.items()})
             done = 0
             for start in range(0, len(episodes), INSERT_CHUNK):
@@ -906,18 +906,16 @@ class Store:
         as_of: datetime,
         flow_run_id: str | None,
         episode_of: dict[str, str],
-        embed: Any,
+        vectors: Mapping[str, bytes],
     ) -> None:
         semantic_cols = {c.name for c in SEMANTIC.columns}
         new_rows = []
         lineage_rows = []
         audit = []
-        texts = [r["text"] for r in changes.new_items]
-        vectors = embed(texts) if (embed is not None and texts) else [None] * len(texts)
-        for item, vector in zip(changes.new_items, vectors, strict=True):
+        for item in changes.new_items:
             tenant = item["tenant"]
             row = {k: v for k, v in item.items() if k in semantic_cols}
-            row.update(seq=seqs[tenant], created_run_id=flow_run_id, embedding=vector)
+            row.update(seq=seqs[tenant], created_run_id=flow_run_id, embedding=vectors.get(item["text"]))
             new_rows.append(row)
             sources = list(dict.fromkeys(item.get("sources") or []))
             lineage_rows += [{"tenant": tenant, "item_id": item["item_id"], "event_id": e} for e in sources]
@@ -1058,9 +1056,15 @@ class Store:
                     SEMANTIC.c.last_seen,
                     SEMANTIC.c.tags,
                     SEMANTIC.c.seq,
+                    SEMANTIC.c.embedding,
                 ).where(window(SEMANTIC), SEMANTIC.c.valid_to.is_(None), SEMANTIC.c.archived_manifest_id.is_(None))
             ):
-                added.append(_doc(Layer.SEMANTIC, r.item_id, r.text, r.actor, r.last_seen, r.tags, r.seq, r.rendered))
+                doc = _doc(Layer.SEMANTIC, r.item_id, r.text, r.actor, r.last_seen, r.tags, r.seq, r.rendered)
+                if r.embedding:
+                    import numpy as np
+
+                    doc["vector"] = np.frombuffer(r.embedding, dtype=np.float32)
+                added.append(doc)
             removed = [
                 (r.from_layer, r.item_id, r.seq)
                 for r in conn.execute(

@@ -24,6 +24,90 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "and",
+        "or",
+        "is",
+        "was",
+        "be",
+        "by",
+        "with",
+        "from",
+        "as",
+        "it",
+        "its",
+        "that",
+        "this",
+        "i",
+        "you",
+        "he",
+        "she",
+        "they",
+        "we",
+        "my",
+        "your",
+        "his",
+        "her",
+        "their",
+        "our",
+        "me",
+        "him",
+        "them",
+        "are",
+        "were",
+        "been",
+        "am",
+        "do",
+        "did",
+        "does",
+        "so",
+        "but",
+        "if",
+        "then",
+        "than",
+        "too",
+        "very",
+        "just",
+        "not",
+        "no",
+        "yes",
+        "oh",
+        "ok",
+        "have",
+        "has",
+        "had",
+        "will",
+        "would",
+        "can",
+        "could",
+        "should",
+        "there",
+        "here",
+        "what",
+        "when",
+        "where",
+        "who",
+        "how",
+        "which",
+    ]
+)
+
+
+def content_words(text: str) -> set[str]:
+    """The distinct words of ``text`` that carry content (stop words dropped)."""
+    return {w for w in words(text) if w not in STOP_WORDS}
+
+
 def mentions(text: str, subject: str) -> bool:
     """Whether ``text`` names ``subject`` as whole words (case-insensitive); ``"Mel"`` does not match ``"Melanie"``."""
     needle = words(subject)

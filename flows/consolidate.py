@@ -9,7 +9,7 @@ from prefect import flow
 
 from engram.policy import LifecyclePolicy
 from tasks.common import Stopwatch, resolve_as_of, worker_id
-from tasks.consolidation import claim_episodes, commit_facts, distill_facts, gate_facts
+from tasks.consolidation import claim_episodes, commit_facts, distill_facts, embed_facts, gate_facts
 from tasks.reporting import publish_run_summary, publish_validation
 
 
@@ -36,6 +36,7 @@ def consolidate(
         results.append(gate.result)
         totals["rows_in"] += len(candidates)
         totals["quarantined"] += len(gate.rejected)
-        totals.update(commit_facts(store_url, episodes, gate.valid, owner, as_of))
+        vectors = embed_facts(gate.valid)
+        totals.update(commit_facts(store_url, episodes, gate.valid, owner, as_of, vectors))
     publish_validation("episodic_to_semantic", results)
     return publish_run_summary("consolidate", dict(totals), clock.seconds)

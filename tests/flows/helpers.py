@@ -85,7 +85,11 @@ def semantic_state(store: Store, tenant: str) -> list[tuple]:
             lineage.setdefault(item_id, []).append(event_id)
         rows = conn.execute(
             select(
-                SEMANTIC.c.item_id, SEMANTIC.c.fact_key, SEMANTIC.c.version, SEMANTIC.c.text, SEMANTIC.c.support_count,
+                SEMANTIC.c.item_id,
+                SEMANTIC.c.fact_key,
+                SEMANTIC.c.version,
+                SEMANTIC.c.text,
+                SEMANTIC.c.support_count,
                 SEMANTIC.c.superseded_by,
             ).where(SEMANTIC.c.tenant == tenant)
         ).all()

@@ -85,8 +85,15 @@ def _only_task_event(memory: Memory) -> str:
 
 
 def _raw_event(tenant: str, event_id: str, text: str, at) -> dict:  # noqa: ANN001
-    return {"tenant": tenant, "event_id": event_id, "session_id": "s1", "actor": "A", "text": text, "at": at,
-            "metadata": {}}
+    return {
+        "tenant": tenant,
+        "event_id": event_id,
+        "session_id": "s1",
+        "actor": "A",
+        "text": text,
+        "at": at,
+        "metadata": {},
+    }
 
 
 def test_ingest_gate_quarantines_bad_rows_and_keeps_the_valid_ones(memory: Memory) -> None:

@@ -1,0 +1,101 @@
+"""Object storage for the archival layer, as a block: S3, MinIO, or a local folder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+
+class ArchiveStorage(Block):
+    """Where the archival layer lives: an S3-compatible bucket (MinIO, AWS S3) or a local folder.
+
+    Hands out an fsspec filesystem for reading and writing Parquet, and a MinIO client for bucket administration
+    (creating the bucket, turning on versioning).
+
+    Example:
+        ```python
+        from blocks.archive import ArchiveStorage
+        storage = ArchiveStorage.load("BLOCK_NAME")
+        fs = storage.filesystem()
+        ```
+    """
+
+    _block_type_name = "engram Archive Storage"
+    _block_type_slug = "engram-archive-storage"
+    _documentation_url = "https://docs.prefect.io/v3/develop/blocks"  # type: ignore[assignment]
+
+    url: str = Field(
+        default="file:///var/lib/engram/archive",
+        title="Archive URL",
+        description="file:///folder for a local archive, or s3://bucket/prefix for object storage.",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        title="Endpoint",
+        description="S3 endpoint URL for MinIO or another S3-compatible server, e.g. http://minio:9000.",
+    )
+    region: str | None = Field(
+        default=None, title="Region", description="The bucket's region, if the server needs one."
+    )
+    access_key: SecretStr | None = Field(default=None, title="Access key", description="S3 access key id.")
+    secret_key: SecretStr | None = Field(default=None, title="Secret key", description="S3 secret access key.")
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3://")
+
+    @property
+    def bucket(self) -> str | None:
+        """The bucket of an ``s3://`` URL."""
+        return self.url.removeprefix("s3://").split("/", 1)[0] if self.is_s3 else None
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix (or folder) under which engram writes."""
+        if self.is_s3:
+            parts = self.url.removeprefix("s3://").split("/", 1)
+            return parts[1].strip("/") if len(parts) > 1 else ""
+        return self.url.removeprefix("file://")
+
+    def storage_options(self) -> dict[str, Any]:
+        """Options for s3fs (empty for a local folder)."""
+        if not self.is_s3:
+            return {}
+        opts: dict[str, Any] = {}
+        if self.access_key is not None:
+            opts["key"] = self.access_key.get_secret_value()
+        if self.secret_key is not None:
+            opts["secret"] = self.secret_key.get_secret_value()
+        client_kwargs: dict[str, Any] = {}
+        if self.endpoint:
+            client_kwargs["endpoint_url"] = self.endpoint
+        if self.region:
+            client_kwargs["region_name"] = self.region
+        if client_kwargs:
+            opts["client_kwargs"] = client_kwargs
+        return opts
+
+    def filesystem(self) -> Any:
+        """An fsspec filesystem: s3fs for ``s3://``, the local filesystem for ``file://``."""
+        import fsspec
+
+        return fsspec.filesystem("s3" if self.is_s3 else "file", **self.storage_options())
+
+    def minio_client(self) -> Any:
+        """A MinIO client for bucket administration (S3 archives only)."""
+        from urllib.parse import urlparse
+
+        from minio import Minio
+
+        if not self.is_s3 or not self.endpoint:
+            raise ValueError("endpoint: a MinIO client needs an s3:// archive URL and an endpoint")
+        parsed = urlparse(self.endpoint)
+        return Minio(
+            parsed.netloc,
+            access_key=self.access_key.get_secret_value() if self.access_key else None,
+            secret_key=self.secret_key.get_secret_value() if self.secret_key else None,
+            secure=parsed.scheme == "https",
+            region=self.region,
+        )
