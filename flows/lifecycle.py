@@ -18,12 +18,18 @@ def lifecycle(
     archive_url: str | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, dict]:
-    """Ingest, close finished sessions, expire stale working memory, consolidate episodes."""
-    as_of = resolve_as_of(as_of)
+    """Ingest, close finished sessions, expire stale working memory, consolidate episodes.
+
+    ``batch_size``, when given, overrides each subflow's own default.
+    """
+    common = {"store_url": store_url, "as_of": resolve_as_of(as_of), "tenant": tenant}
+    if batch_size is not None:
+        common["batch_size"] = batch_size
     return {
-        "ingest": ingest(store_url=store_url, as_of=as_of, tenant=tenant),
-        "close_sessions": close_sessions(store_url=store_url, as_of=as_of, tenant=tenant),
-        "expire_working": expire_working(store_url=store_url, as_of=as_of, tenant=tenant),
-        "consolidate": consolidate(store_url=store_url, as_of=as_of, tenant=tenant),
+        "ingest": ingest(**common),
+        "close_sessions": close_sessions(**common),
+        "expire_working": expire_working(**common),
+        "consolidate": consolidate(**common),
     }

@@ -1,0 +1,1 @@
+"""Deployment profiles: ``serve.py`` runs every deployment in one process (the monolith)."""
