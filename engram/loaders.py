@@ -37,12 +37,19 @@ def locomo_rows(path: str | Path) -> Iterator[dict[str, Any]]:
     ``<sample_id>:<dia_id>`` so that loading the file again is a no-op; a shared photo's caption is kept in the text
     as ``[shares a photo of ...]`` because the conversation refers to it.
     """
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput("file", f"{path} is not a LoCoMo JSON file: {exc}") from None
     if isinstance(data, dict):
         data = [data]
+    if not isinstance(data, list) or not all(isinstance(c, dict) for c in data):
+        raise InvalidInput("file", f"{path} must hold a list of LoCoMo conversations (objects)")
     for conv in data:
         sample_id = conv.get("sample_id")
-        c = conv.get("conversation") or {}
+        c = conv.get("conversation")
+        if not isinstance(c, dict):
+            raise InvalidInput("file", f"conversation {str(sample_id)[:40]!r} has no 'conversation' object")
         sessions = sorted(
             (int(m.group(1)), key) for key in c if (m := _SESSION_KEY.match(key)) and isinstance(c[key], list)
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,8 @@ from engram.validation import (
 Clock = Callable[[], datetime]
 SEARCHABLE_LAYERS = tuple(layer.value for layer in Layer)
 MAX_QUERY_CHARS = 4_096
+ACCESS_FLUSH_ITEMS = 5_000
+ACCESS_FLUSH_SECONDS = 30.0
 MAX_LIMIT = 1_000
 
 
@@ -164,6 +167,10 @@ class Memory:
         if migrate:
             self.store.migrate()
         self._indexes = IndexRegistry()
+        # Search hits update ``last_accessed`` (the retention policy reads it) in batches, not with a write per
+        # search: a pending access is at most ACCESS_FLUSH_SECONDS old, and close() writes the rest.
+        self._accessed: dict[tuple[str, str], datetime] = {}
+        self._accessed_flushed = time.monotonic()
 
     def __repr__(self) -> str:
         return f"Memory(store={self.store.safe_url!r}, archive={self.archive_url!r})"
@@ -175,8 +182,35 @@ class Memory:
         self.close()
 
     def close(self) -> None:
-        """Release database connections."""
+        """Write pending access times and release database connections."""
+        self.flush_accesses()
         self.store.dispose()
+
+    def flush_accesses(self) -> None:
+        """Write the access times of semantic items returned by searches since the last flush."""
+        pending, self._accessed = self._accessed, {}
+        self._accessed_flushed = time.monotonic()
+        by_tenant: dict[tuple[str, datetime], list[str]] = {}
+        for (tenant, item_id), at in pending.items():
+            by_tenant.setdefault((tenant, at), []).append(item_id)
+        for (tenant, at), ids in by_tenant.items():
+            self.store.touch_accessed(tenant, ids, at)
+
+    def _note_access(self, tenant: str, item_ids: Sequence[str]) -> None:
+        now = self._now()
+        for item_id in item_ids:
+            self._accessed[(tenant, item_id)] = now
+        if (
+            len(self._accessed) >= ACCESS_FLUSH_ITEMS
+            or time.monotonic() - self._accessed_flushed > ACCESS_FLUSH_SECONDS
+        ):
+            self.flush_accesses()
+
+    def quarantined(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest quarantined rows (field, reason, raw payload, when), for one tenant or all."""
+        if tenant is not None:
+            tenant = check_tenant(tenant)
+        return self.store.quarantined(tenant, limit)
 
     def _now(self) -> datetime:
         return to_utc(self.clock(), "clock")
@@ -388,7 +422,7 @@ class Memory:
         ]
         semantic = [h.item_id for h in hits if h.layer == Layer.SEMANTIC]
         if semantic:
-            self.store.touch_accessed(tenant, semantic, self._now())
+            self._note_access(tenant, semantic)
         return hits
 
     def _embed_query(self, query: str):  # noqa: ANN202 - numpy vector or None
@@ -528,6 +562,11 @@ class Memory:
         """Run the lifecycle flow through Prefect (ingest, close sessions, expire, consolidate) and return its
         summary. Uses the Prefect API configured in the environment, or a temporary local one.
         """
+        import os
+
+        # Without a configured Prefect API, Prefect starts a temporary local server; on a loaded two-core machine
+        # that can take longer than Prefect's default wait, which would fail the run before it starts.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         from flows.lifecycle import lifecycle  # Prefect stays out of the domain core until it is asked for
 
         when = to_utc(as_of, "as_of") if as_of is not None else None

@@ -1238,6 +1238,14 @@ class Store:
                 )
             ]
 
+    def quarantined(self, tenant: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest quarantined rows."""
+        query = select(QUARANTINE).order_by(QUARANTINE.c.quarantined_at.desc()).limit(limit)
+        if tenant is not None:
+            query = query.where(QUARANTINE.c.tenant == tenant)
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
     def touch_accessed(self, tenant: str, item_ids: Sequence[str], now: datetime) -> None:
         """Record that semantic items were returned by a search (feeds the retention policy)."""
         if not item_ids:

@@ -43,6 +43,20 @@ def gate_facts(candidates: pd.DataFrame, max_reject_fraction: float):  # noqa: A
         raise
 
 
+@task(cache_policy=NO_CACHE)
+def embed_facts(facts: pd.DataFrame) -> dict[str, bytes]:
+    """Dense vectors of the facts' texts, in batches, when the embeddings extra is installed; else nothing."""
+    from engram.embed import default_embedder, embedding_text, to_bytes
+
+    embedder = default_embedder()
+    if embedder is None or facts.empty:
+        return {}
+    texts = list(dict.fromkeys(facts["text"]))
+    actors = dict(zip(facts["text"], facts["actor"], strict=False))
+    vectors = embedder.embed([embedding_text(t, actors.get(t, "")) for t in texts])
+    return dict(zip(texts, to_bytes(vectors), strict=True))
+
+
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def commit_facts(
     store_url: str | None,
@@ -50,9 +64,9 @@ def commit_facts(
     facts: pd.DataFrame,
     owner: str,
     as_of: datetime,
-    embed_texts=None,  # noqa: ANN001 - optional Embedder.embed_bytes
+    vectors: dict[str, bytes] | None = None,
 ) -> dict[str, int]:
     """Merge, version or add the facts and mark the episodes consolidated, in one transaction under the leases."""
     return open_store(store_url).commit_consolidation(
-        episodes, facts, owner, as_of, current_run_id(), plan_changes, embed_texts
+        episodes, facts, owner, as_of, current_run_id(), plan_changes, vectors
     )
