@@ -1,0 +1,368 @@
+"""The local consolidator's rules as tables: statements, informativeness, dates, merges, versions, plans."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from engram.consolidate import (
+    FACT_COLUMNS,
+    LocalConsolidator,
+    content_hash,
+    is_informative,
+    plan_changes,
+    resolve_dates,
+    slot_of,
+    split_statements,
+    summarize_episode,
+)
+
+MAY_8 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)  # a Monday
+NAMES = ["Ada", "Bruno"]
+
+
+def conversation(*turns: tuple[str, str], at: datetime = MAY_8, episode: str = "e1", tenant: str = "acme"):
+    """Episodes and turns frames for one episode of (actor, text) turns, one second apart."""
+    rows = [
+        {
+            "tenant": tenant,
+            "episode_id": episode,
+            "position": i,
+            "item_id": f"{episode}:{i}",
+            "actor": actor,
+            "text": text,
+            "at": at + timedelta(seconds=i),
+            "tags": [],
+            "metadata": {},
+        }
+        for i, (actor, text) in enumerate(turns)
+    ]
+    episodes = pd.DataFrame(
+        [
+            {
+                "tenant": tenant,
+                "episode_id": episode,
+                "session_id": f"s-{episode}",
+                "started_at": at,
+                "ended_at": at + timedelta(seconds=len(turns)),
+                "participants": sorted({a for a, _ in turns}),
+            }
+        ]
+    )
+    return episodes, pd.DataFrame(rows)
+
+
+def distill(*turns: tuple[str, str], at: datetime = MAY_8, episode: str = "e1") -> pd.DataFrame:
+    return LocalConsolidator().distill(*conversation(*turns, at=at, episode=episode))
+
+
+def apply(plan, items: dict[str, dict]) -> None:
+    """What the store does with a plan, over a dict of rows: insert, merge, close superseded versions."""
+    for row in plan.new_items:
+        items[row["item_id"]] = dict(row)
+    for item_id, merge in plan.merges.items():
+        row = items[item_id]
+        row["support_count"] += merge["support_delta"]
+        row["last_seen"] = max(row["last_seen"], merge["last_seen"])
+        row["sources"] = [*row["sources"], *merge["sources"]]
+    for old, new in plan.supersessions.items():
+        items[old]["valid_to"] = items[new]["valid_from"]
+        items[old]["superseded_by"] = new
+
+
+def current(items: dict[str, dict], facts: pd.DataFrame) -> pd.DataFrame:
+    """The current items sharing a fact key with ``facts``, as the store hands them to ``plan_changes``."""
+    keys = set(facts["fact_key"])
+    rows = [r for r in items.values() if r["valid_to"] is None and r["fact_key"] in keys]
+    return pd.DataFrame(rows)
+
+
+# -- statements -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I adopted a dog. His name is Rex!", ["I adopted a dog.", "His name is Rex!"]),  # two sentences, two parts
+        ("Wow... that is great", ["Wow... that is great"]),  # an ellipsis before a lower-case word ends nothing
+        ("Look! [shares a photo of a red kayak]", ["Look!", "[shares a photo of a red kayak]"]),  # caption apart
+        ("Is it Dr. Smith?", ["Is it Dr.", "Smith?"]),  # known limit: a capitalised word after a period splits
+        ("", []),  # nothing said, nothing split
+    ],
+)
+def test_split_statements(text: str, expected: list[str]) -> None:
+    assert split_statements(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("sentence", "expected"),
+    [
+        ("Thanks, Bruno!", False),  # thanks plus a vocative name: small talk
+        ("Wow, that's so cool!", False),  # a reaction names no fact
+        ("Hey Bru, good to see you!", False),  # "Bru" is a short form of a speaker's name, not content
+        ("I adopted a dog named Rex.", True),  # adopted, dog, Rex: a fact
+        ("I went hiking yesterday.", True),  # one content word and a date still make a dated fact
+        ("[shares a photo of a lake at sunrise]", True),  # a shared photo is what the talk refers to
+        ("That sounds great, thanks so much!", False),  # all small talk words
+    ],
+)
+def test_is_informative(sentence: str, expected: bool) -> None:
+    assert is_informative(sentence, NAMES) is expected
+
+
+# -- dates ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I went yesterday.", "I went yesterday (7 May 2023)."),  # the day before 8 May
+        ("We met last year", "We met last year (2022)"),  # the year before 2023
+        ("The show is next month", "The show is next month (June 2023)"),  # the month after May
+        ("It closed last month", "It closed last month (April 2023)"),  # the month before May
+        ("I ran last Sunday", "I ran last Sunday (7 May 2023)"),  # 8 May 2023 is a Monday: Sunday was the 7th
+        ("I ran last Monday", "I ran last Monday (1 May 2023)"),  # "last Monday" said on a Monday is a week ago
+        ("Two days ago I fell", "Two days ago (6 May 2023) I fell"),  # counted back from the day said
+        ("3 years ago we moved", "3 years ago (2020) we moved"),  # digits count too
+        ("a few days ago", "a few days ago (a few days before 8 May 2023)"),  # vague: anchored, not invented
+        ("We hiked last weekend", "We hiked last weekend (the weekend before 8 May 2023)"),  # a span, anchored
+        ("See you tomorrow", "See you tomorrow (9 May 2023)"),  # the day after
+        ("I love this week", "I love this week"),  # "this week" is the day said: nothing to add
+        ("Lastly, a yesterdayish word", "Lastly, a yesterdayish word"),  # whole words only
+    ],
+)
+def test_resolve_dates(text: str, expected: str) -> None:
+    assert resolve_dates(text, MAY_8) == expected
+
+
+def test_year_and_month_rollover() -> None:
+    new_year = datetime(2024, 1, 3, tzinfo=UTC)
+    # last month from January is December of the year before; yesterday crosses the year too
+    assert resolve_dates("last month", new_year) == "last month (December 2023)"
+    assert resolve_dates("yesterday", datetime(2024, 1, 1, tzinfo=UTC)) == "yesterday (31 December 2023)"
+
+
+# -- distilling -------------------------------------------------------------------------------------------------
+
+
+def test_distill_keeps_facts_with_their_question_and_date_and_drops_small_talk() -> None:
+    facts = distill(
+        ("Ada", "Hey Bruno! Good to see you!"),
+        ("Bruno", "Hi Ada! What did you do this weekend?"),
+        ("Ada", "I went to a pottery class yesterday. It was so fun!"),
+        ("Bruno", "Wow, that's awesome!"),
+        ("Bruno", "I adopted a puppy named Rex. [shares a photo of a small brown puppy]"),
+    )
+    assert list(facts.columns) == FACT_COLUMNS
+    assert list(facts["rendered"]) == [
+        "(8 May 2023) Bruno: What did you do this weekend? Ada: I went to a pottery class yesterday (7 May 2023).",
+        "(8 May 2023) Bruno: I adopted a puppy named Rex. [shares a photo of a small brown puppy]",
+    ]
+    assert list(facts["sources"]) == [["e1:2"], ["e1:4"]]
+    assert list(facts["actor"]) == ["Ada", "Bruno"]
+    assert facts["salience"].between(0, 1).all()
+    assert facts["fact_key"].str.len().le(64).all()
+
+
+def test_a_bare_answer_keeps_the_question_it_answers() -> None:
+    facts = distill(("Ada", "Did you finish the marathon in Berlin?"), ("Bruno", "Yes, I did!"))
+    # "Yes, I did!" alone says nothing; with the question it records that Bruno finished the marathon
+    assert list(facts["text"]) == ["Ada: Did you finish the marathon in Berlin? Bruno: Yes, I did!"]
+
+
+@pytest.mark.parametrize(
+    ("sentence", "expected"),
+    [
+        ("My favorite color is blue.", ("favorite color", "blue")),  # a slot and its value
+        ("My favourite band is The Cure!", ("favorite band", "The Cure")),  # British spelling, same slot
+        ("I live in Lisbon.", ("home", "Lisbon")),  # where the speaker lives
+        ("I work as a nurse.", ("work", "a nurse")),  # what the speaker does
+        ("My dog's name is Rex.", ("name of dog", "Rex")),  # a named thing of the speaker's
+        ("I live in Lisbon, and I love the food there.", None),  # says more than the slot: a statement
+        ("I went to Lisbon.", None),  # an event, not a slot: never superseded
+    ],
+)
+def test_slot_of(sentence: str, expected: tuple[str, str] | None) -> None:
+    assert slot_of(sentence) == expected
+
+
+# -- merging and versioning -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same_fact"),
+    [
+        ("I love painting sunsets.", "I really love painting sunsets!", True),  # filler words differ only
+        ("I love painting sunsets.", "Painting sunsets, I love it.", True),  # reordered, same content words
+        ("I love painting sunsets.", "I loved painting the sunset.", True),  # inflections stem alike
+        ("I love painting sunsets.", "I love painting portraits.", False),  # another subject: another fact
+        ("I went to Rome last year.", "I went to Rome yesterday.", False),  # resolved dates differ: two events
+    ],
+)
+def test_near_duplicates_share_key_and_hash(first: str, second: str, same_fact: bool) -> None:
+    a = distill(("Ada", first), episode="e1")
+    b = distill(("Ada", second), at=MAY_8 + timedelta(days=30), episode="e2")
+    assert (a.loc[0, "fact_key"] == b.loc[0, "fact_key"]) is same_fact
+    assert (a.loc[0, "content_hash"] == b.loc[0, "content_hash"]) is same_fact
+
+
+def test_the_same_words_from_two_speakers_are_two_facts() -> None:
+    facts = distill(("Ada", "I love painting sunsets."), ("Bruno", "I love painting sunsets."))
+    # each speaker's statement is about that speaker: merging them would lose who said it
+    assert facts["fact_key"].nunique() == 2
+
+
+def test_merge_counts_support_and_keeps_lineage_to_every_source() -> None:
+    items: dict[str, dict] = {}
+    first = distill(("Ada", "I love painting sunsets."), episode="e1")
+    apply(plan_changes(first, current(items, first), MAY_8), items)
+    later = MAY_8 + timedelta(days=10)
+    second = distill(("Ada", "I really love painting sunsets!"), at=later, episode="e2")
+    plan = plan_changes(second, current(items, second), later)
+    assert plan.counts == {"new": 0, "merged": 1, "superseded": 0}
+    apply(plan, items)
+    (item,) = items.values()
+    assert (item["support_count"], item["first_seen"], item["last_seen"]) == (2, MAY_8, later)
+    assert item["sources"] == ["e1:0", "e2:0"]
+    assert item["rendered"] == "(8 May 2023) Ada: I love painting sunsets."  # the content is not rewritten
+
+
+def test_a_changed_slot_is_versioned_and_the_old_version_closed_not_overwritten() -> None:
+    items: dict[str, dict] = {}
+    first = distill(("Ada", "My favorite color is blue."), episode="e1")
+    apply(plan_changes(first, current(items, first), MAY_8), items)
+    later = MAY_8 + timedelta(days=40)
+    second = distill(("Ada", "My favorite color is green."), at=later, episode="e2")
+    plan = plan_changes(second, current(items, second), later)
+    assert plan.counts == {"new": 0, "merged": 0, "superseded": 1}
+    apply(plan, items)
+    old, new = sorted(items.values(), key=lambda r: r["version"])
+    assert (old["text"], old["valid_to"], old["superseded_by"]) == (
+        "Ada: My favorite color is blue.",
+        later,
+        new["item_id"],
+    )
+    assert (new["version"], new["valid_from"], new["valid_to"]) == (2, later, None)
+    assert new["fact_key"] == old["fact_key"]
+
+
+def test_plain_statements_about_the_same_subject_are_never_superseded() -> None:
+    items: dict[str, dict] = {}
+    first = distill(("Ada", "I went to Lisbon with my sister."), episode="e1")
+    apply(plan_changes(first, current(items, first), MAY_8), items)
+    later = MAY_8 + timedelta(days=3)
+    second = distill(("Ada", "I went to Porto with my sister."), at=later, episode="e2")
+    plan = plan_changes(second, current(items, second), later)
+    # both trips happened: the second is a new fact, and the first stays current and searchable
+    assert plan.counts == {"new": 1, "merged": 0, "superseded": 0}
+    apply(plan, items)
+    assert all(r["valid_to"] is None for r in items.values())
+
+
+def _facts(*rows: tuple[str, str, str, int]) -> pd.DataFrame:
+    """Candidate facts from (fact_key, text, source, day of May) rows, by Ada."""
+    return pd.DataFrame(
+        [
+            {
+                "tenant": "acme",
+                "fact_key": key,
+                "text": f"Ada: {text}",
+                "actor": "Ada",
+                "at": datetime(2023, 5, day, tzinfo=UTC),
+                "rendered": f"({day} May 2023) Ada: {text}",
+                "tags": [],
+                "sources": [source],
+                "salience": 0.5,
+                "content_hash": content_hash(f"Ada: {text}", "Ada"),
+            }
+            for key, text, source, day in rows
+        ],
+        columns=FACT_COLUMNS,
+    )
+
+
+STORED = _facts(("k-color", "My favorite color is blue.", "ev1", 1), ("k-dog", "I adopted a dog.", "ev2", 1))
+
+
+@pytest.mark.parametrize(
+    ("candidates", "counts", "new_versions"),
+    [
+        # nothing stored shares the key: a new fact, version 1
+        (_facts(("k-job", "I work as a nurse.", "ev9", 9)), {"new": 1, "merged": 0, "superseded": 0}, [1]),
+        # the same content from a new event: one merge, no row
+        (_facts(("k-dog", "I adopted a dog!", "ev9", 9)), {"new": 0, "merged": 1, "superseded": 0}, []),
+        # the stored events again (a rerun after the plan was applied): nothing to do
+        (STORED, {"new": 0, "merged": 0, "superseded": 0}, []),
+        # changed content, said later: version 2 supersedes version 1
+        (_facts(("k-color", "My favorite color is green.", "ev9", 9)), {"new": 0, "merged": 0, "superseded": 1}, [2]),
+        # two changes in one batch: v2 is closed by v3 within the batch, so only v1 is a stored row to supersede;
+        # "new" counts the extra row the batch wrote beyond the one that replaces v1
+        (
+            _facts(
+                ("k-color", "My favorite color is green.", "ev8", 8),
+                ("k-color", "My favorite color is red.", "ev9", 9),
+            ),
+            {"new": 1, "merged": 0, "superseded": 1},
+            [2, 3],
+        ),
+        # two near-duplicates in one batch: one merge carrying support 2
+        (
+            _facts(("k-dog", "I adopted a dog!", "ev8", 8), ("k-dog", "I adopted a dog.", "ev9", 9)),
+            {"new": 0, "merged": 1, "superseded": 0},
+            [],
+        ),
+    ],
+)
+def test_plan_changes_counts(candidates: pd.DataFrame, counts: dict[str, int], new_versions: list[int]) -> None:
+    items: dict[str, dict] = {}
+    apply(plan_changes(STORED, pd.DataFrame(), MAY_8), items)
+    plan = plan_changes(candidates, current(items, candidates), MAY_8 + timedelta(days=10))
+    assert plan.counts == counts
+    assert [r["version"] for r in plan.new_items] == new_versions
+    assert all(item_id in items for item_id in plan.merges)
+    assert all(old in items for old in plan.supersessions)
+
+
+def test_two_near_duplicates_in_one_batch_merge_with_support_two() -> None:
+    items: dict[str, dict] = {}
+    apply(plan_changes(STORED, pd.DataFrame(), MAY_8), items)
+    batch = _facts(("k-dog", "I adopted a dog!", "ev8", 8), ("k-dog", "I adopted a dog.", "ev9", 9))
+    plan = plan_changes(batch, current(items, batch), MAY_8)
+    (merge,) = plan.merges.values()
+    assert merge == {"support_delta": 2, "sources": ["ev8", "ev9"], "last_seen": datetime(2023, 5, 9, tzinfo=UTC)}
+
+
+def test_older_changed_news_does_not_replace_the_current_version() -> None:
+    items: dict[str, dict] = {}
+    apply(plan_changes(STORED, pd.DataFrame(), MAY_8), items)
+    stale = _facts(("k-color", "My favorite color is grey.", "ev0", 1))
+    stale.loc[0, "at"] = datetime(2023, 4, 1, tzinfo=UTC)  # said before the stored version began
+    plan = plan_changes(stale, current(items, stale), MAY_8)
+    assert plan.counts == {"new": 0, "merged": 0, "superseded": 0}
+
+
+def test_replanning_gives_the_same_ids() -> None:
+    facts = distill(("Ada", "I adopted a dog named Rex."), ("Bruno", "My favorite color is blue."))
+    a = plan_changes(facts, pd.DataFrame(), MAY_8)
+    b = plan_changes(facts, pd.DataFrame(), MAY_8)
+    assert [r["item_id"] for r in a.new_items] == [r["item_id"] for r in b.new_items]
+
+
+# -- summaries --------------------------------------------------------------------------------------------------
+
+
+def test_summarize_episode_picks_the_recurring_topic_in_order() -> None:
+    _, turns = conversation(
+        ("Ada", "Hi Bruno!"),
+        ("Bruno", "I started a pottery class last week. The pottery teacher is great."),
+        ("Ada", "Pottery sounds relaxing. I tried pottery once in Lisbon."),
+        ("Bruno", "The weather was awful today."),
+    )
+    summary = summarize_episode(turns, max_sentences=2)
+    lines = summary.splitlines()
+    assert len(lines) == 2
+    assert all("ottery" in line for line in lines)  # the topic both speakers come back to
+    assert lines[0].startswith("Bruno: ")  # speakers are kept, order is the episode's
+    assert summarize_episode(turns.iloc[:1]) == ""  # a greeting has nothing to summarise
