@@ -9,7 +9,14 @@ from prefect import flow
 
 from engram.policy import LifecyclePolicy
 from tasks.common import Stopwatch, resolve_as_of, worker_id
-from tasks.consolidation import claim_episodes, commit_facts, distill_facts, embed_facts, gate_facts
+from tasks.consolidation import (
+    claim_episodes,
+    commit_facts,
+    distill_facts,
+    embed_facts,
+    gate_facts,
+    load_consolidator,
+)
 from tasks.reporting import publish_run_summary, publish_validation
 
 
@@ -21,17 +28,23 @@ def consolidate(
     batch_size: int = 200,
     max_reject_fraction: float = 0.5,
     max_batches: int = 10_000,
+    consolidator_block: str | None = None,
 ) -> dict:
     """Distil facts from episodes under database leases, gate them, and merge or version them into the semantic
-    layer. Two runs at once take disjoint episodes; a crashed run's episodes are retaken when its lease expires."""
+    layer. Two runs at once take disjoint episodes; a crashed run's episodes are retaken when its lease expires.
+
+    ``consolidator_block`` names an ``LLMConsolidatorEndpoint`` block to distil with a chat model instead of the
+    local extractive consolidator.
+    """
     clock, as_of, policy, owner = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings(), worker_id()
+    consolidator = load_consolidator(consolidator_block)
     totals: Counter[str] = Counter()
     results = []
     for _ in range(max_batches):
         episodes = claim_episodes(store_url, as_of, owner, policy.lease.total_seconds(), batch_size, tenant)
         if not episodes:
             break
-        candidates = distill_facts(store_url, episodes)
+        candidates = distill_facts(store_url, episodes, consolidator)
         gate = gate_facts(candidates, max_reject_fraction)
         results.append(gate.result)
         totals["rows_in"] += len(candidates)

@@ -14,6 +14,15 @@ from tasks.common import current_run_id, open_store
 from tasks.reporting import publish_gate_failure
 
 
+def load_consolidator(block_name: str | None) -> Consolidator:
+    """The local consolidator, or the LLM one configured in the named ``LLMConsolidatorEndpoint`` block."""
+    if not block_name:
+        return LocalConsolidator()
+    from blocks.consolidator import LLMConsolidatorEndpoint
+
+    return LLMConsolidatorEndpoint.load(block_name).get_consolidator()
+
+
 @task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
 def claim_episodes(
     store_url: str | None, as_of: datetime, owner: str, lease_seconds: float, batch_size: int, tenant: str | None

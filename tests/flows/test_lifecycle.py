@@ -132,3 +132,24 @@ def test_flow_runs_are_in_prefects_run_history(memory: Memory) -> None:
         names = {client.read_flow(r.flow_id).name for r in client.read_flow_runs(limit=200)}
     assert {"lifecycle", "ingest", "close_sessions", "expire_working", "consolidate"} <= names
     assert count(memory.store, SEMANTIC, tenant="acme") > 0
+
+
+def test_a_changed_fact_gets_a_new_version_and_the_old_one_stays_readable(memory: Memory) -> None:
+    memory.observe("acme", "s1", "Maya", "I live in Portland.", T0, event_id="home-1")
+    memory.run_lifecycle(as_of=T0 + timedelta(days=1))
+    memory.observe("acme", "s2", "Maya", "I live in Denver.", T0 + timedelta(days=30), event_id="home-2")
+    memory.run_lifecycle(as_of=T0 + timedelta(days=31))
+
+    hits = memory.search("acme", "where does Maya live", layers=["semantic"])
+    assert [h.text for h in hits][:1] == ["(31 March 2024) Maya: I live in Denver."]
+    assert all("Portland" not in h.text for h in hits)  # the superseded version left the index
+
+    current = memory.get("acme", hits[0].item_id)
+    assert (current.version, current.valid_to, current.superseded_by) == (2, None, None)
+    history = memory.history("acme", current.item_id)
+    superseded = [h for h in history if h.action == "supersede"]
+    assert len(superseded) == 1 and superseded[0].detail["superseded_by"] == current.item_id
+    old = memory.get("acme", superseded[0].item_id)
+    assert (old.version, old.text, old.superseded_by) == (1, "Maya: I live in Portland.", current.item_id)
+    assert old.valid_to == current.valid_from
+    assert {"home-1", "home-2"} <= {h.item_id for h in history if h.action == "observe"}
