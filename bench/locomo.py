@@ -156,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--store", default=None, help="store URL (default: a temporary SQLite file)")
     parser.add_argument(
         "--layers",
-        default="semantic",
-        help="comma-separated layers to search, or 'all' for what a default search returns (default: semantic)",
+        default="all",
+        help="comma-separated layers to search, or 'all' for what a default search returns (default: all)",
     )
     args = parser.parse_args(argv)
     path = Path(args.path).resolve()

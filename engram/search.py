@@ -24,6 +24,8 @@ K1 = 1.5
 B = 0.75
 RRF_K = 60
 _LAYER_CODE = {layer.value: i for i, layer in enumerate(Layer)}
+# An internal code for the turns of consolidated episodes: searched only when the episodic layer is asked for.
+_SHADOWED_EPISODIC = len(_LAYER_CODE)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ class TenantIndex:
             self._seqs.append(d.get("seq", 0))
             self._len[idx] = len(ids)
             self._alive[idx] = True
-            self._layer[idx] = _LAYER_CODE[d["layer"]]
+            self._layer[idx] = _SHADOWED_EPISODIC if d.get("shadowed") else _LAYER_CODE[d["layer"]]
             self._at[idx] = d["at"].timestamp()
             self._n_alive += 1
             self._total_len += len(ids)
@@ -209,7 +211,12 @@ class TenantIndex:
         n_docs = len(self._keys)
         mask = self._alive[:n_docs].copy()
         if layers:
-            mask &= np.isin(self._layer[:n_docs], [_LAYER_CODE[x] for x in layers])
+            codes = [_LAYER_CODE[x] for x in layers]
+            if Layer.EPISODIC.value in layers:
+                codes.append(_SHADOWED_EPISODIC)
+            mask &= np.isin(self._layer[:n_docs], codes)
+        else:
+            mask &= self._layer[:n_docs] != _SHADOWED_EPISODIC
         if since is not None:
             mask &= self._at[:n_docs] >= since.timestamp()
         if until is not None:

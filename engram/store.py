@@ -867,6 +867,13 @@ class Store:
             done = 0
             for start in range(0, len(episodes), INSERT_CHUNK):
                 chunk = list(episodes[start : start + INSERT_CHUNK])
+                # Re-stamp the turns so the search index picks up that their episode is now consolidated.
+                for tenant in {t for t, _ in chunk}:
+                    conn.execute(
+                        update(TURNS)
+                        .where(tuple_(TURNS.c.tenant, TURNS.c.episode_id).in_(chunk), TURNS.c.tenant == tenant)
+                        .values(seq=seqs[tenant])
+                    )
                 done += (
                     conn.execute(
                         update(EPISODES)
@@ -1042,11 +1049,18 @@ class Store:
             ):
                 added.append(_doc(Layer.WORKING, r.item_id, r.text, r.actor, r.at, r.tags, r.seq))
             for r in conn.execute(
-                select(TURNS.c.item_id, TURNS.c.actor, TURNS.c.text, TURNS.c.at, TURNS.c.tags, TURNS.c.seq).where(
-                    window(TURNS), TURNS.c.archived_manifest_id.is_(None)
+                select(
+                    TURNS.c.item_id, TURNS.c.actor, TURNS.c.text, TURNS.c.at, TURNS.c.tags, TURNS.c.seq,
+                    EPISODES.c.consolidated_at,
                 )
+                .join(EPISODES, and_(EPISODES.c.tenant == TURNS.c.tenant, EPISODES.c.episode_id == TURNS.c.episode_id))
+                .where(window(TURNS), TURNS.c.archived_manifest_id.is_(None))
             ):
-                added.append(_doc(Layer.EPISODIC, r.item_id, r.text, r.actor, r.at, r.tags, r.seq))
+                doc = _doc(Layer.EPISODIC, r.item_id, r.text, r.actor, r.at, r.tags, r.seq)
+                # A consolidated episode's turns are stood for by the facts distilled from them: a default search
+                # returns those facts, and the turns only when the episodic layer is asked for by name.
+                doc["shadowed"] = r.consolidated_at is not None
+                added.append(doc)
             for r in conn.execute(
                 select(
                     SEMANTIC.c.item_id,

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -27,6 +28,9 @@ TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")
 # C0 controls but tab, newline and carriage return; DEL. NUL in particular cannot be stored by PostgreSQL.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 ACTOR_MAX = 256
+# Every C0 control (line breaks included), DEL, and the Unicode line and paragraph separators.
+_ACTOR_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+METADATA_MAX_DEPTH = 32
 SCOPES = ("session", "task")
 REQUIRED_FIELDS = ("tenant", "session", "actor", "text", "at")
 
@@ -118,13 +122,17 @@ def check_text(value: Any, limits: Limits, name: str = "text") -> str:
 
 
 def check_actor(value: Any, name: str = "actor") -> str:
-    """Who spoke or acted: a non-blank name of at most 256 characters."""
+    """Who spoke or acted: 1-256 printable characters on one line (it starts a line of the rendered prompt)."""
     if value is None:
         raise InvalidInput(name, "is required; give the speaker's or agent's name")
     if not isinstance(value, str):
         raise InvalidInput(name, f"must be a string, got {_describe(value)}")
+    if not _is_utf8(value):
+        raise InvalidInput(name, "is not valid UTF-8 (it holds a lone surrogate)")
+    if _ACTOR_FORBIDDEN.search(value):
+        raise InvalidInput(name, "must be printable and on one line (no control characters or line breaks)")
     value = value.strip()
-    if not value or len(value) > ACTOR_MAX or _CONTROL.search(value):
+    if not value or len(value) > ACTOR_MAX:
         raise InvalidInput(name, f"must be 1-{ACTOR_MAX} printable characters; got {value[:80]!r}")
     return value
 
@@ -158,7 +166,10 @@ def to_utc(value: Any, name: str = "at") -> datetime:
             raise InvalidInput(name, f"is not an ISO-8601 time: {value[:40]!r}") from None
     else:
         raise InvalidInput(name, f"must be a datetime, an ISO-8601 string or epoch seconds, got {_describe(value)}")
-    dt = dt.replace(tzinfo=UTC) if dt.utcoffset() is None else dt.astimezone(UTC)
+    try:
+        dt = dt.replace(tzinfo=UTC) if dt.utcoffset() is None else dt.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidInput(name, f"{value!s:.40} is out of range once converted to UTC") from None
     if not (1970 <= dt.year <= 9999):
         raise InvalidInput(name, f"year {dt.year} is out of range")
     return dt
@@ -170,19 +181,47 @@ def check_metadata(value: Any, limits: Limits, name: str = "metadata") -> dict[s
         return {}
     if not isinstance(value, Mapping):
         raise InvalidInput(name, f"must be a JSON object (dict), got {_describe(value)}")
+    problem = _json_problem(value, METADATA_MAX_DEPTH)
+    if problem:
+        raise InvalidInput(name, problem)
     try:
         encoded = json.dumps(dict(value), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(name, f"must be JSON-serialisable: {exc}") from None
-    if len(encoded.encode("utf-8", "surrogatepass")) > limits.max_metadata_bytes:
+    if len(encoded.encode("utf-8")) > limits.max_metadata_bytes:
         raise InvalidInput(name, f"is over the limit of {limits.max_metadata_bytes} bytes as JSON")
-    if "\x00" in encoded or "\\u0000" in encoded:
-        raise InvalidInput(name, "contains a NUL character")
-    try:
-        encoded.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput(name, "contains text that is not valid UTF-8") from None
     return json.loads(encoded)
+
+
+def _json_problem(value: Any, depth: int) -> str | None:
+    """What makes a metadata value unstorable (too deep, a NUL, a lone surrogate, a non-string key), or None."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if level > depth:
+            return f"is nested more than {depth} levels deep"
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "contains a NUL character"
+            if not _is_utf8(item):
+                return "contains text that is not valid UTF-8"
+        elif isinstance(item, Mapping):
+            for k, v in item.items():
+                if not isinstance(k, (str, int, float, bool)) and k is not None:
+                    return f"keys must be strings (or numbers, which JSON turns into strings), got {_describe(k)}"
+                stack.append((k, level + 1))
+                stack.append((v, level + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, level + 1) for v in item)
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_tags(value: Any, name: str = "metadata.tags") -> list[str]:
@@ -260,5 +299,9 @@ def raw_payload(row: Any) -> str:
         row = {str(k): v for k, v in row.items()}
     try:
         return json.dumps(row, ensure_ascii=True, default=default, allow_nan=True)
-    except (TypeError, ValueError):
-        return json.dumps({"$repr": repr(row)}, ensure_ascii=True)
+    except (TypeError, ValueError, RecursionError):
+        # Too deep or self-referencing for JSON: keep a bounded repr rather than nothing.
+        shortener = reprlib.Repr()
+        shortener.maxlevel, shortener.maxdict, shortener.maxlist = 64, 1_000, 1_000
+        shortener.maxstring, shortener.maxother = 100_000, 1_000
+        return json.dumps({"$repr": shortener.repr(row)}, ensure_ascii=True)

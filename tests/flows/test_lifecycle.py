@@ -153,3 +153,13 @@ def test_a_changed_fact_gets_a_new_version_and_the_old_one_stays_readable(memory
     assert (old.version, old.text, old.superseded_by) == (1, "Maya: I live in Portland.", current.item_id)
     assert old.valid_to == current.valid_from
     assert {"home-1", "home-2"} <= {h.item_id for h in history if h.action == "observe"}
+
+
+def test_default_search_returns_facts_not_the_turns_they_were_distilled_from(memory: Memory) -> None:
+    memory.observe_many(conversation_rows("acme", sessions=1, start=T0))
+    memory.run_lifecycle(as_of=T0 + timedelta(days=1))
+    # Indexes the episode before its consolidation is visible: the index must follow the change.
+    default = memory.search("acme", "pottery class blue bowl")
+    assert default and {h.layer for h in default} == {"semantic"}
+    turns = memory.search("acme", "pottery class blue bowl", layers=["episodic"])
+    assert turns and {h.layer for h in turns} == {"episodic"}
