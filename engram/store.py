@@ -1050,7 +1050,12 @@ class Store:
                 added.append(_doc(Layer.WORKING, r.item_id, r.text, r.actor, r.at, r.tags, r.seq))
             for r in conn.execute(
                 select(
-                    TURNS.c.item_id, TURNS.c.actor, TURNS.c.text, TURNS.c.at, TURNS.c.tags, TURNS.c.seq,
+                    TURNS.c.item_id,
+                    TURNS.c.actor,
+                    TURNS.c.text,
+                    TURNS.c.at,
+                    TURNS.c.tags,
+                    TURNS.c.seq,
                     EPISODES.c.consolidated_at,
                 )
                 .join(EPISODES, and_(EPISODES.c.tenant == TURNS.c.tenant, EPISODES.c.episode_id == TURNS.c.episode_id))

@@ -224,9 +224,7 @@ def test_one_bad_row_does_not_sink_its_batch(memory: Memory, bad: dict[str, Any]
 OPAQUE_ID = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:@+=-]{0,20}", fullmatch=True)
 TAG = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_:-]{0,10}", fullmatch=True)
 PRINTABLE = st.characters(blacklist_categories=("Cs",), blacklist_characters=CONTROL_CHARS)
-ONE_LINE = st.characters(
-    blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters=["\x85"]
-)
+ONE_LINE = st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters=["\x85"])
 VALID_TEXT = st.text(PRINTABLE, min_size=1, max_size=120).filter(lambda s: s.strip())
 ZONE = st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m)))
 # Years 1971-9998 keep an offset from pushing the instant outside 1970-9999 (tested on their own above).
