@@ -261,6 +261,37 @@ class QuarantinedRow(SQLModel, table=True):
     quarantined_at: datetime
 
 
+
+
+class Metric(SQLModel, table=True):
+    """One measurement taken by the ``monitor`` flow: layer sizes, backlog, lag, quarantine growth, run durations.
+
+    ``tenant`` is ``*`` for service-wide measurements.
+    """
+
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_name_at", "name", "at"),)
+
+    tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)
+    name: str = Field(primary_key=True, max_length=64)
+    at: datetime = Field(primary_key=True)
+    value: float
+    flow_run_id: str | None = Field(default=None, max_length=64)
+
+
+class ShardLease(SQLModel, table=True):
+    """A shard of the work (tenants by hash) claimed by one worker until its lease expires."""
+
+    __tablename__ = "shard_leases"
+
+    pool: str = Field(primary_key=True, max_length=64)
+    shard: int = Field(primary_key=True)
+    shard_count: int
+    owner: str | None = Field(default=None, max_length=64)
+    lease_expires_at: datetime | None = Field(default=None)
+    processed: int = Field(default=0)
+
+
 ALL_TABLES = [
     TenantState,
     Event,
@@ -273,4 +304,6 @@ ALL_TABLES = [
     ArchiveManifest,
     Transition,
     QuarantinedRow,
+    Metric,
+    ShardLease,
 ]
