@@ -1393,6 +1393,34 @@ class Store:
         with self.read() as conn:
             return conn.execute(select(TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).scalar() or 0
 
+    # -- whole-tenant copies (export and import) ----------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read transaction that sees one consistent state of every table (REPEATABLE READ on PostgreSQL)."""
+        try:
+            with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"read from {self.safe_url} failed: {exc.__class__.__name__}: {exc}") from exc
+
+    def tenant_rows(
+        self, conn: Connection, table: Table, tenant: str, batch_rows: int = 50_000
+    ) -> Iterator[list[dict[str, Any]]]:
+        """A tenant's rows of one table in primary-key order, in batches of at most ``batch_rows``."""
+        query = select(table).where(table.c.tenant == tenant).order_by(*table.primary_key.columns)
+        for part in conn.execute(query.execution_options(yield_per=batch_rows)).partitions():
+            yield [dict(r._mapping) for r in part]
+
+    def count_tenant_rows(self, conn: Connection, table: Table, tenant: str) -> int:
+        return conn.execute(select(func.count()).select_from(table).where(table.c.tenant == tenant)).scalar_one()
+
+    def delete_tenant_rows(self, conn: Connection, table: Table, tenant: str) -> int:
+        return conn.execute(table.delete().where(table.c.tenant == tenant)).rowcount or 0
+
 
 def _doc(
     layer: Layer,
