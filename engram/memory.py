@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from engram import portable
+from engram.archive import ArchiveLocation
 from engram.errors import InvalidInput, NotFound
 from engram.layers import Layer
 from engram.search import Hit, IndexRegistry, TenantIndex
@@ -137,7 +139,9 @@ class Memory:
         store: URL of the hot store (``sqlite:///path.db`` or ``postgresql://user@host/db``); defaults to
             ``ENGRAM_STORE_URL``, else SQLite in the user's data folder.
         archive: URL of the archive (``file:///folder`` or ``s3://bucket/prefix``); defaults to
-            ``ENGRAM_ARCHIVE_URL``, else a folder beside the store.
+            ``ENGRAM_ARCHIVE_URL``, else a folder beside the store. An ``engram.archive.ArchiveLocation`` (or an
+            ``ArchiveStorage`` block's ``location()``) brings the endpoint and keys of an S3 archive; with a URL
+            they come from the ``ENGRAM_ARCHIVE_*`` settings.
         settings: overrides the settings read from the environment.
         clock: returns "now"; pass a fixed clock in tests (see ``engram.testing``).
 
@@ -152,7 +156,7 @@ class Memory:
     def __init__(
         self,
         store: str | None = None,
-        archive: str | None = None,
+        archive: str | ArchiveLocation | None = None,
         *,
         settings: Settings | None = None,
         clock: Clock | None = None,
@@ -160,7 +164,11 @@ class Memory:
     ):
         self.settings = settings or Settings()
         self.store_url = store or self.settings.resolved_store_url()
-        self.archive_url = check_archive_url(archive or self.settings.resolved_archive_url())
+        location = None if archive is None or isinstance(archive, str) else archive
+        self.archive_url = check_archive_url(
+            location.url if location else archive or self.settings.resolved_archive_url()
+        )
+        self.archive = location or ArchiveLocation.from_settings(self.archive_url, self.settings)
         self.clock: Clock = clock or utc_now
         self.limits = Limits(self.settings.max_text_bytes, self.settings.max_metadata_bytes)
         self.store = Store(self.store_url)
@@ -350,7 +358,20 @@ class Memory:
                 seq, epoch, added, removed = self.store.index_changes(tenant, 0)
             index.epoch = epoch
             index.apply(seq, added, removed)
+            if index.manifests_seq != seq:
+                self._add_archived(tenant, index)
+                index.manifests_seq = seq
         return index
+
+    def _add_archived(self, tenant: str, index: TenantIndex) -> None:
+        """Add the documents of archive manifests committed since the index last looked (a commit moves the
+        tenant's counter, so an unchanged counter means nothing new)."""
+        from engram.archive import search_documents
+
+        for manifest in self.store.manifests(tenant, ["committed"]):
+            if manifest["manifest_id"] not in index.manifests:
+                index.add(search_documents(self.store, self.archive, manifest))
+                index.manifests.add(manifest["manifest_id"])
 
     def search(
         self,
@@ -432,7 +453,7 @@ class Memory:
         return None if embedder is None else embedder.embed([embedding_text(query)])[0]
 
     def _sources_for(self, tenant: str, keys: Sequence[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
-        semantic = [item_id for layer, item_id in keys if layer == Layer.SEMANTIC]
+        semantic = [item_id for layer, item_id in keys if layer in (Layer.SEMANTIC, Layer.ARCHIVAL)]
         return self.store.lineage_of(tenant, semantic) if semantic else {}
 
     def get(self, tenant: str, item_id: str) -> Item:
@@ -445,6 +466,15 @@ class Memory:
         row = self.store.find_item(tenant, _check_item_id(item_id))
         if row is None:
             raise NotFound(f"tenant {tenant!r} has no item {item_id!r}")
+        if row["layer"] == Layer.ARCHIVAL:
+            from engram.archive import archived_record
+
+            # The hot row is a tombstone; the archive's copy has the content.
+            record = archived_record(self.store, self.archive, tenant, row["archived_manifest_id"], item_id)
+            if record is not None:
+                row = {**record, "layer": Layer.ARCHIVAL, "sources": row.get("sources")}
+                if record["_table"] == "episodes":
+                    row.update(item_id=item_id, text=record["summary"], at=record["started_at"])
         at = row.get("at") or row.get("last_seen")
         text = row["text"]
         actor = row.get("actor") or ""
@@ -530,7 +560,13 @@ class Memory:
         if subject is not None and (not isinstance(subject, str) or not subject.strip()):
             raise InvalidInput("subject", "must be a non-empty string, or None to forget the whole tenant")
         now = self._now()
+        from engram.archive import forget_in_archive
+
+        # The archive first: its copies say which tombstones name the subject, through lineage the hot forget removes.
+        in_archive = forget_in_archive(self.store, self.archive, tenant, subject, now)
         removed = self.store.forget(tenant, subject, now, flow_run_id)
+        for key, value in in_archive.items():
+            removed[key] = removed.get(key, 0) + value
         subject_hash = hashlib.sha256(subject.encode()).hexdigest() if subject is not None else None
         receipt = DeletionReceipt(
             receipt_id=stable_id("receipt", tenant, subject_hash or "*", now.isoformat()),
@@ -574,6 +610,58 @@ class Memory:
             tenant = check_tenant(tenant)
         return lifecycle(store_url=self.store_url, archive_url=self.archive_url, as_of=when, tenant=tenant)
 
+    # -- moving a tenant between stores ------------------------------------------------------------------------
+
+    def export(self, tenant: str, dest: str) -> portable.ExportManifest:
+        """Write a tenant's whole memory (every layer, its lineage and audit trail, its archived objects) to
+        ``dest`` as Parquet plus ``manifest.json``, with row counts and sha256 per file.
+
+        Args:
+            tenant: whose memory.
+            dest: an empty local folder, ``file://`` URL or ``s3://bucket/prefix``.
+
+        Returns:
+            The ``ExportManifest`` written.
+
+        Raises:
+            InvalidInput: a bad tenant id, or a destination that already holds an export.
+            ArchiveError: the destination cannot be written, or an archived object is missing or damaged.
+
+        Example:
+            >>> memory.export("acme", "/backups/acme")  # doctest: +SKIP
+        """
+        tenant = check_tenant(tenant)
+        self.flush_accesses()  # access times still pending in this process belong in the export
+        return portable.export_tenant(self.store, tenant, dest, archive_url=self.archive_url)
+
+    def import_tenant(self, src: str, tenant: str | None = None, replace: bool = False) -> portable.ImportReport:
+        """Restore an export written by ``export`` into this memory, optionally under a new tenant id.
+
+        Every file is checked against the export's manifest before anything is written; the rows go in one
+        transaction and archived objects are copied into this memory's archive.
+
+        Args:
+            src: the export's location (local folder, ``file://`` or ``s3://``).
+            tenant: import under this tenant id instead of the exported one.
+            replace: delete the tenant's current memory first (in the same transaction); without it an import
+                into a store that already holds the tenant is refused.
+
+        Returns:
+            An ``ImportReport`` with the rows written per table.
+
+        Raises:
+            ArchiveError: a file of the export is missing or does not match its manifest; nothing was written.
+            InvalidInput: the tenant exists here already (and ``replace`` is false), or a bad tenant id.
+
+        Example:
+            >>> memory.import_tenant("/backups/acme", tenant="acme-restored")  # doctest: +SKIP
+        """
+        report = portable.import_tenant(self.store, src, tenant=tenant, archive_url=self.archive_url, replace=replace)
+        self._indexes.drop(report.tenant)
+        return report
+
+    import_ = import_tenant
+
 
 NEAR_DUPLICATE_CONTAINMENT = 0.85
 
@@ -587,14 +675,12 @@ def select_hits(
     episode's turn next to the fact distilled from it, or a fact restated. The date and speaker of the rendering
     are left out of the comparison, since every item of a day shares them.
     """
-    from engram.text import content_words
-
     kept: list[tuple[float, str, str, dict[str, Any]]] = []
-    kept_words: list[set[str]] = []
+    kept_words: list[frozenset[str]] = []
     used = 0
     for cand in ranked:
         doc = cand[3]
-        bag = content_words(doc["text"])
+        bag = doc["content_words"]
         if bag and any(len(bag & other) >= NEAR_DUPLICATE_CONTAINMENT * len(bag) for other in kept_words):
             continue
         size = len(doc["rendered"].split())

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from engram.layers import Layer
+from engram.text import content_words
 
 K1 = 1.5
 B = 0.75
@@ -26,6 +27,8 @@ RRF_K = 60
 _LAYER_CODE = {layer.value: i for i, layer in enumerate(Layer)}
 # An internal code for the turns of consolidated episodes: searched only when the episodic layer is asked for.
 _SHADOWED_EPISODIC = len(_LAYER_CODE)
+# Likewise for the turns of archived episodes: searched only when the archival layer is asked for by name.
+_SHADOWED_ARCHIVAL = len(_LAYER_CODE) + 1
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class TenantIndex:
         self.tenant = tenant
         self.seq = 0
         self.epoch: int | None = None
+        # Committed archive manifests whose documents are in this index (see ``engram.archive.search_documents``).
+        self.manifests: set[str] = set()
+        self.manifests_seq = -1  # the tenant counter at which the committed manifests were last listed
         self._tok = _tokenizer()
         self._postings: dict[int, _Postings] = {}
         self._keys: list[tuple[str, str]] = []
@@ -144,6 +150,8 @@ class TenantIndex:
                 {
                     "rendered": d["rendered"],
                     "text": d["text"],
+                    # For near-duplicate removal at query time, computed once here rather than per search.
+                    "content_words": frozenset(content_words(d["text"])),
                     "at": d["at"],
                     "tags": tuple(d.get("tags") or ()),
                     "item_id": d["item_id"],
@@ -152,7 +160,10 @@ class TenantIndex:
             self._seqs.append(d.get("seq", 0))
             self._len[idx] = len(ids)
             self._alive[idx] = True
-            self._layer[idx] = _SHADOWED_EPISODIC if d.get("shadowed") else _LAYER_CODE[d["layer"]]
+            if d.get("shadowed"):
+                self._layer[idx] = _SHADOWED_ARCHIVAL if d["layer"] == Layer.ARCHIVAL.value else _SHADOWED_EPISODIC
+            else:
+                self._layer[idx] = _LAYER_CODE[d["layer"]]
             self._at[idx] = d["at"].timestamp()
             self._n_alive += 1
             self._total_len += len(ids)
@@ -214,9 +225,11 @@ class TenantIndex:
             codes = [_LAYER_CODE[x] for x in layers]
             if Layer.EPISODIC.value in layers:
                 codes.append(_SHADOWED_EPISODIC)
+            if Layer.ARCHIVAL.value in layers:
+                codes.append(_SHADOWED_ARCHIVAL)
             mask &= np.isin(self._layer[:n_docs], codes)
         else:
-            mask &= self._layer[:n_docs] != _SHADOWED_EPISODIC
+            mask &= ~np.isin(self._layer[:n_docs], [_SHADOWED_EPISODIC, _SHADOWED_ARCHIVAL])
         if since is not None:
             mask &= self._at[:n_docs] >= since.timestamp()
         if until is not None:

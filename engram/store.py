@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, and_, case, create_engine, event, func, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import StaticPool
 
 from engram.errors import StoreError
 from engram.layers import LEAVES_SOURCE_LAYER, Layer
@@ -33,9 +33,11 @@ from engram.models import (
     EpisodeTurn,
     Event,
     Lineage,
+    Metric,
     QuarantinedRow,
     SemanticItem,
     SessionState,
+    ShardLease,
     TenantState,
     Transition,
     WorkingItem,
@@ -52,6 +54,8 @@ MANIFESTS: Table = ArchiveManifest.__table__  # type: ignore[attr-defined]
 TRANSITIONS: Table = Transition.__table__  # type: ignore[attr-defined]
 QUARANTINE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
 TENANTS: Table = TenantState.__table__  # type: ignore[attr-defined]
+METRICS: Table = Metric.__table__  # type: ignore[attr-defined]
+SHARDS: Table = ShardLease.__table__  # type: ignore[attr-defined]
 
 # Rows per multi-row INSERT. SQLite allows 32,766 bound parameters per statement; the widest table has 14 columns.
 INSERT_CHUNK = 2_000
@@ -119,11 +123,13 @@ class Store:
         self.url = url
         try:
             if url.startswith("sqlite"):
+                memory_db = ":memory:" in url or url.rstrip("/") in ("sqlite:", "sqlite://")
                 self.engine: Engine = create_engine(
                     _sqlite_url_with_dirs(url),
                     connect_args={"timeout": 60, "check_same_thread": False},
-                    # One file, many processes (flows run elsewhere): no pooled connection outlives its use.
-                    poolclass=NullPool,
+                    # A file is shared with other processes (flows run elsewhere) through WAL; pooled connections
+                    # save the connect-and-PRAGMA cost on every search. An in-memory database is one connection.
+                    **({"poolclass": StaticPool} if memory_db else {"pool_size": 5, "max_overflow": 5}),
                 )
                 self._setup_sqlite(self.engine)
             else:
@@ -1003,6 +1009,555 @@ class Store:
         self.insert_ignore(conn, LINEAGE, lineage_rows)
         self.insert_ignore(conn, TRANSITIONS, audit)
 
+    # -- service: metrics and shards ---------------------------------------------------------------------------
+
+    def consolidation_backlog(
+        self, as_of: datetime, tenant: str | None = None
+    ) -> dict[str, tuple[int, datetime | None]]:
+        """Per tenant: how many episodes that ended by ``as_of`` wait for consolidation, and when the oldest ended."""
+        q = (
+            select(EPISODES.c.tenant, func.count(), func.min(EPISODES.c.ended_at))
+            .where(
+                EPISODES.c.consolidated_at.is_(None),
+                EPISODES.c.archived_manifest_id.is_(None),
+                EPISODES.c.ended_at <= as_of,
+            )
+            .group_by(EPISODES.c.tenant)
+        )
+        if tenant is not None:
+            q = q.where(EPISODES.c.tenant == tenant)
+        with self.read() as conn:
+            return {t: (n, _aware(oldest)) for t, n, oldest in conn.execute(q)}
+
+    def record_metrics(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Store measurements; a measurement already recorded for (tenant, name, at) is kept as it was."""
+        with self.write() as conn:
+            return self.insert_ignore(conn, METRICS, rows)
+
+    def latest_metric(self, tenant: str, name: str, before: datetime) -> float | None:
+        """The newest value of a measurement recorded before ``before``, or None."""
+        with self.read() as conn:
+            return conn.execute(
+                select(METRICS.c.value)
+                .where(METRICS.c.tenant == tenant, METRICS.c.name == name, METRICS.c.at < before)
+                .order_by(METRICS.c.at.desc())
+                .limit(1)
+            ).scalar()
+
+    def metric_history(self, tenant: str, prefix: str, limit: int = 500) -> list[dict[str, Any]]:
+        """The newest ``limit`` measurements whose name starts with ``prefix``, oldest first."""
+        with self.read() as conn:
+            rows = conn.execute(
+                select(METRICS.c.at, METRICS.c.name, METRICS.c.value)
+                .where(METRICS.c.tenant == tenant, METRICS.c.name.startswith(prefix, autoescape=True))
+                .order_by(METRICS.c.at.desc(), METRICS.c.name)
+                .limit(limit)
+            ).all()
+        return [{"at": _aware(r.at), "name": r.name, "value": r.value} for r in reversed(rows)]
+
+    def ensure_shards(self, pool: str, shard_count: int) -> int:
+        """Make the pool's shard table hold exactly shards 0..shard_count-1; returns how many rows were added.
+
+        A changed shard count drops the old rows first (a shard number means a different set of tenants under
+        another count); a worker holding an old shard finds its lease gone and stops.
+        """
+        with self.write() as conn:
+            conn.execute(SHARDS.delete().where(SHARDS.c.pool == pool, SHARDS.c.shard_count != shard_count))
+            rows = [
+                {"pool": pool, "shard": s, "shard_count": shard_count, "owner": None, "lease_expires_at": None}
+                for s in range(shard_count)
+            ]
+            return len(self._insert_many(conn, SHARDS, [{**r, "processed": 0} for r in rows], "shard"))
+
+    def claim_shard(
+        self, pool: str, owner: str, lease_seconds: float, candidates: Sequence[int] | None = None
+    ) -> tuple[int, int] | None:
+        """Lease one free shard of the pool (the lowest-numbered among ``candidates``, when given) to ``owner``.
+
+        Returns (shard, shard_count), or None when every candidate is leased. Like batch claims, on PostgreSQL
+        ``FOR UPDATE SKIP LOCKED`` lets claimers take different shards at the same moment.
+        """
+        from datetime import UTC, timedelta
+
+        now = datetime.now(UTC)
+        free = or_(SHARDS.c.lease_expires_at.is_(None), SHARDS.c.lease_expires_at < now)
+        pick = select(SHARDS.c.shard).where(SHARDS.c.pool == pool, free)
+        if candidates is not None:
+            if not candidates:
+                return None
+            pick = pick.where(SHARDS.c.shard.in_(sorted(candidates)))
+        pick = pick.order_by(SHARDS.c.shard).limit(1)
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        with self.write() as conn:
+            row = conn.execute(
+                update(SHARDS)
+                .where(SHARDS.c.pool == pool, SHARDS.c.shard.in_(pick), free)
+                .values(owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
+                .returning(SHARDS.c.shard, SHARDS.c.shard_count)
+            ).first()
+        return (row.shard, row.shard_count) if row else None
+
+    def renew_shard(self, pool: str, shard: int, owner: str, lease_seconds: float, processed: int = 0) -> bool:
+        """Extend ``owner``'s lease on a shard and add to its tally; False when the lease was lost."""
+        from datetime import UTC, timedelta
+
+        now = datetime.now(UTC)
+        with self.write() as conn:
+            return (
+                conn.execute(
+                    update(SHARDS)
+                    .where(SHARDS.c.pool == pool, SHARDS.c.shard == shard, SHARDS.c.owner == owner)
+                    .values(
+                        lease_expires_at=now + timedelta(seconds=lease_seconds),
+                        processed=SHARDS.c.processed + processed,
+                    )
+                ).rowcount
+                == 1
+            )
+
+    def release_shard(self, pool: str, shard: int, owner: str) -> None:
+        """End ``owner``'s lease on a shard; the owner stays recorded as the shard's last worker."""
+        with self.write() as conn:
+            conn.execute(
+                update(SHARDS)
+                .where(SHARDS.c.pool == pool, SHARDS.c.shard == shard, SHARDS.c.owner == owner)
+                .values(lease_expires_at=None)
+            )
+
+    def shard_leases(self, pool: str) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            rows = conn.execute(select(SHARDS).where(SHARDS.c.pool == pool).order_by(SHARDS.c.shard)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def request_close_open_sessions(self, tenant: str | None, at: datetime) -> int:
+        """Ask every open session (of one tenant, or all) to close at ``at``; returns how many were asked."""
+        q = update(SESSIONS).where(SESSIONS.c.episode_id.is_(None), SESSIONS.c.close_requested_at.is_(None))
+        if tenant is not None:
+            q = q.where(SESSIONS.c.tenant == tenant)
+        with self.write() as conn:
+            return conn.execute(q.values(close_requested_at=at)).rowcount
+
+    # -- archival ----------------------------------------------------------------------------------------------
+    # The hot half of the archive protocol (engram.archive holds the object-storage half): pick cold rows, read them
+    # whole, keep the manifest rows, and swap rows for tombstones (or back) in one transaction each.
+
+    def archive_candidates(
+        self,
+        layer: Layer,
+        as_of: datetime,
+        rules: Any,
+        tenant: str | None,
+        limit: int,
+    ) -> list[tuple[str, str]]:
+        """Up to ``limit`` (tenant, id) keys of hot rows the retention rules send to the archive.
+
+        Semantic: item versions not accessed (or, never accessed, not seen) for ``rules.semantic_idle``, below
+        ``rules.min_salience``, or superseded (when ``rules.archive_superseded``). Episodic: consolidated episodes
+        that ended more than ``rules.episode_age`` ago (their turns go with them).
+        """
+        if layer == Layer.SEMANTIC:
+            idle_since = as_of - rules.semantic_idle
+            cold = [
+                func.coalesce(SEMANTIC.c.last_accessed, SEMANTIC.c.last_seen) < idle_since,
+                SEMANTIC.c.salience < rules.min_salience,
+            ]
+            if rules.archive_superseded:
+                cold.append(SEMANTIC.c.valid_to.is_not(None))
+            query = select(SEMANTIC.c.tenant, SEMANTIC.c.item_id).where(
+                SEMANTIC.c.archived_manifest_id.is_(None), or_(*cold)
+            )
+            table, key = SEMANTIC, SEMANTIC.c.item_id
+        elif layer == Layer.EPISODIC:
+            query = select(EPISODES.c.tenant, EPISODES.c.episode_id).where(
+                EPISODES.c.archived_manifest_id.is_(None),
+                EPISODES.c.consolidated_at.is_not(None),
+                EPISODES.c.ended_at < as_of - rules.episode_age,
+            )
+            table, key = EPISODES, EPISODES.c.episode_id
+        else:
+            raise ValueError(f"layer: only semantic and episodic rows are archived, not {layer!r}")
+        if tenant is not None:
+            query = query.where(table.c.tenant == tenant)
+        with self.read() as conn:
+            return [tuple(r) for r in conn.execute(query.order_by(table.c.tenant, key).limit(limit))]
+
+    def archive_rows(self, tenant: str, layer: Layer, ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """Whole hot rows of a batch, by table name: ``semantic_items``, or ``episodes`` and ``episode_turns``."""
+        ids = sorted(set(ids))
+        out: dict[str, list[dict[str, Any]]] = {}
+        with self.read() as conn:
+            for start in range(0, len(ids), INSERT_CHUNK):
+                chunk = ids[start : start + INSERT_CHUNK]
+                if layer == Layer.SEMANTIC:
+                    query = select(SEMANTIC).where(
+                        SEMANTIC.c.tenant == tenant,
+                        SEMANTIC.c.item_id.in_(chunk),
+                        SEMANTIC.c.archived_manifest_id.is_(None),
+                    )
+                    out.setdefault("semantic_items", []).extend(dict(r._mapping) for r in conn.execute(query))
+                    continue
+                episodes = [
+                    dict(r._mapping)
+                    for r in conn.execute(
+                        select(EPISODES).where(
+                            EPISODES.c.tenant == tenant,
+                            EPISODES.c.episode_id.in_(chunk),
+                            EPISODES.c.archived_manifest_id.is_(None),
+                        )
+                    )
+                ]
+                out.setdefault("episodes", []).extend(episodes)
+                out.setdefault("episode_turns", []).extend(
+                    dict(r._mapping)
+                    for r in conn.execute(
+                        select(TURNS)
+                        .where(TURNS.c.tenant == tenant, TURNS.c.episode_id.in_([e["episode_id"] for e in episodes]))
+                        .order_by(TURNS.c.episode_id, TURNS.c.position)
+                    )
+                )
+        return out
+
+    def add_manifest(self, row: Mapping[str, Any]) -> None:
+        """Record a manifest (status ``written``) before its files are uploaded, so a crash leaves a trace."""
+        with self.write() as conn:
+            self.insert_ignore(conn, MANIFESTS, [row])
+
+    def set_manifest(self, tenant: str, manifest_id: str, **values: Any) -> None:
+        """Change a manifest's status, files or row count."""
+        with self.write() as conn:
+            conn.execute(
+                update(MANIFESTS)
+                .where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id == manifest_id)
+                .values(**values)
+            )
+
+    def drop_manifest(self, tenant: str, manifest_id: str) -> int:
+        """Delete a manifest row that no tombstone points at (a discarded write); returns 1 when deleted."""
+        pointed = or_(
+            *(
+                select(t.c.tenant)
+                .where(t.c.tenant == tenant, t.c.archived_manifest_id == manifest_id)
+                .exists()
+                for t in (SEMANTIC, EPISODES, TURNS)
+            )
+        )
+        with self.write() as conn:
+            if conn.execute(select(pointed)).scalar():
+                raise StoreError(f"manifest {manifest_id} still holds archived rows of tenant {tenant!r}")
+            return (
+                conn.execute(
+                    MANIFESTS.delete().where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id == manifest_id)
+                ).rowcount
+                or 0
+            )
+
+    def manifests(self, tenant: str | None, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Manifest rows, oldest first; for one tenant or all, in the given statuses or any."""
+        query = select(MANIFESTS)
+        if tenant is not None:
+            query = query.where(MANIFESTS.c.tenant == tenant)
+        if statuses is not None:
+            query = query.where(MANIFESTS.c.status.in_(list(statuses)))
+        with self.read() as conn:
+            return [
+                dict(r._mapping)
+                for r in conn.execute(query.order_by(MANIFESTS.c.created_at, MANIFESTS.c.manifest_id))
+            ]
+
+    def commit_archive(
+        self,
+        tenant: str,
+        manifest_id: str,
+        archived: Mapping[str, Sequence[Mapping[str, Any]]],
+        now: datetime,
+        flow_run_id: str | None,
+    ) -> dict[str, int]:
+        """Swap hot rows for tombstones that point at a verified manifest, audit the moves, mark it committed.
+
+        One transaction. A row is tombstoned only when it is still exactly as archived (same change stamp, same
+        validity and access time); a row that moved on since keeps living hot, and its stale copy in the manifest's
+        files is ignored because no tombstone points at it.
+
+        Args:
+            archived: the rows as read back from the manifest's files, by table name.
+        """
+        counts = {"semantic_items": 0, "episodes": 0, "episode_turns": 0, "events_blanked": 0}
+        with self.write() as conn:
+            seq = self.bump_seq(conn, [tenant], now)[tenant]
+            status = conn.execute(
+                select(MANIFESTS.c.status).where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id == manifest_id)
+            ).scalar()
+            if status is None:
+                raise StoreError(f"manifest {manifest_id} of tenant {tenant!r} was discarded; its rows stay hot")
+            audit: list[dict[str, Any]] = []
+            detail = {"manifest_id": manifest_id}
+
+            def unchanged(table: Table, key: str, rows: Sequence[Mapping[str, Any]], *cols: str) -> list[str]:
+                want = {r[key]: tuple(r[c] for c in cols) for r in rows}
+                keep: list[str] = []
+                ids = sorted(want)
+                for start in range(0, len(ids), INSERT_CHUNK):
+                    query = select(table.c[key], *(table.c[c] for c in cols)).where(
+                        table.c.tenant == tenant,
+                        table.c[key].in_(ids[start : start + INSERT_CHUNK]),
+                        table.c.archived_manifest_id.is_(None),
+                    )
+                    if self.dialect == "postgresql":
+                        query = query.with_for_update()
+                    keep += [r[0] for r in conn.execute(query) if tuple(r[1:]) == want[r[0]]]
+                return keep
+
+            def tombstone(table: Table, key: str, ids: Sequence[str], **blank: Any) -> None:
+                for start in range(0, len(ids), INSERT_CHUNK):
+                    conn.execute(
+                        update(table)
+                        .where(table.c.tenant == tenant, table.c[key].in_(ids[start : start + INSERT_CHUNK]))
+                        .values(archived_manifest_id=manifest_id, **blank)
+                    )
+
+            semantic = archived.get("semantic_items") or []
+            if semantic:
+                ids = unchanged(SEMANTIC, "item_id", semantic, "seq", "valid_to", "last_accessed", "support_count")
+                tombstone(SEMANTIC, "item_id", ids, text="", rendered="", embedding=None, seq=seq)
+                audit += [
+                    transition_row(
+                        tenant, i, Layer.SEMANTIC, Layer.ARCHIVAL, "archive", now, flow_run_id, seq, detail, manifest_id
+                    )
+                    for i in ids
+                ]
+                counts["semantic_items"] = len(ids)
+            episodes = archived.get("episodes") or []
+            if episodes:
+                turns_of: dict[str, list[Mapping[str, Any]]] = {}
+                for t in archived.get("episode_turns") or []:
+                    turns_of.setdefault(t["episode_id"], []).append(t)
+                ep_ids = unchanged(EPISODES, "episode_id", episodes, "seq", "summary", "turn_count")
+                # An episode goes only with every one of its turns as archived, so it is never split.
+                live_turns: dict[str, tuple[Any, ...]] = {}
+                for start in range(0, len(ep_ids), INSERT_CHUNK):
+                    for r in conn.execute(
+                        select(TURNS.c.episode_id, TURNS.c.item_id, TURNS.c.seq, TURNS.c.text).where(
+                            TURNS.c.tenant == tenant,
+                            TURNS.c.episode_id.in_(ep_ids[start : start + INSERT_CHUNK]),
+                        )
+                    ):
+                        live_turns[r.item_id] = (r.episode_id, r.seq, r.text)
+                ep_ids = [
+                    e
+                    for e in ep_ids
+                    if sorted((t["item_id"], (e, t["seq"], t["text"])) for t in turns_of.get(e, []))
+                    == sorted((i, v) for i, v in live_turns.items() if v[0] == e)
+                ]
+                turns = [t for e in ep_ids for t in turns_of.get(e, [])]
+                tombstone(EPISODES, "episode_id", ep_ids, summary="", seq=seq)
+                for start in range(0, len(ep_ids), INSERT_CHUNK):
+                    conn.execute(
+                        update(TURNS)
+                        .where(TURNS.c.tenant == tenant, TURNS.c.episode_id.in_(ep_ids[start : start + INSERT_CHUNK]))
+                        .values(archived_manifest_id=manifest_id, text="", metadata={}, seq=seq)
+                    )
+                # The sensory ledger keeps routed events for idempotency; their content now lives in the archive.
+                event_ids = sorted({t["event_id"] for t in turns})
+                for start in range(0, len(event_ids), INSERT_CHUNK):
+                    counts["events_blanked"] += (
+                        conn.execute(
+                            update(EVENTS)
+                            .where(
+                                EVENTS.c.tenant == tenant,
+                                EVENTS.c.event_id.in_(event_ids[start : start + INSERT_CHUNK]),
+                                EVENTS.c.routed_at.is_not(None),
+                            )
+                            .values(text="", metadata={})
+                        ).rowcount
+                        or 0
+                    )
+                audit += [
+                    transition_row(
+                        tenant, e, Layer.EPISODIC, Layer.ARCHIVAL, "archive", now, flow_run_id, seq, detail, manifest_id
+                    )
+                    for e in ep_ids
+                ]
+                audit += [
+                    transition_row(
+                        tenant,
+                        t["item_id"],
+                        Layer.EPISODIC,
+                        Layer.ARCHIVAL,
+                        "archive",
+                        now,
+                        flow_run_id,
+                        seq,
+                        {**detail, "episode_id": t["episode_id"]},
+                        manifest_id,
+                    )
+                    for t in turns
+                ]
+                counts["episodes"] = len(ep_ids)
+                counts["episode_turns"] = len(turns)
+            self.insert_ignore(conn, TRANSITIONS, audit)
+            conn.execute(
+                update(MANIFESTS)
+                .where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id == manifest_id)
+                .values(status="committed")
+            )
+        return counts
+
+    def archived_pointers(self, tenant: str, manifest_id: str) -> dict[str, set[str]]:
+        """Ids whose tombstones point at a manifest, by table; semantic ones only when still the current version."""
+        with self.read() as conn:
+            return {
+                "semantic_items": {
+                    r[0]
+                    for r in conn.execute(
+                        select(SEMANTIC.c.item_id).where(
+                            SEMANTIC.c.tenant == tenant,
+                            SEMANTIC.c.archived_manifest_id == manifest_id,
+                            SEMANTIC.c.valid_to.is_(None),
+                        )
+                    )
+                },
+                "episode_turns": {
+                    r[0]
+                    for r in conn.execute(
+                        select(TURNS.c.item_id).where(
+                            TURNS.c.tenant == tenant, TURNS.c.archived_manifest_id == manifest_id
+                        )
+                    )
+                },
+            }
+
+    def archived_semantic(
+        self, tenant: str | None, item_ids: Sequence[str] | None, limit: int
+    ) -> list[tuple[str, str, str]]:
+        """Up to ``limit`` (tenant, item_id, manifest_id) of semantic tombstones; all of them or the given ids."""
+        query = select(SEMANTIC.c.tenant, SEMANTIC.c.item_id, SEMANTIC.c.archived_manifest_id).where(
+            SEMANTIC.c.archived_manifest_id.is_not(None)
+        )
+        if tenant is not None:
+            query = query.where(SEMANTIC.c.tenant == tenant)
+        if item_ids is not None:
+            query = query.where(SEMANTIC.c.item_id.in_(sorted(set(item_ids))[:INSERT_CHUNK]))
+        query = query.order_by(SEMANTIC.c.tenant, SEMANTIC.c.archived_manifest_id, SEMANTIC.c.item_id).limit(limit)
+        with self.read() as conn:
+            return [tuple(r) for r in conn.execute(query)]
+
+    def commit_rehydrate(
+        self,
+        tenant: str,
+        manifest_id: str,
+        rows: Sequence[Mapping[str, Any]],
+        now: datetime,
+        flow_run_id: str | None,
+    ) -> int:
+        """Put archived semantic rows back in the hot layer (content from the archive), audited; returns how many.
+
+        Only tombstones that still point at ``manifest_id`` are filled, so a rerun restores nothing twice. The
+        restored row counts as accessed now: it was asked for, and the retention rules should not send it straight
+        back.
+        """
+        done: list[str] = []
+        with self.write() as conn:
+            seq = self.bump_seq(conn, [tenant], now)[tenant]
+            for r in rows:
+                hit = conn.execute(
+                    update(SEMANTIC)
+                    .where(
+                        SEMANTIC.c.tenant == tenant,
+                        SEMANTIC.c.item_id == r["item_id"],
+                        SEMANTIC.c.archived_manifest_id == manifest_id,
+                    )
+                    .values(
+                        text=r["text"],
+                        rendered=r["rendered"],
+                        embedding=r.get("embedding"),
+                        archived_manifest_id=None,
+                        last_accessed=now,
+                        seq=seq,
+                    )
+                ).rowcount
+                if hit:
+                    done.append(r["item_id"])
+            self.insert_ignore(
+                conn,
+                TRANSITIONS,
+                [
+                    transition_row(
+                        tenant,
+                        i,
+                        Layer.ARCHIVAL,
+                        Layer.SEMANTIC,
+                        "rehydrate",
+                        now,
+                        flow_run_id,
+                        seq,
+                        {"manifest_id": manifest_id},
+                        manifest_id,
+                    )
+                    for i in done
+                ],
+            )
+        return len(done)
+
+    def derived_items(self, tenant: str, event_ids: Iterable[str]) -> set[str]:
+        """The items distilled from any of these events (by lineage)."""
+        ids = sorted(set(event_ids))
+        out: set[str] = set()
+        with self.read() as conn:
+            for start in range(0, len(ids), INSERT_CHUNK):
+                out.update(
+                    r[0]
+                    for r in conn.execute(
+                        select(LINEAGE.c.item_id).where(
+                            LINEAGE.c.tenant == tenant, LINEAGE.c.event_id.in_(ids[start : start + INSERT_CHUNK])
+                        )
+                    )
+                )
+        return out
+
+    def events_mentioning(self, tenant: str, subject: str) -> set[str]:
+        """Ids of the tenant's events whose (hot) text names ``subject`` as whole words."""
+        from engram.text import mentions
+
+        with self.read() as conn:
+            return {
+                r.event_id
+                for r in conn.execute(
+                    select(EVENTS.c.event_id, EVENTS.c.text).where(
+                        EVENTS.c.tenant == tenant, func.lower(EVENTS.c.text).like(f"%{subject.lower()}%")
+                    )
+                )
+                if mentions(r.text, subject)
+            }
+
+    def forget_archived(
+        self, tenant: str, event_ids: Iterable[str], item_ids: Iterable[str], now: datetime
+    ) -> dict[str, int]:
+        """Remove by id what a forget found in the archive: tombstones, their events, lineage and audit rows.
+
+        The hot forget finds rows by their text; a tombstone has none, so the archive's copy decided.
+        """
+        events, items = sorted(set(event_ids)), sorted(set(item_ids))
+        removed: dict[str, int] = {}
+        with self.write() as conn:
+            self.bump_seq(conn, [tenant], now)
+
+            def delete_in(table: Table, col: str, ids: Sequence[str]) -> int:
+                n = 0
+                for start in range(0, len(ids), INSERT_CHUNK):
+                    chunk = ids[start : start + INSERT_CHUNK]
+                    n += conn.execute(table.delete().where(table.c.tenant == tenant, table.c[col].in_(chunk))).rowcount
+                return n
+
+            removed["events"] = delete_in(EVENTS, "event_id", events)
+            removed["episode_turns"] = delete_in(TURNS, "item_id", sorted(set(items) | set(events)))
+            removed["semantic_items"] = delete_in(SEMANTIC, "item_id", items)
+            removed["episodes"] = delete_in(EPISODES, "episode_id", items)
+            removed["lineage"] = delete_in(LINEAGE, "item_id", items) + delete_in(LINEAGE, "event_id", events)
+            removed["transitions"] = delete_in(TRANSITIONS, "item_id", sorted(set(items) | set(events)))
+            conn.execute(update(TENANTS).where(TENANTS.c.tenant == tenant).values(epoch=TENANTS.c.epoch + 1))
+        return removed
+
     # -- search feed -------------------------------------------------------------------------------------------
 
     def index_changes(
@@ -1444,3 +1999,12 @@ def _doc(
         "tags": list(tags or []),
         "rendered": rendered or render(text, actor, at),
     }
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    """A time read back from the store as aware UTC (aggregates on SQLite come back naive)."""
+    from datetime import UTC
+
+    if at is None or at.tzinfo is not None:
+        return at
+    return at.replace(tzinfo=UTC)
