@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from engram.consolidate import Consolidator, LocalConsolidator, plan_changes
-from engram.errors import QualityGateFailed
+from engram.errors import LeaseLost, QualityGateFailed
 from tasks.common import current_run_id, open_store
 from tasks.reporting import publish_gate_failure
 
@@ -75,7 +75,15 @@ def commit_facts(
     as_of: datetime,
     vectors: dict[str, bytes] | None = None,
 ) -> dict[str, int]:
-    """Merge, version or add the facts and mark the episodes consolidated, in one transaction under the leases."""
-    return open_store(store_url).commit_consolidation(
-        episodes, facts, owner, as_of, current_run_id(), plan_changes, vectors
-    )
+    """Merge, version or add the facts and mark the episodes consolidated, in one transaction under the leases.
+
+    A lost lease (another worker retook the episodes after this one was too slow) is not a failure: nothing of the
+    batch was written, the new holder does it, and the run goes on with its next batch.
+    """
+    try:
+        return open_store(store_url).commit_consolidation(
+            episodes, facts, owner, as_of, current_run_id(), plan_changes, vectors
+        )
+    except LeaseLost as exc:
+        get_run_logger().warning("batch of %d episodes skipped: %s", len(episodes), exc)
+        return {"lease_lost": len(episodes)}

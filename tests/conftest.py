@@ -15,6 +15,9 @@ from engram import Memory
 from engram.testing import FixedClock
 
 PG_URL = os.environ.get("ENGRAM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# The suite runs lexical (the default install's behaviour) unless a test turns the dense extra on for itself:
+# loading the model in every flow process would cost minutes and test nothing new.
+os.environ.setdefault("ENGRAM_EMBEDDINGS", "false")
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 
 
@@ -91,3 +94,37 @@ def sqlite_memory(tmp_path: Path, clock: FixedClock) -> Iterator[Memory]:
         yield m
     finally:
         m.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 server on loopback (moto's), shared by the session; each test takes a bucket of its own."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_archive(s3_endpoint: str):  # noqa: ANN201 - engram.archive.ArchiveLocation
+    """An S3 archive location in a fresh bucket (not created yet: provisioning is part of what is tested)."""
+    return s3_location(s3_endpoint)
+
+
+def s3_location(endpoint: str, bucket: str | None = None):  # noqa: ANN201 - engram.archive.ArchiveLocation
+    from pydantic import SecretStr
+
+    from engram.archive import ArchiveLocation
+
+    return ArchiveLocation(
+        f"s3://{bucket or 'engram-' + uuid.uuid4().hex[:12]}/archive",
+        endpoint=endpoint,
+        region="us-east-1",
+        access_key=SecretStr("engram-test-key"),
+        secret_key=SecretStr("engram-test-secret"),
+    )

@@ -33,7 +33,7 @@ LEASE_SECONDS = 1.0
 def _spawn(flow: str, store_url: str, batch_size: int) -> subprocess.Popen:
     env = dict(os.environ)
     env["PREFECT_API_URL"] = os.environ["ENGRAM_TEST_PREFECT_API_URL"]
-    env["ENGRAM_LEASE_SECONDS"] = str(LEASE_SECONDS)
+    env.setdefault("ENGRAM_LEASE_SECONDS", str(LEASE_SECONDS))
     return subprocess.Popen(
         [
             sys.executable,
