@@ -18,6 +18,7 @@ from engram.errors import (
 )
 from engram.layers import Layer
 from engram.memory import DeletionReceipt, HistoryEntry, IngestReport, Item, Memory
+from engram.portable import ExportManifest, ImportReport
 from engram.search import Hit
 from engram.settings import Settings
 
@@ -27,8 +28,10 @@ __all__ = [
     "ArchiveError",
     "DeletionReceipt",
     "EngramError",
+    "ExportManifest",
     "HistoryEntry",
     "Hit",
+    "ImportReport",
     "IngestReport",
     "InvalidInput",
     "Item",

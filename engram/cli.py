@@ -443,6 +443,63 @@ def lifecycle(
     _stdout().print(_summary_table(summary, "lifecycle"))
 
 
+# -- moving a tenant ---------------------------------------------------------------------------------------------
+
+
+@app.command("export")
+def export_(
+    tenant: Annotated[str, typer.Argument(help="Whose memory to export.", show_default=False)],
+    dest: Annotated[
+        str, typer.Argument(help="An empty folder, file:// URL or s3://bucket/prefix.", show_default=False)
+    ],
+    as_json: JsonOption = False,
+    store: StoreOption = None,
+    archive: ArchiveOption = None,
+) -> None:
+    """Write a tenant's whole memory (every layer, lineage, history, archived objects) as Parquet plus a manifest."""
+    with _open_memory(store, archive) as memory:
+        manifest = memory.export(tenant, dest)
+    if as_json:
+        _print_json({"url": dest, "manifest": json.loads(manifest.to_json())})
+        return
+    table = Table(title=f"exported {manifest.tenant} to {dest}", title_justify="left")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    table.add_column("sha256", overflow="fold")
+    for f in manifest.files:
+        table.add_row(f.table, f"{f.rows:,}", f.sha256)
+    table.add_row("archived objects", f"{len(manifest.archive_objects):,}", "", style="bold")
+    _stdout().print(table)
+
+
+@app.command("import")
+def import_(
+    src: Annotated[str, typer.Argument(help="An export written by `engram export`.", show_default=False)],
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", help="Import under this tenant id instead of the exported one.")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Delete the tenant's current memory first, in the same transaction.")
+    ] = False,
+    as_json: JsonOption = False,
+    store: StoreOption = None,
+    archive: ArchiveOption = None,
+) -> None:
+    """Restore an export into this store, after checking every file's row count and sha256 against its manifest."""
+    with _open_memory(store, archive) as memory:
+        report = memory.import_tenant(src, tenant=tenant, replace=replace)
+    if as_json:
+        _print_json(asdict(report))
+        return
+    table = Table(title=f"imported {report.source_tenant} as {report.tenant}", title_justify="left")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, count in report.rows.items():
+        table.add_row(name, f"{count:,}")
+    table.add_row("archived objects", f"{report.archive_objects:,}", style="bold")
+    _stdout().print(table)
+
+
 # -- demo --------------------------------------------------------------------------------------------------------
 
 
