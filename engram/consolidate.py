@@ -60,7 +60,8 @@ from __future__ import annotations
 import calendar
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -183,11 +184,18 @@ _RELATIVE_WORDS_TEXT = """
 _RELATIVE_WORDS = frozenset(_RELATIVE_WORDS_TEXT.split())
 
 
-@lru_cache(maxsize=1)
-def _stemmer() -> Any:
-    import Stemmer
+_STEMMERS = threading.local()
 
-    return Stemmer.Stemmer("english")
+
+def _stemmer() -> Any:
+    """This thread's English stemmer: building one per call cost more than the stemming, and a Stemmer object is
+    not safe to share between threads."""
+    stemmer = getattr(_STEMMERS, "stemmer", None)
+    if stemmer is None:
+        import Stemmer
+
+        stemmer = _STEMMERS.stemmer = Stemmer.Stemmer("english")
+    return stemmer
 
 
 def _tokens(text: str) -> list[str]:
@@ -201,12 +209,18 @@ def _is_vocative(token: str, names: Iterable[str]) -> bool:
 
 def content_words(text: str, names: Iterable[str] = ()) -> list[str]:
     """The words of ``text`` that can carry a fact: not function words, not small talk, not the speakers' names."""
+    return list(_content_words(text, tuple(names)))
+
+
+@lru_cache(maxsize=65_536)
+def _content_words(text: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    # Memoised: a sentence is examined several times (informative? its signature, its hash, its salience).
     low_names = [n.lower() for n in names if n]
-    return [
+    return tuple(
         t
         for t in _tokens(text)
         if t not in STOP_WORDS and t not in SMALL_TALK_WORDS and not _is_vocative(t, low_names) and len(t) > 1
-    ]
+    )
 
 
 def split_statements(text: str) -> list[str]:
@@ -433,15 +447,15 @@ def _tags(value: Any) -> tuple[str, ...]:
     return tuple(str(t) for t in value)
 
 
-def _turn_statements(turns: pd.DataFrame, names: Sequence[str]) -> list[_Statement]:
-    """The statements of one episode's turns, in order, each with the question it answers."""
+def _turn_statements(turns: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[_Statement]:
+    """The statements of one episode's turns (row dicts), in order, each with the question it answers."""
     out: list[_Statement] = []
     previous_actor = ""
     previous_questions: list[str] = []
-    for turn in turns.sort_values("position").itertuples(index=False):
-        actor = str(turn.actor or "")
-        at = turn.at
-        sentences = split_statements(str(turn.text or ""))
+    for turn in sorted(turns, key=lambda t: t["position"]):
+        actor = str(turn["actor"] or "")
+        at = turn["at"]
+        sentences = split_statements(str(turn["text"] or ""))
         asked = previous_questions if previous_actor != actor else []
         context = f"{previous_actor}: {asked[-1]} " if asked else ""
         facts: list[str] = []
@@ -462,8 +476,8 @@ def _turn_statements(turns: pd.DataFrame, names: Sequence[str]) -> list[_Stateme
         if not facts and not slots and asked:
             # "Yes, last weekend!" says nothing alone, but with the question it answers it is a fact.
             facts = [s for s in sentences if not is_question(s)]
-        tags = _tags(getattr(turn, "tags", ()))
-        source = str(turn.item_id)
+        tags = _tags(turn.get("tags", ()))
+        source = str(turn["item_id"])
         if facts:
             said = resolve_dates(" ".join(facts), at)
             words = content_words(said, names)
@@ -518,8 +532,14 @@ class LocalConsolidator:
         if not episodes.empty:
             for ep in episodes.itertuples(index=False):
                 participants[(ep.tenant, ep.episode_id)] = list(ep.participants or [])
-        for (tenant, episode_id), episode_turns in turns.groupby(["tenant", "episode_id"], sort=False):
-            names = participants.get((tenant, episode_id)) or sorted({str(a) for a in episode_turns.actor if a})
+        # Plain dicts grouped by hand: a pandas group and itertuples per episode cost more than the distilling.
+        by_episode: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for turn in turns.to_dict("records"):
+            by_episode.setdefault((turn["tenant"], turn["episode_id"]), []).append(turn)
+        for (tenant, episode_id), episode_turns in by_episode.items():
+            names = participants.get((tenant, episode_id)) or sorted(
+                {str(t["actor"]) for t in episode_turns if t["actor"]}
+            )
             for s in _turn_statements(episode_turns, names):
                 text = f"{s.context}{s.actor}: {s.text}" if s.actor else f"{s.context}{s.text}"
                 rows.append(
@@ -540,25 +560,26 @@ class LocalConsolidator:
         return facts.sort_values("at", kind="stable").reset_index(drop=True)
 
 
-def summarize_episode(turns: pd.DataFrame, max_sentences: int = 3) -> str:
+def summarize_episode(turns: pd.DataFrame | Sequence[Mapping[str, Any]], max_sentences: int = 3) -> str:
     """An extractive summary of one episode's turns: its most informative sentences, one per line.
 
     A sentence scores by how many of the episode's recurring content words it holds (a topic the speakers come back
     to is what the episode was about), per word, so long rambling sentences do not win by length alone. The chosen
     sentences keep their order and their speaker: ``Caroline: I went to a support group yesterday (7 May 2023).``
     """
-    if turns.empty or max_sentences <= 0:
+    rows = turns.to_dict("records") if isinstance(turns, pd.DataFrame) else list(turns)
+    if not rows or max_sentences <= 0:
         return ""
-    names = sorted({str(a) for a in turns.actor if a})
+    names = sorted({str(r["actor"]) for r in rows if r["actor"]})
     candidates: list[tuple[int, int, str, list[str]]] = []
-    for turn in turns.sort_values("position").itertuples(index=False):
-        for i, sentence in enumerate(split_statements(str(turn.text or ""))):
+    for turn in sorted(rows, key=lambda r: r["position"]):
+        for i, sentence in enumerate(split_statements(str(turn["text"] or ""))):
             if is_question(sentence) or not is_informative(sentence, names):
                 continue
-            said = resolve_dates(sentence, turn.at)
-            line = f"{turn.actor}: {said}" if turn.actor else said
+            said = resolve_dates(sentence, turn["at"])
+            line = f"{turn['actor']}: {said}" if turn["actor"] else said
             stems = _stemmer().stemWords(content_words(sentence, names))
-            candidates.append((int(turn.position), i, line, stems))
+            candidates.append((int(turn["position"]), i, line, stems))
     if not candidates:
         return ""
     frequency: dict[str, int] = {}

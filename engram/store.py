@@ -599,13 +599,11 @@ class Store:
         """Turn leased sessions into episodes: their working items become ordered turns, in one transaction.
 
         Args:
-            summarize: ``f(turns DataFrame) -> str``, the extractive summary (``engram.consolidate``).
+            summarize: ``f(turn rows) -> str``, the extractive summary (``engram.consolidate.summarize_episode``).
 
         Returns:
             counts: ``episodes``, ``turns``, ``empty`` (sessions that had no working items left).
         """
-        import pandas as pd
-
         counts = {"episodes": 0, "turns": 0, "empty": 0}
         if not sessions:
             return counts
@@ -660,7 +658,7 @@ class Store:
                         "started_at": rows[0]["at"],
                         "ended_at": rows[-1]["at"],
                         "participants": list(dict.fromkeys(r["actor"] for r in rows)),
-                        "summary": summarize(pd.DataFrame(ep_turns)),
+                        "summary": summarize(ep_turns),
                         "turn_count": len(rows),
                         "tags": tags,
                         "created_run_id": flow_run_id,
@@ -1090,9 +1088,14 @@ class Store:
         if self.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         with self.write() as conn:
+            # Pick, then update, in two statements: inside ``UPDATE ... WHERE shard IN (subquery)`` PostgreSQL may
+            # evaluate a LIMIT 1 subquery again for each row and lease several shards at once.
+            shard = conn.execute(pick).scalar()
+            if shard is None:
+                return None
             row = conn.execute(
                 update(SHARDS)
-                .where(SHARDS.c.pool == pool, SHARDS.c.shard.in_(pick), free)
+                .where(SHARDS.c.pool == pool, SHARDS.c.shard == shard, free)
                 .values(owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
                 .returning(SHARDS.c.shard, SHARDS.c.shard_count)
             ).first()

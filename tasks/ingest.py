@@ -35,6 +35,7 @@ def gate_sensory_batch(events: pd.DataFrame, max_reject_fraction: float):  # noq
 def route_to_working(store_url: str | None, gate, as_of: datetime, working_ttl: timedelta) -> dict[str, int]:  # noqa: ANN001
     """Write the gate's valid rows to working memory and its rejects to quarantine, in one transaction."""
     valid = gate.valid
+    run_id = current_run_id()
     working = [
         {
             "tenant": r.tenant,
@@ -48,7 +49,7 @@ def route_to_working(store_url: str | None, gate, as_of: datetime, working_ttl: 
             "tags": list((r.metadata or {}).get("tags") or []),
             "metadata": r.metadata or {},
             "expires_at": (r.at.to_pydatetime() if hasattr(r.at, "to_pydatetime") else r.at) + working_ttl,
-            "created_run_id": current_run_id(),
+            "created_run_id": run_id,
         }
         for r in valid.itertuples(index=False)
     ]
