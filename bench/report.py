@@ -1,0 +1,304 @@
+"""Writes BENCHMARKS.md from the JSON under bench/results/ (and the plot from full.json): no number is typed by hand.
+
+python bench/report.py [--results bench/results] [--out BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+HEADLINE = (
+    ("pipeline_events_per_s", "lifecycle throughput, events/s (observe_many + lifecycle flow)"),
+    ("raw_bulk_insert_rows_per_s", "raw bulk insert, rows/s (Core executemany, same database)"),
+    ("pipeline_to_raw_ratio", "lifecycle / raw bulk insert"),
+    ("archive_rows_per_s", "archive flow, rows/s"),
+    ("raw_parquet_rows_per_s", "pyarrow Parquet write + read back, rows/s (same folder)"),
+    ("search_hot_items", "hot search: items in the tenant"),
+    ("search_hot_p50_ms", "hot search p50, ms"),
+    ("search_hot_p95_ms", "hot search p95, ms"),
+    ("search_hot_p99_ms", "hot search p99, ms"),
+    ("search_cold_p95_ms", "archival search p95, ms"),
+    ("peak_rss_mb", "peak RSS of a pipeline child, MB (largest size)"),
+    ("orchestration_overhead_fraction", "orchestration overhead (share of lifecycle wall time)"),
+    ("measured_at_events", "pipeline figures measured at, events"),
+)
+GOALS = (
+    ("lifecycle throughput >= 1/4 of raw bulk insert", "pipeline_to_raw_ratio", lambda v: v >= 0.25),
+    ("hot search p95 < 20 ms at 10^6 items", "search_hot_p95_ms", lambda v: v < 20),
+    ("orchestration overhead < 10%", "orchestration_overhead_fraction", lambda v: v < 0.10),
+)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 10 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def headline_table(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = ["| figure | " + " | ".join(name for name, _ in runs) + " |", "| --- |" + " ---: |" * len(runs)]
+    for key, label in HEADLINE:
+        lines.append(f"| {label} (`{key}`) | " + " | ".join(fmt(r.get(key)) for _, r in runs) + " |")
+    lines.append(
+        "| machine load average at start | "
+        + " | ".join(" / ".join(fmt(x) for x in r["machine"].get("load_avg_at_start", [])) for _, r in runs)
+        + " |"
+    )
+    lines.append("| wall time of the whole run, s | " + " | ".join(fmt(r.get("wall_s")) for _, r in runs) + " |")
+    return lines
+
+
+def size_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "| events | observe_many rows/s | lifecycle s | lifecycle events/s | raw insert rows/s | ratio | "
+        "ingest ev/s | close_sessions ev/s | consolidate ev/s | overhead | peak RSS MB | semantic items |",
+        "| ---: |" + " ---: |" * 11,
+    ]
+    for p in result["pipelines"]:
+        f = p["flows"]
+        lines.append(
+            "| "
+            + " | ".join(
+                fmt(x)
+                for x in (
+                    p["events"],
+                    p["observe_many_rows_per_s"],
+                    p["lifecycle_s"],
+                    p["pipeline_events_per_s"],
+                    p["raw_bulk_insert_rows_per_s"],
+                    p["pipeline_to_raw_ratio"],
+                    f.get("ingest", {}).get("events_per_s"),
+                    f.get("close_sessions", {}).get("events_per_s"),
+                    f.get("consolidate", {}).get("events_per_s"),
+                    p["orchestration_overhead_fraction"],
+                    p["peak_rss_mb"],
+                    p["layers_after"].get("semantic"),
+                )
+            )
+            + " |"
+        )
+    return lines
+
+
+def task_table(pipeline: dict[str, Any]) -> list[str]:
+    total = pipeline["lifecycle_s"]
+    lines = ["| task | calls | seconds | share of lifecycle wall time |", "| --- | ---: | ---: | ---: |"]
+    for name, secs in sorted(pipeline["task_seconds"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {name} | {pipeline['task_calls'].get(name, 0)} | {secs:.3f} | {secs / total:.1%} |")
+    rest = total - sum(pipeline["task_seconds"].values())
+    lines.append(f"| (outside task functions: Prefect) | | {rest:.3f} | {rest / total:.1%} |")
+    return lines
+
+
+def rss_table(result: dict[str, Any]) -> list[str]:
+    phases = list(result["pipelines"][0]["rss_mb_by_phase"])
+    lines = ["| events | " + " | ".join(phases) + " | peak | DataFrames alive after lifecycle |"]
+    lines.append("| ---: |" + " ---: |" * (len(phases) + 2))
+    for p in result["pipelines"]:
+        live = p.get("live_dataframes_after_lifecycle") or {}
+        lines.append(
+            f"| {fmt(p['events'])} | "
+            + " | ".join(fmt(p["rss_mb_by_phase"].get(k)) for k in phases)
+            + f" | {fmt(p['peak_rss_mb'])} | {fmt(live.get('count'))} ({fmt(live.get('rows'))} rows) |"
+        )
+    return lines
+
+
+def goals(result: dict[str, Any]) -> list[str]:
+    lines = ["| goal | measured | met |", "| --- | ---: | --- |"]
+    for label, key, ok in GOALS:
+        value = result.get(key)
+        met = "not measured" if value is None else ("yes" if ok(value) else "no")
+        if key == "search_hot_p95_ms" and value is not None and (result.get("search_hot_items") or 0) < 1_000_000:
+            met += f" (at {fmt(result.get('search_hot_items'))} items, not 10^6)"
+        lines.append(f"| {label} | {fmt(value)} | {met} |")
+    peaks = result.get("peak_rss_mb_by_events") or {}
+    big = {int(k): v for k, v in peaks.items() if int(k) >= 100_000}
+    if len(big) >= 2:
+        lo, hi = big[min(big)], big[max(big)]
+        flat = "yes" if hi <= lo * 1.2 else "no"
+        span = f"{fmt(min(big))} -> {fmt(max(big))} events: {fmt(lo)} -> {fmt(hi)} MB"
+        lines.append(f"| peak RSS flat (within 20%) from 10^5 events up | {span} | {flat} |")
+    else:
+        lines.append(
+            "| peak RSS flat (within 20%) from 10^5 events up | "
+            + ", ".join(f"{fmt(int(k))}: {fmt(v)} MB" for k, v in peaks.items())
+            + " | not measured at two sizes >= 10^5 |"
+        )
+    return lines
+
+
+def locomo_section(results: Path) -> list[str]:
+    lines = ["## LoCoMo answer recall", ""]
+    files = sorted(results.glob("locomo*.json"))
+    if not files:
+        return lines + [
+            "Not run yet: `make locomo` (`bench/locomo.py --json bench/results/locomo.json`) writes the figures that "
+            "this section shows.",
+            "",
+        ]
+    for path in files:
+        data = load(path) or {}
+        lines += [f"From `bench/results/{path.name}`:", "", "```json", json.dumps(data, indent=2)[:6000], "```", ""]
+    return lines
+
+
+def plot(result: dict[str, Any], out: Path) -> None:
+    """Throughput and peak RSS against the number of events, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [p["events"] for p in result["pipelines"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax1.plot(sizes, [p["pipeline_events_per_s"] for p in result["pipelines"]], "o-", label="lifecycle (end to end)")
+    ax1.plot(sizes, [p["raw_bulk_insert_rows_per_s"] for p in result["pipelines"]], "s--", label="raw bulk insert")
+    ax1.plot(sizes, [p["observe_many_rows_per_s"] for p in result["pipelines"]], "^:", label="observe_many alone")
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("events")
+    ax1.set_ylabel("rows per second")
+    ax1.set_title("throughput")
+    ax1.grid(True, which="both", alpha=0.3)
+    ax1.legend()
+    ax2.plot(sizes, [p["peak_rss_mb"] for p in result["pipelines"]], "o-", color="tab:red")
+    ax2.set_xscale("log")
+    ax2.set_ylim(bottom=0)
+    ax2.set_xlabel("events")
+    ax2.set_ylabel("peak RSS, MB")
+    ax2.set_title("peak memory of the pipeline process")
+    ax2.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def refresh(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Headline keys recomputed from the recorded per-size data (the same functions perf.py uses)."""
+    if not result or not result.get("pipelines"):
+        return result
+    from bench.perf import summarise
+
+    return {**result, **summarise(result["pipelines"], result.get("search_hot"))} | (
+        {
+            "notes": summarise(result["pipelines"], result.get("search_hot"))["notes"]
+            + [n for n in result.get("notes", []) if n.startswith("sizes ")]
+        }
+    )
+
+
+def render(results: Path) -> str:
+    quick_runs = [(p.stem, refresh(load(p))) for p in sorted(results.glob("quick*.json"))]
+    quick_runs = [(n, r) for n, r in quick_runs if r]
+    full = refresh(load(results / "full.json"))
+    any_run = full or (quick_runs[-1][1] if quick_runs else None)
+    out = [
+        "# Benchmarks",
+        "",
+        "Every number below is read from the JSON files under `bench/results/` by `bench/report.py`; each figure and "
+        "its reference were measured in the same run, on the same machine and the same storage (a SQLite file in a "
+        "temporary folder). What is measured and how: the docstring of `bench/perf.py`.",
+        "",
+    ]
+    if any_run:
+        m = any_run["machine"]
+        out += [
+            "## Machine",
+            "",
+            f"- CPU: {m.get('cpu_model')}, {m.get('nproc')} cores (nproc)",
+            f"- memory: {m.get('memory_gb')} GiB",
+            f"- {m.get('platform')}, Python {m.get('python')}",
+            "- " + ", ".join(f"{k} {v}" for k, v in any_run.get("versions", {}).items()),
+            "- the machine was shared with other work during the runs: the load average at the start of each run is "
+            "in the tables; figures from a loaded machine are lower bounds of what it does idle.",
+            "",
+        ]
+    out += [
+        "## How to reproduce",
+        "",
+        "```",
+        "make bench-quick   # bench/results/quick.json, a few minutes",
+        "make bench         # bench/results/full.json and full.png, about 30 minutes",
+        "python bench/report.py   # rewrites this file from the JSON",
+        "```",
+        "",
+        "The workload is `bench/workload.py` (seeded, streamed in batches of 5,000 events): 100 tenants with "
+        "Zipf-skewed activity, sessions of 6-40 turns spread over 180 days, session topics Zipf-distributed over 500 "
+        'topics, and user facts that are restated and that change ("I live in X" moves to another city now and '
+        "then). Embeddings are off in these runs (`ENGRAM_EMBEDDINGS=false`).",
+        "",
+    ]
+    if quick_runs:
+        out += ["## Quick runs (`make bench-quick`)", ""] + headline_table(quick_runs) + [""]
+        notes = sorted({n for _, r in quick_runs for n in r.get("notes", [])})
+        out += [f"- {n}" for n in notes] + [""]
+    if full:
+        out += ["## Full run (`make bench`)", "", "Sizes run: " + ", ".join(fmt(s) for s in full["sizes_run"])]
+        if full.get("sizes_skipped"):
+            out[-1] += "; not run (projected past the time budget): " + ", ".join(fmt(s) for s in full["sizes_skipped"])
+        out += ["", ""] + headline_table([("full", full)]) + [""]
+        out += ["### Per size", ""] + size_table(full) + [""]
+        out += ["![throughput and memory against size](bench/results/full.png)", ""]
+        out += ["### Memory by phase (RSS, MB)", ""] + rss_table(full) + [""]
+        out += [f"- {n}" for n in full.get("notes", [])] + [""]
+    # The goals are judged on the full run, else on quick.json (what ``make bench-quick`` last wrote).
+    newest = dict(quick_runs).get("quick") or (quick_runs[-1][1] if quick_runs else None)
+    target = full or newest
+    if target:
+        label = "full run" if full else ("quick" if dict(quick_runs).get("quick") else quick_runs[-1][0])
+        top = target["pipelines"][-1]
+        out += [f"## Goals ({label})", ""] + goals(target) + [""]
+        out += [
+            f"## Where the lifecycle time goes ({label}, {fmt(top['events'])} events)",
+            "",
+            "Each task's function timed from inside its task run; the rest of the lifecycle's wall time is Prefect "
+            "(flow and task run creation, state changes, API calls, logging).",
+            "",
+        ]
+        out += task_table(top) + [""]
+        prof = target.get("profile") or {}
+        if prof.get("files"):
+            out += [
+                f"pyinstrument profiles of a {fmt(prof.get('events'))}-event run: "
+                + ", ".join(f"`bench/results/{f}`" for f in prof["files"]),
+                "",
+            ]
+    out += locomo_section(results)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    full = load(args.results / "full.json")
+    if full and not (args.results / "full.png").exists():
+        plot(full, args.results / "full.png")
+    args.out.write_text(render(args.results))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
