@@ -59,43 +59,26 @@ class ArchiveStorage(Block):
             return parts[1].strip("/") if len(parts) > 1 else ""
         return self.url.removeprefix("file://")
 
+    def location(self) -> Any:
+        """The plain ``engram.archive.ArchiveLocation`` the domain code uses (no Prefect inside engram)."""
+        from engram.archive import ArchiveLocation
+
+        return ArchiveLocation(
+            self.url.rstrip("/"),
+            endpoint=self.endpoint,
+            region=self.region,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+        )
+
     def storage_options(self) -> dict[str, Any]:
         """Options for s3fs (empty for a local folder)."""
-        if not self.is_s3:
-            return {}
-        opts: dict[str, Any] = {}
-        if self.access_key is not None:
-            opts["key"] = self.access_key.get_secret_value()
-        if self.secret_key is not None:
-            opts["secret"] = self.secret_key.get_secret_value()
-        client_kwargs: dict[str, Any] = {}
-        if self.endpoint:
-            client_kwargs["endpoint_url"] = self.endpoint
-        if self.region:
-            client_kwargs["region_name"] = self.region
-        if client_kwargs:
-            opts["client_kwargs"] = client_kwargs
-        return opts
+        return self.location().storage_options()
 
     def filesystem(self) -> Any:
         """An fsspec filesystem: s3fs for ``s3://``, the local filesystem for ``file://``."""
-        import fsspec
-
-        return fsspec.filesystem("s3" if self.is_s3 else "file", **self.storage_options())
+        return self.location().filesystem()
 
     def minio_client(self) -> Any:
         """A MinIO client for bucket administration (S3 archives only)."""
-        from urllib.parse import urlparse
-
-        from minio import Minio
-
-        if not self.is_s3 or not self.endpoint:
-            raise ValueError("endpoint: a MinIO client needs an s3:// archive URL and an endpoint")
-        parsed = urlparse(self.endpoint)
-        return Minio(
-            parsed.netloc,
-            access_key=self.access_key.get_secret_value() if self.access_key else None,
-            secret_key=self.secret_key.get_secret_value() if self.secret_key else None,
-            secure=parsed.scheme == "https",
-            region=self.region,
-        )
+        return self.location().minio_client()

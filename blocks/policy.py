@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from prefect.blocks.core import Block
 from pydantic import Field
@@ -77,3 +78,14 @@ class RetentionPolicy(Block):
     archive_superseded: bool = Field(
         default=True, title="Archive superseded versions", description="Move superseded fact versions to the archive."
     )
+
+    def to_rules(self) -> Any:
+        """The plain ``engram.archive.RetentionRules`` the archive flow applies."""
+        from engram.archive import RetentionRules
+
+        return RetentionRules(
+            semantic_idle=timedelta(days=self.semantic_idle_days),
+            min_salience=self.min_salience,
+            episode_age=timedelta(days=self.episode_age_days),
+            archive_superseded=self.archive_superseded,
+        )

@@ -9,6 +9,7 @@ archive, each move a Prefect flow (see ``flows/``). This package is the domain c
 
 from engram.errors import (
     ArchiveError,
+    ArchiveMismatch,
     EngramError,
     InvalidInput,
     LeaseLost,
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchiveError",
+    "ArchiveMismatch",
     "DeletionReceipt",
     "EngramError",
     "ExportManifest",

@@ -7,6 +7,7 @@
     ├── StoreError            the database failed (driver errors are translated into this at the store boundary)
     │   └── LeaseLost         a claimed batch's lease expired or was taken by another worker
     └── ArchiveError          the object storage failed or an archived file does not match its manifest
+        └── ArchiveMismatch   an archived file is missing, or its rows or checksum differ from its manifest
 
 Driver exceptions (SQLAlchemy, psycopg2, botocore, s3fs) never leave engram untranslated: the store and the archive
 adapters catch them in one place and raise one of the above with the original as ``__cause__``.
@@ -68,3 +69,17 @@ class LeaseLost(StoreError):
 
 class ArchiveError(EngramError):
     """Object storage failed, or an archived file does not match its manifest."""
+
+
+class ArchiveMismatch(ArchiveError):
+    """An archived file is missing, or its row count or sha256 differs from its manifest.
+
+    Attributes:
+        manifest_id: the manifest that names the file.
+        path: the file's path relative to the archive's root.
+    """
+
+    def __init__(self, manifest_id: str, path: str, reason: str):
+        self.manifest_id = manifest_id
+        self.path = path
+        super().__init__(f"archive manifest {manifest_id}: {path} {reason}")

@@ -43,7 +43,7 @@ ALLOWED_TRANSITIONS: dict[tuple[Layer | None, Layer | None], frozenset[str]] = {
 # Actions after which the item is no longer in its from-layer (a merge or a consolidation leaves the source where it
 # is). The search index follows these to drop documents without a rebuild.
 LEAVES_SOURCE_LAYER: frozenset[str] = frozenset(
-    {"ingest", "quarantine", "close_session", "expire", "supersede", "archive", "forget"}
+    {"ingest", "quarantine", "close_session", "expire", "supersede", "archive", "rehydrate", "forget"}
 )
 
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from platformdirs import user_data_dir
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +30,14 @@ class Settings(BaseSettings):
         default=None,
         description="file:// or s3://bucket/prefix URL of the archive; defaults to data_dir/archive.",
     )
+    archive_endpoint: str | None = Field(
+        default=None, description="S3 endpoint of MinIO or another S3-compatible server, for an s3:// archive."
+    )
+    archive_region: str | None = Field(
+        default=None, description="The archive bucket's region, if the server needs one."
+    )
+    archive_access_key: SecretStr | None = Field(default=None, description="S3 access key id of the archive.")
+    archive_secret_key: SecretStr | None = Field(default=None, description="S3 secret access key of the archive.")
     max_text_bytes: int = Field(default=65_536, gt=0, description="Largest accepted event text, in UTF-8 bytes.")
     max_metadata_bytes: int = Field(default=16_384, gt=0, description="Largest accepted metadata, as JSON bytes.")
     write_batch_size: int = Field(default=5_000, gt=0, description="Rows per INSERT batch in bulk writes.")

@@ -8,7 +8,7 @@ from datetime import datetime
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("flow", choices=["ingest", "close_sessions", "consolidate", "lifecycle"])
+    parser.add_argument("flow", choices=["ingest", "close_sessions", "consolidate", "lifecycle", "archive"])
     parser.add_argument("store_url")
     parser.add_argument("as_of")
     parser.add_argument("--batch-size", type=int, default=1)
@@ -26,6 +26,11 @@ def main() -> None:
         from flows.consolidate import consolidate
 
         consolidate(store_url=args.store_url, as_of=as_of, batch_size=args.batch_size)
+    elif args.flow == "archive":
+        from flows.archive import archive
+
+        # The archive's URL, endpoint and keys come from the ENGRAM_ARCHIVE_* variables the test sets.
+        archive(store_url=args.store_url, as_of=as_of, batch_size=args.batch_size)
     else:
         from flows.lifecycle import lifecycle
 

@@ -1,0 +1,875 @@
+"""The archival layer: Parquet files and manifests on object storage (S3, MinIO) or in a local folder.
+
+Layout under the archive's root (``s3://bucket/prefix`` or ``file:///folder``)::
+
+    tenant=<t>/layer=<semantic|episodic>/date=<YYYY-MM-DD>/<manifest_id>-<n>.parquet
+    tenant=<t>/manifests/<manifest_id>.json
+
+One manifest is one archive write of one tenant and layer: its files, each with its table, row count and sha256,
+and the flow run that wrote it. The same manifest is a row of ``archive_manifests`` whose status moves
+``written -> verified -> committed``:
+
+1. the batch's rows are encoded as Parquet in memory, their checksums taken, and the manifest row written;
+2. the files and the manifest's JSON are uploaded;
+3. every file is read back and its row count and sha256 compared with the manifest (``verified``);
+4. one database transaction swaps the hot rows for tombstones that point at the manifest and audits each move
+   (``committed``).
+
+A crash or an outage at any step leaves each row hot or tombstoned over a verified file. The next run takes up any
+manifest left ``written`` or ``verified``: it verifies and commits it, or, when a file is missing or differs,
+removes the manifest's objects and lets the rows be archived again.
+
+Errors of fsspec, s3fs, botocore and the MinIO client are translated into ``ArchiveError`` in one place
+(``_storage_errors``); messages name paths, never credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from pydantic import SecretStr
+
+from engram.errors import ArchiveError, ArchiveMismatch
+from engram.layers import Layer
+from engram.store import EPISODES, SEMANTIC, TURNS, Store
+from engram.text import mentions, render
+
+ARCHIVED_TABLES = {"semantic_items": SEMANTIC, "episodes": EPISODES, "episode_turns": TURNS}
+LAYER_OF_TABLE = {"semantic_items": Layer.SEMANTIC, "episodes": Layer.EPISODIC, "episode_turns": Layer.EPISODIC}
+# The hot rows' own bookkeeping, which means nothing once archived.
+_DROPPED_COLUMNS = {"archived_manifest_id", "lease_owner", "lease_expires_at"}
+# Archived turns carry the rendering their hot search document had, so an archived hit reads the same.
+_EXTRA_COLUMNS = {"episode_turns": {"rendered"}}
+_S3_CONFIG = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2, "mode": "standard"}}
+
+
+@dataclass(frozen=True)
+class RetentionRules:
+    """Which hot rows the archive flow moves to the archive (the ``RetentionPolicy`` block's fields).
+
+    Attributes:
+        semantic_idle: a semantic item version not accessed for this long (by ``last_accessed``, or ``last_seen``
+            when never accessed) is archived.
+        min_salience: a semantic item version below this salience is archived.
+        episode_age: a consolidated episode that ended this long ago is archived with its turns.
+        archive_superseded: superseded fact versions are archived whatever their age.
+    """
+
+    semantic_idle: timedelta = timedelta(days=90)
+    min_salience: float = 0.0
+    episode_age: timedelta = timedelta(days=30)
+    archive_superseded: bool = True
+
+
+class StorageLike(Protocol):
+    """What the archive needs of its storage: the ``ArchiveStorage`` block and ``ArchiveLocation`` both fit."""
+
+    url: str
+
+    @property
+    def is_s3(self) -> bool: ...
+
+    @property
+    def bucket(self) -> str | None: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+    def filesystem(self) -> Any: ...
+
+    def minio_client(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ArchiveLocation:
+    """Where an archive lives, with the credentials to reach it (kept as ``SecretStr``, never printed).
+
+    Args:
+        url: ``file:///folder`` or ``s3://bucket/prefix``.
+        endpoint: the S3 endpoint of MinIO or another S3-compatible server (``http://127.0.0.1:9000``).
+        region: the bucket's region, when the server needs one.
+        access_key: S3 access key id.
+        secret_key: S3 secret access key.
+
+    Example:
+        >>> location = ArchiveLocation("s3://engram/archive", endpoint="http://127.0.0.1:9000")  # doctest: +SKIP
+        >>> provision_archive(location)  # doctest: +SKIP
+        {'bucket': 'engram', 'created': True, 'versioning_enabled': True, 'changed': True}
+    """
+
+    url: str
+    endpoint: str | None = None
+    region: str | None = None
+    access_key: SecretStr | None = field(default=None, repr=False)
+    secret_key: SecretStr | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, url: str, settings: Any | None = None) -> ArchiveLocation:
+        """A location for ``url`` with the endpoint and keys of the ``ENGRAM_ARCHIVE_*`` settings, if any."""
+        return cls(
+            url.rstrip("/"),
+            endpoint=getattr(settings, "archive_endpoint", None),
+            region=getattr(settings, "archive_region", None),
+            access_key=getattr(settings, "archive_access_key", None),
+            secret_key=getattr(settings, "archive_secret_key", None),
+        )
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3://")
+
+    @property
+    def bucket(self) -> str | None:
+        """The bucket of an ``s3://`` URL."""
+        return self.url.removeprefix("s3://").split("/", 1)[0] if self.is_s3 else None
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix (or folder) under which engram writes."""
+        if self.is_s3:
+            parts = self.url.removeprefix("s3://").split("/", 1)
+            return parts[1].strip("/") if len(parts) > 1 else ""
+        return self.url.removeprefix("file://")
+
+    def storage_options(self) -> dict[str, Any]:
+        """Options for s3fs (empty for a local folder)."""
+        if not self.is_s3:
+            return {}
+        opts: dict[str, Any] = {"config_kwargs": dict(_S3_CONFIG)}
+        if self.access_key is not None:
+            opts["key"] = self.access_key.get_secret_value()
+        if self.secret_key is not None:
+            opts["secret"] = self.secret_key.get_secret_value()
+        client_kwargs: dict[str, Any] = {}
+        if self.endpoint:
+            client_kwargs["endpoint_url"] = self.endpoint
+        if self.region:
+            client_kwargs["region_name"] = self.region
+        if client_kwargs:
+            opts["client_kwargs"] = client_kwargs
+        return opts
+
+    def filesystem(self) -> Any:
+        """An fsspec filesystem: s3fs for ``s3://``, the local filesystem for ``file://``."""
+        import fsspec
+
+        return fsspec.filesystem("s3" if self.is_s3 else "file", **self.storage_options())
+
+    def minio_client(self) -> Any:
+        """A MinIO client for bucket administration (S3 archives with an endpoint only)."""
+        from urllib.parse import urlparse
+
+        from minio import Minio
+
+        if not self.is_s3 or not self.endpoint:
+            raise ArchiveError("endpoint: a MinIO client needs an s3:// archive URL and an endpoint")
+        parsed = urlparse(self.endpoint)
+        return Minio(
+            parsed.netloc,
+            access_key=self.access_key.get_secret_value() if self.access_key else None,
+            secret_key=self.secret_key.get_secret_value() if self.secret_key else None,
+            secure=parsed.scheme == "https",
+            region=self.region,
+        )
+
+
+def as_location(storage: StorageLike | str) -> StorageLike:
+    """An archive URL as a location without credentials; a location or block as it is."""
+    return ArchiveLocation(storage) if isinstance(storage, str) else storage
+
+
+# -- errors ------------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _storage_errors(action: str, storage: StorageLike) -> Iterator[None]:
+    """Translate object-storage errors into ``ArchiveError``: the one place driver errors are caught."""
+    try:
+        yield
+    except ArchiveError:
+        raise
+    except FileNotFoundError as exc:
+        raise ArchiveError(f"{action} in {_where(storage)}: not found ({exc.__class__.__name__})") from exc
+    except Exception as exc:  # botocore, aiohttp, urllib3 and minio raise from unrelated trees
+        if not _is_storage_error(exc):
+            raise
+        raise ArchiveError(f"{action} in {_where(storage)} failed: {exc.__class__.__name__}: {_safe(exc)}") from exc
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, TimeoutError, ConnectionError)):
+        return True
+    module = type(exc).__module__.split(".", 1)[0]
+    return module in {"botocore", "aiobotocore", "s3fs", "minio", "urllib3", "aiohttp", "fsspec", "pyarrow"}
+
+
+def _safe(exc: BaseException) -> str:
+    """An error's message, cut short; driver messages carry paths and codes, not keys, but keep them brief."""
+    return str(exc).replace("\n", " ")[:300]
+
+
+def _where(storage: StorageLike) -> str:
+    return storage.url
+
+
+# -- paths -------------------------------------------------------------------------------------------------------
+
+
+def _root(storage: StorageLike) -> str:
+    if storage.is_s3:
+        return f"{storage.bucket}/{storage.prefix}".rstrip("/")
+    return storage.prefix.rstrip("/") or "/"
+
+
+def _abs(storage: StorageLike, rel: str) -> str:
+    return f"{_root(storage)}/{rel}"
+
+
+def tenant_prefix(tenant: str) -> str:
+    return f"tenant={tenant}"
+
+
+def manifest_path(tenant: str, manifest_id: str) -> str:
+    return f"{tenant_prefix(tenant)}/manifests/{manifest_id}.json"
+
+
+def _put(fs: Any, storage: StorageLike, rel: str, data: bytes) -> None:
+    path = _abs(storage, rel)
+    if not storage.is_s3:
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, data)
+
+
+# -- provisioning ------------------------------------------------------------------------------------------------
+
+
+def provision_archive(storage: StorageLike) -> dict[str, Any]:
+    """Create the archive's bucket (or folder) if missing and turn on object versioning; idempotent.
+
+    Args:
+        storage: an ``ArchiveStorage`` block or an ``ArchiveLocation``.
+
+    Returns:
+        ``{"bucket", "created", "versioning_enabled", "changed"}``; ``changed`` is False when a second call found
+        everything in place.
+
+    Raises:
+        ArchiveError: when the storage cannot be reached or refuses.
+    """
+    if not storage.is_s3:
+        import os
+
+        root = _root(storage)
+        with _storage_errors("creating the archive folder", storage):
+            created = not os.path.isdir(root)
+            os.makedirs(root, exist_ok=True)
+        return {"bucket": None, "created": created, "versioning_enabled": False, "changed": created}
+    from minio.commonconfig import ENABLED
+    from minio.versioningconfig import VersioningConfig
+
+    client = storage.minio_client()
+    bucket = storage.bucket
+    with _storage_errors(f"provisioning bucket {bucket}", storage):
+        created = False
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket, location=getattr(storage, "region", None) or None)
+            created = True
+        versioning_changed = client.get_bucket_versioning(bucket).status != ENABLED
+        if versioning_changed:
+            client.set_bucket_versioning(bucket, VersioningConfig(ENABLED))
+        enabled = client.get_bucket_versioning(bucket).status == ENABLED
+    return {
+        "bucket": bucket,
+        "created": created,
+        "versioning_enabled": enabled,
+        "changed": created or versioning_changed,
+    }
+
+
+# -- Parquet encoding ----------------------------------------------------------------------------------------------
+
+
+def _arrow_type(column: Any) -> Any:
+    import pyarrow as pa
+    from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary
+    from sqlmodel.sql.sqltypes import UTCDateTime
+
+    kind = column.type
+    if isinstance(kind, JSON):
+        return pa.string()  # JSON text: lists and mappings of any shape round-trip exactly
+    if isinstance(kind, (UTCDateTime, DateTime)):
+        return pa.timestamp("us", tz="UTC")
+    if isinstance(kind, Integer):
+        return pa.int64()
+    if isinstance(kind, Float):
+        return pa.float64()
+    if isinstance(kind, LargeBinary):
+        return pa.binary()
+    return pa.string()
+
+
+def archive_schema(table_name: str) -> Any:
+    """The Arrow schema of an archived table: the hot table's columns, typed, plus what search needs."""
+    import pyarrow as pa
+
+    table = ARCHIVED_TABLES[table_name]
+    fields = [pa.field(c.name, _arrow_type(c)) for c in table.columns if c.name not in _DROPPED_COLUMNS]
+    fields += [pa.field(name, pa.string()) for name in sorted(_EXTRA_COLUMNS.get(table_name, ()))]
+    return pa.schema(fields)
+
+
+def _json_columns(table_name: str) -> set[str]:
+    from sqlalchemy import JSON
+
+    return {c.name for c in ARCHIVED_TABLES[table_name].columns if isinstance(c.type, JSON)}
+
+
+def encode_parquet(table_name: str, rows: Sequence[Mapping[str, Any]]) -> tuple[bytes, int]:
+    """Rows of one table as Parquet bytes (zstd), and their count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = archive_schema(table_name)
+    json_cols = _json_columns(table_name)
+    names = schema.names
+    columns: dict[str, list[Any]] = {n: [] for n in names}
+    for r in rows:
+        for n in names:
+            v = r.get(n)
+            if n == "rendered" and table_name == "episode_turns":
+                v = render(r["text"], r["actor"], r["at"])
+            elif n in json_cols:
+                v = json.dumps(v, ensure_ascii=False, sort_keys=True)
+            columns[n].append(v)
+    table = pa.Table.from_pydict(columns, schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue(), len(rows)
+
+
+def decode_parquet(table_name: str, data: bytes, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of an archived file, JSON columns parsed back into lists and mappings."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None)
+    json_cols = _json_columns(table_name) & set(table.column_names)
+    rows = table.to_pylist()
+    for r in rows:
+        for c in json_cols:
+            r[c] = json.loads(r[c]) if r[c] is not None else None
+    return rows
+
+
+def _date_of(table_name: str, row: Mapping[str, Any]) -> str:
+    at = {"semantic_items": "last_seen", "episodes": "ended_at"}.get(table_name)
+    if table_name == "episode_turns":
+        return row["_episode_date"]
+    return row[at].date().isoformat()
+
+
+# -- write, verify, commit -------------------------------------------------------------------------------------------
+
+
+def new_manifest_id() -> str:
+    return f"man-{uuid.uuid4().hex}"
+
+
+def write_manifest(
+    store: Store,
+    storage: StorageLike,
+    tenant: str,
+    layer: Layer,
+    ids: Sequence[str],
+    now: datetime,
+    flow_run_id: str | None,
+) -> dict[str, Any] | None:
+    """Write one tenant's batch of cold rows to the archive as Parquet plus a manifest (status ``written``).
+
+    Returns:
+        The manifest row, or None when none of the rows is hot any more.
+
+    Raises:
+        ArchiveError: when the storage fails; the manifest row stays ``written`` for the next run to settle.
+    """
+    rows = store.archive_rows(tenant, layer, ids)
+    if not any(rows.values()):
+        return None
+    if "episodes" in rows:
+        dates = {e["episode_id"]: e["ended_at"].date().isoformat() for e in rows["episodes"]}
+        for t in rows.get("episode_turns", []):
+            t["_episode_date"] = dates[t["episode_id"]]
+    manifest_id = new_manifest_id()
+    blobs: list[tuple[dict[str, Any], bytes]] = []
+    for table_name in sorted(rows):
+        by_date: dict[str, list[dict[str, Any]]] = {}
+        for r in rows[table_name]:
+            by_date.setdefault(_date_of(table_name, r), []).append(r)
+        for date, part in sorted(by_date.items()):
+            data, count = encode_parquet(table_name, part)
+            rel = f"{tenant_prefix(tenant)}/layer={layer.value}/date={date}/{manifest_id}-{len(blobs)}.parquet"
+            entry = {
+                "path": rel,
+                "table": table_name,
+                "date": date,
+                "rows": count,
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+            blobs.append((entry, data))
+    files = [entry for entry, _ in blobs]
+    row = {
+        "tenant": tenant,
+        "manifest_id": manifest_id,
+        "layer": layer.value,
+        "uri": f"{storage.url}/{manifest_path(tenant, manifest_id)}",
+        "files": files,
+        "row_count": sum(f["rows"] for f in files),
+        "status": "written",
+        "flow_run_id": flow_run_id,
+        "created_at": now,
+    }
+    # The row comes first: a crash during the upload leaves a manifest the next run finds and settles.
+    store.add_manifest(row)
+    fs = storage.filesystem()
+    with _storage_errors(f"writing archive manifest {manifest_id}", storage):
+        for entry, data in blobs:
+            _put(fs, storage, entry["path"], data)
+        _put(fs, storage, manifest_path(tenant, manifest_id), manifest_json(row))
+    return row
+
+
+def manifest_json(row: Mapping[str, Any]) -> bytes:
+    """The manifest as the JSON object kept next to its files."""
+    doc = {k: row[k] for k in ("tenant", "manifest_id", "layer", "files", "row_count", "flow_run_id")}
+    doc["created_at"] = row["created_at"].isoformat()
+    return json.dumps(doc, indent=2, sort_keys=True).encode("utf-8")
+
+
+def read_file(storage: StorageLike, manifest: Mapping[str, Any], entry: Mapping[str, Any], fs: Any = None) -> bytes:
+    """One archived file's bytes, checked against the manifest's sha256 and size.
+
+    Raises:
+        ArchiveMismatch: the file is missing or differs from the manifest.
+        ArchiveError: the storage failed.
+    """
+    fs = fs or storage.filesystem()
+    try:
+        with _storage_errors(f"reading {entry['path']}", storage):
+            data = fs.cat_file(_abs(storage, entry["path"]))
+    except ArchiveError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            raise ArchiveMismatch(manifest["manifest_id"], entry["path"], "is missing from the archive") from exc
+        raise
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        raise ArchiveMismatch(
+            manifest["manifest_id"],
+            entry["path"],
+            f"has sha256 {digest[:12]}..., the manifest says {entry['sha256'][:12]}...: the file was changed or "
+            "damaged; restore it from a bucket version or rerun the archive flow",
+        )
+    return data
+
+
+def read_manifest_rows(
+    storage: StorageLike,
+    manifest: Mapping[str, Any],
+    columns: Mapping[str, Sequence[str]] | None = None,
+    count_only: bool = False,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every row of a manifest's files, by table, after checking each file's checksum and row count.
+
+    With ``count_only`` the rows are counted from the Parquet footer, not decoded, and the lists are empty.
+    """
+    import pyarrow.parquet as pq
+
+    fs = storage.filesystem()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for entry in manifest["files"]:
+        data = read_file(storage, manifest, entry, fs)
+        try:
+            if count_only:
+                rows: list[dict[str, Any]] = []
+                count = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+            else:
+                rows = decode_parquet(entry["table"], data, (columns or {}).get(entry["table"]))
+                count = len(rows)
+        except Exception as exc:  # a file with the right checksum but unreadable was written wrong
+            raise ArchiveMismatch(manifest["manifest_id"], entry["path"], f"is not readable Parquet: {exc}") from exc
+        if count != entry["rows"]:
+            raise ArchiveMismatch(
+                manifest["manifest_id"], entry["path"], f"has {count} rows, the manifest says {entry['rows']}"
+            )
+        out.setdefault(entry["table"], []).extend(rows)
+    return out
+
+
+def verify_manifest(store: Store, storage: StorageLike, manifest: Mapping[str, Any]) -> int:
+    """Read a manifest's files back, compare row counts and checksums, and mark it ``verified``; returns rows.
+
+    Raises:
+        ArchiveMismatch: a file is missing or differs; the manifest stays ``written`` and nothing is tombstoned.
+    """
+    read_manifest_rows(storage, manifest, count_only=True)
+    if manifest["status"] == "written":
+        store.set_manifest(manifest["tenant"], manifest["manifest_id"], status="verified")
+    return sum(f["rows"] for f in manifest["files"])
+
+
+# What the commit compares with the hot rows (see ``Store.commit_archive``); the rest need not be decoded.
+_COMMIT_COLUMNS = {
+    "semantic_items": ["item_id", "seq", "valid_to", "last_accessed", "support_count"],
+    "episodes": ["episode_id", "seq", "summary", "turn_count"],
+    "episode_turns": ["item_id", "episode_id", "event_id", "seq", "text"],
+}
+
+
+def commit_manifest(
+    store: Store, storage: StorageLike, manifest: Mapping[str, Any], now: datetime, flow_run_id: str | None
+) -> dict[str, int]:
+    """Tombstone the hot rows of a verified manifest, in one transaction; the files are checked once more first."""
+    rows = read_manifest_rows(storage, manifest, _COMMIT_COLUMNS)
+    return store.commit_archive(manifest["tenant"], manifest["manifest_id"], rows, now, flow_run_id)
+
+
+def settle_unfinished(
+    store: Store, storage: StorageLike, tenant: str | None, now: datetime, flow_run_id: str | None
+) -> dict[str, int]:
+    """Finish what an interrupted run left: commit each ``written``/``verified`` manifest whose files check out,
+    remove the objects of the others (their rows are still hot and will be archived again).
+    """
+    counts = {"manifests_resumed": 0, "manifests_discarded": 0}
+    for manifest in store.manifests(tenant, ["written", "verified"]):
+        try:
+            verify_manifest(store, storage, manifest)
+        except ArchiveMismatch:
+            remove_manifest_objects(storage, manifest)
+            store.drop_manifest(manifest["tenant"], manifest["manifest_id"])
+            counts["manifests_discarded"] += 1
+            continue
+        for k, v in commit_manifest(store, storage, manifest, now, flow_run_id).items():
+            counts[k] = counts.get(k, 0) + v
+        counts["manifests_resumed"] += 1
+    return counts
+
+
+def remove_manifest_objects(storage: StorageLike, manifest: Mapping[str, Any]) -> int:
+    """Delete a manifest's files and JSON, every version of them; returns the object versions deleted."""
+    rels = [e["path"] for e in manifest["files"]] + [manifest_path(manifest["tenant"], manifest["manifest_id"])]
+    return sum(delete_all_versions(storage, rel) for rel in rels)
+
+
+def delete_all_versions(storage: StorageLike, rel: str) -> int:
+    """Delete an object and, in a versioned bucket, every older version and delete marker of it."""
+    if storage.is_s3 and getattr(storage, "endpoint", None):
+        client = storage.minio_client()
+        key = f"{storage.prefix}/{rel}" if storage.prefix else rel
+        n = 0
+        with _storage_errors(f"deleting {rel}", storage):
+            for obj in client.list_objects(storage.bucket, prefix=key, recursive=True, include_version=True):
+                if obj.object_name == key:
+                    client.remove_object(storage.bucket, key, version_id=obj.version_id)
+                    n += 1
+        return n
+    fs = storage.filesystem()
+    with _storage_errors(f"deleting {rel}", storage):
+        path = _abs(storage, rel)
+        if not fs.exists(path):
+            return 0
+        fs.rm(path)
+    return 1
+
+
+def purge_old_versions(storage: StorageLike, tenant: str) -> int:
+    """Delete every noncurrent version and delete marker under a tenant's prefix; returns how many."""
+    if not (storage.is_s3 and getattr(storage, "endpoint", None)):
+        return 0
+    client = storage.minio_client()
+    prefix = f"{storage.prefix}/{tenant_prefix(tenant)}/" if storage.prefix else f"{tenant_prefix(tenant)}/"
+    n = 0
+    with _storage_errors(f"removing old versions of tenant {tenant!r}", storage):
+        for obj in list(client.list_objects(storage.bucket, prefix=prefix, recursive=True, include_version=True)):
+            if obj.is_delete_marker or str(obj.is_latest).lower() != "true":
+                client.remove_object(storage.bucket, obj.object_name, version_id=obj.version_id)
+                n += 1
+    return n
+
+
+def purge_tenant(storage: StorageLike, tenant: str) -> int:
+    """Delete every object (every version) under a tenant's prefix; returns the object versions deleted."""
+    if storage.is_s3 and getattr(storage, "endpoint", None):
+        client = storage.minio_client()
+        prefix = f"{storage.prefix}/{tenant_prefix(tenant)}/" if storage.prefix else f"{tenant_prefix(tenant)}/"
+        n = 0
+        with _storage_errors(f"deleting tenant {tenant!r}", storage):
+            for obj in list(client.list_objects(storage.bucket, prefix=prefix, recursive=True, include_version=True)):
+                client.remove_object(storage.bucket, obj.object_name, version_id=obj.version_id)
+                n += 1
+        return n
+    fs = storage.filesystem()
+    path = _abs(storage, tenant_prefix(tenant))
+    with _storage_errors(f"deleting tenant {tenant!r}", storage):
+        fs.invalidate_cache()
+        if not fs.exists(path):
+            return 0
+        n = len(fs.find(path))
+        fs.rm(path, recursive=True)
+    return n
+
+
+# -- search and rehydrate -----------------------------------------------------------------------------------------
+
+_SEARCH_COLUMNS = {
+    "semantic_items": ["item_id", "text", "rendered", "actor", "last_seen", "tags", "valid_to", "embedding"],
+    "episode_turns": ["item_id", "text", "rendered", "actor", "at", "tags"],
+}
+
+
+def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The search documents of a committed manifest's rows that are still archived (not rehydrated since).
+
+    Facts are documents like their hot selves, with layer ``archival``; an archived episode's turns are searched
+    only when the archival layer is asked for by name, as a consolidated episode's turns are in the hot layers.
+    """
+    files = [e for e in manifest["files"] if e["table"] in _SEARCH_COLUMNS]
+    if not files:
+        return []
+    pointers = store.archived_pointers(manifest["tenant"], manifest["manifest_id"])
+    rows = read_manifest_rows(storage, {**manifest, "files": files}, _SEARCH_COLUMNS)
+    docs: list[dict[str, Any]] = []
+    for table_name, table_rows in rows.items():
+        alive = pointers[table_name]
+        for r in table_rows:
+            if r["item_id"] not in alive:
+                continue
+            at = r.get("last_seen") or r.get("at")
+            doc = {
+                "seq": 0,
+                "layer": Layer.ARCHIVAL.value,
+                "item_id": r["item_id"],
+                "text": r["text"],
+                "actor": r["actor"] or "",
+                "at": at,
+                "tags": list(r.get("tags") or []),
+                "rendered": r["rendered"] or render(r["text"], r["actor"] or "", at),
+                "shadowed": table_name == "episode_turns",
+            }
+            if r.get("embedding"):
+                import numpy as np
+
+                doc["vector"] = np.frombuffer(r["embedding"], dtype=np.float32)
+            docs.append(doc)
+    return docs
+
+
+def archived_record(store: Store, storage: StorageLike, tenant: str, manifest_id: str, item_id: str) -> dict | None:
+    """One archived row (semantic item, turn or episode) as it was when archived, or None."""
+    manifest = next((m for m in store.manifests(tenant) if m["manifest_id"] == manifest_id), None)
+    if manifest is None:
+        return None
+    for table_name, rows in read_manifest_rows(storage, manifest).items():
+        key = "episode_id" if table_name == "episodes" else "item_id"
+        for r in rows:
+            if r[key] == item_id:
+                return {**r, "_table": table_name}
+    return None
+
+
+def rehydrate_batch(
+    store: Store,
+    storage: StorageLike,
+    tenant: str | None,
+    item_ids: Sequence[str] | None,
+    now: datetime,
+    flow_run_id: str | None,
+    limit: int,
+) -> dict[str, int]:
+    """Bring up to ``limit`` archived semantic items back to the semantic layer, audited; idempotent.
+
+    The archive's copy stays where it is (its manifest is unchanged); the hot row is whole again.
+    """
+    picked = store.archived_semantic(tenant, item_ids, limit)
+    counts = {"rehydrated": 0, "candidates": len(picked)}
+    by_manifest: dict[tuple[str, str], set[str]] = {}
+    for t, item_id, manifest_id in picked:
+        by_manifest.setdefault((t, manifest_id), set()).add(item_id)
+    for (t, manifest_id), ids in sorted(by_manifest.items()):
+        manifest = next((m for m in store.manifests(t, ["committed"]) if m["manifest_id"] == manifest_id), None)
+        if manifest is None:
+            raise ArchiveError(f"tenant {t!r}: archived items point at manifest {manifest_id}, which is not committed")
+        files = [e for e in manifest["files"] if e["table"] == "semantic_items"]
+        rows = read_manifest_rows(storage, {**manifest, "files": files}).get("semantic_items", [])
+        found = [r for r in rows if r["item_id"] in ids]
+        missing = ids - {r["item_id"] for r in found}
+        if missing:
+            raise ArchiveMismatch(manifest_id, "(semantic files)", f"lacks {len(missing)} archived items")
+        counts["rehydrated"] += store.commit_rehydrate(t, manifest_id, found, now, flow_run_id)
+    return counts
+
+
+# -- forget -------------------------------------------------------------------------------------------------------
+
+
+def forget_in_archive(store: Store, storage: StorageLike, tenant: str, subject: str | None, now: datetime) -> dict:
+    """Remove a subject (or, with None, the whole tenant) from the archive: rewrite the files and manifests that
+    held it, delete every old object version, and drop the matching tombstones from the hot store.
+
+    Runs before the hot store's forget: the archive's copy is what says which tombstones name the subject, and the
+    lineage it follows must still be there.
+
+    Returns:
+        Counts by place: ``archive_rows``, ``archive_files_rewritten``, ``archive_files_deleted``,
+        ``archive_manifests_rewritten``, ``archive_object_versions_deleted`` and the hot rows removed by id.
+    """
+    manifests = store.manifests(tenant)
+    counts: dict[str, int] = {
+        "archive_rows": 0,
+        "archive_files_rewritten": 0,
+        "archive_files_deleted": 0,
+        "archive_manifests_rewritten": 0,
+        "archive_object_versions_deleted": 0,
+    }
+    if not manifests:
+        return counts
+    if subject is None:
+        counts["archive_rows"] = sum(m["row_count"] for m in manifests)
+        counts["archive_object_versions_deleted"] = purge_tenant(storage, tenant)
+        return counts
+    fs = storage.filesystem()
+    # Settle unfinished writes first: their rows are hot and the hot forget removes them there.
+    for manifest in store.manifests(tenant, ["written", "verified"]):
+        counts["archive_object_versions_deleted"] += remove_manifest_objects(storage, manifest)
+        store.drop_manifest(tenant, manifest["manifest_id"])
+    events = store.events_mentioning(tenant, subject)
+    loaded: list[tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]] = []
+    for manifest in store.manifests(tenant, ["committed"]):
+        by_path = {
+            e["path"]: decode_parquet(e["table"], read_file(storage, manifest, e, fs)) for e in manifest["files"]
+        }
+        loaded.append((manifest, by_path))
+        for e in manifest["files"]:
+            if e["table"] == "episode_turns":
+                events |= {t["event_id"] for t in by_path[e["path"]] if mentions(t["text"], subject)}
+    derived = store.derived_items(tenant, events)
+    gone_items: set[str] = set()
+    for manifest, by_path in loaded:
+        new_files: list[dict[str, Any]] = []
+        touched = False
+        for entry in manifest["files"]:
+            table_name, file_rows = entry["table"], by_path[entry["path"]]
+            kept, dropped, changed = _without_subject(table_name, file_rows, subject, events, derived)
+            if not changed:
+                new_files.append(entry)
+                continue
+            touched = True
+            counts["archive_rows"] += len(file_rows) - len(kept)
+            gone_items |= dropped
+            if not kept:
+                counts["archive_object_versions_deleted"] += delete_all_versions(storage, entry["path"])
+                counts["archive_files_deleted"] += 1
+                continue
+            # Overwrite first and remove old versions at the end: a crash in between never leaves a file missing.
+            data, count = encode_parquet(table_name, kept)
+            with _storage_errors(f"rewriting {entry['path']}", storage):
+                _put(fs, storage, entry["path"], data)
+            new_files.append({**entry, "rows": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            counts["archive_files_rewritten"] += 1
+        if not touched:
+            continue
+        row = {**manifest, "files": new_files, "row_count": sum(f["rows"] for f in new_files)}
+        with _storage_errors(f"rewriting manifest {manifest['manifest_id']}", storage):
+            _put(fs, storage, manifest_path(tenant, manifest["manifest_id"]), manifest_json(row))
+        store.set_manifest(tenant, manifest["manifest_id"], files=new_files, row_count=row["row_count"])
+        counts["archive_manifests_rewritten"] += 1
+    counts["archive_object_versions_deleted"] += purge_old_versions(storage, tenant)
+    hot = store.forget_archived(tenant, events, gone_items | derived, now)
+    counts.update({f"{k}_archived": v for k, v in hot.items()})
+    return counts
+
+
+def _without_subject(
+    table_name: str, rows: list[dict[str, Any]], subject: str, events: set[str], derived: set[str]
+) -> tuple[list[dict[str, Any]], set[str], bool]:
+    """The rows that keep nothing of the subject, the ids of those dropped, and whether anything changed.
+
+    An episode row stays with its summary rewritten without the lines that name the subject, as in the hot store.
+    """
+    kept: list[dict[str, Any]] = []
+    dropped: set[str] = set()
+    changed = False
+    for r in rows:
+        if table_name == "episodes":
+            if mentions(r["summary"], subject):
+                r = {**r, "summary": "\n".join(s for s in r["summary"].split("\n") if not mentions(s, subject))}
+                changed = True
+            kept.append(r)
+            continue
+        hit = mentions(r["text"], subject) or r["item_id"] in derived or r.get("event_id") in events
+        if hit:
+            dropped.add(r["item_id"])
+        else:
+            kept.append(r)
+    return kept, dropped, changed or bool(dropped)
+
+
+# -- the whole move, without Prefect ------------------------------------------------------------------------------
+
+
+def archive_batch(
+    store: Store,
+    storage: StorageLike,
+    layer: Layer,
+    keys: Sequence[tuple[str, str]],
+    now: datetime,
+    flow_run_id: str | None,
+) -> list[dict[str, Any]]:
+    """Write one manifest per tenant of a batch of cold (tenant, id) keys; returns the manifests written."""
+    by_tenant: dict[str, list[str]] = {}
+    for tenant, item_id in keys:
+        by_tenant.setdefault(tenant, []).append(item_id)
+    written = []
+    for tenant, ids in sorted(by_tenant.items()):
+        manifest = write_manifest(store, storage, tenant, layer, ids, now, flow_run_id)
+        if manifest is not None:
+            written.append(manifest)
+    return written
+
+
+def archive_cold_items(
+    store: Store,
+    storage: StorageLike,
+    rules: RetentionRules,
+    as_of: datetime,
+    tenant: str | None = None,
+    batch_size: int = 5_000,
+    flow_run_id: str | None = None,
+    max_batches: int = 10_000,
+) -> dict[str, int]:
+    """What the ``archive`` flow does, in one process: settle unfinished manifests, then write, verify and
+    tombstone batch after batch until no row is cold.
+    """
+    totals: dict[str, int] = dict(settle_unfinished(store, storage, tenant, as_of, flow_run_id))
+    for layer in (Layer.SEMANTIC, Layer.EPISODIC):
+        for _ in range(max_batches):
+            keys = store.archive_candidates(layer, as_of, rules, tenant, batch_size)
+            if not keys:
+                break
+            moved = 0
+            for manifest in archive_batch(store, storage, layer, keys, as_of, flow_run_id):
+                verify_manifest(store, storage, manifest)
+                counts = commit_manifest(store, storage, {**manifest, "status": "verified"}, as_of, flow_run_id)
+                moved += counts["semantic_items"] + counts["episodes"]
+                for k, v in counts.items():
+                    totals[k] = totals.get(k, 0) + v
+                totals["manifests"] = totals.get("manifests", 0) + 1
+            if not moved:
+                break  # every picked row changed under us; the next run takes them as they are then
+    return totals

@@ -1,0 +1,90 @@
+"""``archive`` (semantic and episodic -> archival) and ``rehydrate`` (archival -> semantic)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from prefect import flow
+
+from tasks.archive import (
+    find_archived_items,
+    load_archive_storage,
+    load_retention_rules,
+    rehydrate_archived_items,
+    select_cold_items,
+    settle_unfinished_manifests,
+    tombstone_archived_rows,
+    verify_archive_files,
+    write_archive_files,
+)
+from tasks.common import Stopwatch, resolve_as_of
+from tasks.reporting import publish_run_summary
+
+
+@flow(name="archive")
+def archive(
+    store_url: str | None = None,
+    archive_url: str | None = None,
+    as_of: datetime | None = None,
+    tenant: str | None = None,
+    batch_size: int = 5_000,
+    max_batches: int = 10_000,
+    archive_block: str | None = None,
+    retention_block: str | None = None,
+) -> dict:
+    """Move cold semantic items, superseded versions and old consolidated episodes to the archive: write Parquet
+    and a manifest, read it back and compare, and only then swap the hot rows for tombstones in one transaction.
+
+    First finishes what an interrupted run left. ``archive_block`` names an ``ArchiveStorage`` block (else
+    ``archive_url`` or ``ENGRAM_ARCHIVE_URL``); ``retention_block`` a ``RetentionPolicy`` block (else defaults).
+    """
+    clock, as_of = Stopwatch(), resolve_as_of(as_of)
+    storage, rules = load_archive_storage(archive_url, archive_block), load_retention_rules(retention_block)
+    totals: Counter[str] = Counter(settle_unfinished_manifests(store_url, storage, as_of, tenant))
+    for layer in ("semantic", "episodic"):
+        for _ in range(max_batches):
+            keys = select_cold_items(store_url, layer, as_of, rules, tenant, batch_size)
+            if not keys:
+                break
+            manifests = write_archive_files(store_url, storage, layer, keys, as_of)
+            totals["rows_verified"] += verify_archive_files(store_url, storage, manifests)
+            moved = tombstone_archived_rows(store_url, storage, manifests, as_of)
+            totals.update(moved)
+            if not moved.get("semantic_items") and not moved.get("episodes"):
+                break  # every picked row changed since it was read; the next run takes them as they are then
+    return publish_run_summary("archive", dict(totals), clock.seconds)
+
+
+@flow(name="rehydrate")
+def rehydrate(
+    store_url: str | None = None,
+    archive_url: str | None = None,
+    as_of: datetime | None = None,
+    tenant: str | None = None,
+    batch_size: int = 5_000,
+    item_ids: list[str] | None = None,
+    query: str | None = None,
+    query_limit: int = 100,
+    max_batches: int = 10_000,
+    archive_block: str | None = None,
+) -> dict:
+    """Bring archived facts back to the semantic layer: the given ids, the best matches of a query, or (with
+    neither) a tenant's whole archive. Idempotent; each move is audited as ``rehydrate``.
+    """
+    clock, as_of = Stopwatch(), resolve_as_of(as_of)
+    storage = load_archive_storage(archive_url, archive_block)
+    if query is not None:
+        if tenant is None:
+            raise ValueError("tenant: a rehydrate by query needs the tenant whose archive to search")
+        item_ids = find_archived_items(store_url, storage, tenant, query, query_limit)
+    totals: Counter[str] = Counter()
+    if item_ids is not None and not item_ids:
+        return publish_run_summary("rehydrate", {"rehydrated": 0}, clock.seconds)
+    for start in range(0, len(item_ids), batch_size) if item_ids is not None else range(max_batches):
+        ids = item_ids[start : start + batch_size] if item_ids is not None else None
+        counts = rehydrate_archived_items(store_url, storage, tenant, ids, as_of, batch_size)
+        totals.update(counts)
+        if ids is None and not counts["candidates"]:
+            break
+    return publish_run_summary("rehydrate", dict(totals), clock.seconds)

@@ -1,0 +1,106 @@
+"""Tasks of the ``archive`` and ``rehydrate`` flows: batch-level wrappers around ``engram.archive``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from engram import archive as arc
+from engram.layers import Layer
+from engram.settings import Settings
+from tasks.common import current_run_id, open_store
+
+
+def load_archive_storage(archive_url: str | None, archive_block: str | None) -> arc.StorageLike:
+    """The archive named by an ``ArchiveStorage`` block, else the URL (or ``ENGRAM_ARCHIVE_URL``) with the
+    endpoint and keys of the ``ENGRAM_ARCHIVE_*`` settings."""
+    if archive_block:
+        from blocks.archive import ArchiveStorage
+
+        return ArchiveStorage.load(archive_block).location()
+    settings = Settings()
+    return arc.ArchiveLocation.from_settings(archive_url or settings.resolved_archive_url(), settings)
+
+
+def load_retention_rules(retention_block: str | None) -> arc.RetentionRules:
+    """The rules of a ``RetentionPolicy`` block, else the defaults."""
+    if not retention_block:
+        return arc.RetentionRules()
+    from blocks.policy import RetentionPolicy
+
+    return RetentionPolicy.load(retention_block).to_rules()
+
+
+@task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
+def settle_unfinished_manifests(
+    store_url: str | None, storage: arc.StorageLike, as_of: datetime, tenant: str | None
+) -> dict[str, int]:
+    """Commit or discard the manifests an interrupted run left ``written`` or ``verified``."""
+    return arc.settle_unfinished(open_store(store_url), storage, tenant, as_of, current_run_id())
+
+
+@task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
+def select_cold_items(
+    store_url: str | None, layer: str, as_of: datetime, rules: arc.RetentionRules, tenant: str | None, batch_size: int
+) -> list[tuple[str, str]]:
+    """A batch of (tenant, id) keys of hot rows the retention rules send to the archive."""
+    return open_store(store_url).archive_candidates(Layer(layer), as_of, rules, tenant, batch_size)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def write_archive_files(
+    store_url: str | None, storage: arc.StorageLike, layer: str, keys: list[tuple[str, str]], as_of: datetime
+) -> list[dict[str, Any]]:
+    """Parquet files and a manifest per tenant of the batch (status ``written``)."""
+    return arc.archive_batch(open_store(store_url), storage, Layer(layer), keys, as_of, current_run_id())
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def verify_archive_files(store_url: str | None, storage: arc.StorageLike, manifests: list[dict[str, Any]]) -> int:
+    """Read every file back and compare row counts and checksums with its manifest (status ``verified``)."""
+    return sum(arc.verify_manifest(open_store(store_url), storage, m) for m in manifests)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def tombstone_archived_rows(
+    store_url: str | None, storage: arc.StorageLike, manifests: list[dict[str, Any]], as_of: datetime
+) -> dict[str, int]:
+    """Swap the verified rows for tombstones and audit the moves, one transaction per manifest (``committed``)."""
+    totals: dict[str, int] = {}
+    for manifest in manifests:
+        counts = arc.commit_manifest(open_store(store_url), storage, manifest, as_of, current_run_id())
+        for k, v in counts.items():
+            totals[k] = totals.get(k, 0) + v
+        totals["manifests"] = totals.get("manifests", 0) + 1
+    return totals
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def find_archived_items(
+    store_url: str | None, storage: arc.StorageLike, tenant: str, query: str, limit: int
+) -> list[str]:
+    """Ids of archived facts that match a query, by the same search ``Memory.search`` runs."""
+    from engram.memory import Memory
+
+    memory = Memory(store_url or Settings().resolved_store_url(), storage, migrate=False)  # type: ignore[arg-type]
+    try:
+        # A default search ranks archived facts among the hot ones; the archived turns of episodes stay out.
+        return [h.item_id for h in memory.search(tenant, query, limit=limit) if h.layer == Layer.ARCHIVAL]
+    finally:
+        memory.close()
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def rehydrate_archived_items(
+    store_url: str | None,
+    storage: arc.StorageLike,
+    tenant: str | None,
+    item_ids: list[str] | None,
+    as_of: datetime,
+    batch_size: int,
+) -> dict[str, int]:
+    """Bring a batch of archived facts back to the semantic layer, audited."""
+    return arc.rehydrate_batch(open_store(store_url), storage, tenant, item_ids, as_of, current_run_id(), batch_size)

@@ -1,0 +1,82 @@
+"""What the archive's tests share: a memory filled without Prefect, and the "nothing lost" check."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from engram import Memory
+from engram.archive import RetentionRules, read_manifest_rows
+from engram.consolidate import LocalConsolidator, plan_changes, summarize_episode
+from engram.store import SEMANTIC, TURNS, Store
+from tests.conftest import T0
+from tests.flows.helpers import conversation_rows
+
+AS_OF = T0 + timedelta(days=30)
+# Everything consolidated before AS_OF is cold a year later.
+LATER = AS_OF + timedelta(days=365)
+COLD = RetentionRules(semantic_idle=timedelta(days=30), episode_age=timedelta(days=30))
+
+
+def fill(memory: Memory, tenant: str = "acme", sessions: int = 4, as_of: datetime = AS_OF) -> None:
+    """Events through working memory and episodes into facts, by the store's own steps (no flow runs)."""
+    memory.observe_many(conversation_rows(tenant, sessions=sessions, start=T0, prefix=f"{tenant}-e"))
+    store = memory.store
+    events = store.pending_events(10_000, tenant)
+    working = [
+        {
+            "tenant": e["tenant"],
+            "item_id": e["event_id"],
+            "event_id": e["event_id"],
+            "session_id": e["session_id"],
+            "actor": e["actor"],
+            "text": e["text"],
+            "at": e["at"],
+            "scope": "session",
+            "tags": [],
+            "metadata": e["metadata"],
+            "expires_at": e["at"] + timedelta(days=1),
+            "created_run_id": None,
+        }
+        for e in events
+    ]
+    store.route_events(working, [], as_of, None)
+    sessions_ = store.claim_sessions_to_close(as_of, 1800, "test", 300, 10_000, tenant)
+    store.close_sessions(sessions_, "test", as_of, None, summarize_episode)
+    episodes = store.claim_episodes(as_of, "test", 300, 10_000, tenant)
+    frames, turns = store.load_episodes(episodes)
+    facts = LocalConsolidator().distill(frames, turns)
+    store.commit_consolidation(episodes, facts, "test", as_of, None, plan_changes)
+
+
+def contents(store: Store, storage: Any, tenant: str) -> dict[tuple[str, str], str]:
+    """Every fact version and turn of a tenant with its text, wherever it lives.
+
+    A hot row must have its text; an archived one must be readable (checksums and row counts checked) from a
+    committed manifest, which must hold it. Anything else fails: that is what "nothing lost" means.
+    """
+    out: dict[tuple[str, str], str] = {}
+    pointers: dict[str, list[tuple[str, str]]] = {}
+    with store.read() as conn:
+        for table, name in ((SEMANTIC, "semantic_items"), (TURNS, "episode_turns")):
+            for r in conn.execute(
+                select(table.c.item_id, table.c.text, table.c.archived_manifest_id).where(table.c.tenant == tenant)
+            ):
+                if r.archived_manifest_id is None:
+                    assert r.text, f"hot {name} row {r.item_id} has lost its text"
+                    out[(name, r.item_id)] = r.text
+                else:
+                    assert not r.text, f"archived {name} row {r.item_id} still holds its text in the hot store"
+                    pointers.setdefault(r.archived_manifest_id, []).append((name, r.item_id))
+    manifests = {m["manifest_id"]: m for m in store.manifests(tenant)}
+    for manifest_id, keys in pointers.items():
+        manifest = manifests.get(manifest_id)
+        assert manifest is not None and manifest["status"] == "committed", f"{manifest_id} is not committed"
+        rows = read_manifest_rows(storage, manifest)
+        by_key = {(name, r["item_id"]): r["text"] for name, rs in rows.items() if name != "episodes" for r in rs}
+        for key in keys:
+            assert by_key.get(key), f"{key} points at {manifest_id}, which does not hold it"
+            out[key] = by_key[key]
+    return out

@@ -1,0 +1,295 @@
+"""The archival layer against real storage: a local folder and an S3 server on loopback, on SQLite and PostgreSQL.
+
+Provisioning, archive (write, verify, tombstone), search over the archive, rehydrate, and forget across the archive.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import select
+
+from engram import Memory
+from engram.archive import (
+    ArchiveLocation,
+    RetentionRules,
+    archive_cold_items,
+    provision_archive,
+    rehydrate_batch,
+)
+from engram.layers import Layer
+from engram.models import ALL_TABLES
+from engram.store import SEMANTIC, TRANSITIONS
+from engram.testing import FixedClock
+from tests.conftest import T0
+from tests.engram.archive_helpers import COLD, LATER, contents, fill
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def archive_location(request: pytest.FixtureRequest, store_url: str, tmp_path: Path) -> ArchiveLocation:
+    """A fresh bucket on the loopback S3 server beside SQLite, a local folder beside PostgreSQL; provisioned.
+
+    Each store and each storage is covered once per test, at half the cost of every pairing.
+    """
+    if not store_url.startswith("sqlite"):
+        location = ArchiveLocation((tmp_path / "archive").as_uri())
+    else:
+        location = request.getfixturevalue("s3_archive")
+    provision_archive(location)
+    return location
+
+
+@pytest.fixture
+def archived(store_url: str, archive_location: ArchiveLocation) -> Iterator[tuple[Memory, ArchiveLocation, dict]]:
+    """A memory whose facts and episodes are all archived; with the contents before archival."""
+    memory = Memory(store_url, archive_location, clock=FixedClock(LATER))
+    fill(memory)
+    before = contents(memory.store, archive_location, "acme")
+    try:
+        yield memory, archive_location, before
+    finally:
+        memory.close()
+
+
+def _objects(location: ArchiveLocation) -> list[tuple[str, bytes]]:
+    """Every object (every version, in a versioned bucket) under the archive, with its bytes."""
+    if not location.is_s3:
+        root = Path(location.prefix)
+        return [(str(p), p.read_bytes()) for p in root.rglob("*") if p.is_file()]
+    client = location.minio_client()
+    out = []
+    for obj in client.list_objects(location.bucket, recursive=True, include_version=True):
+        if obj.is_delete_marker:
+            out.append((f"{obj.object_name}@{obj.version_id} (delete marker)", b""))
+            continue
+        resp = client.get_object(location.bucket, obj.object_name, version_id=obj.version_id)
+        try:
+            out.append((f"{obj.object_name}@{obj.version_id}", resp.read()))
+        finally:
+            resp.close()
+            resp.release_conn()
+    return out
+
+
+def _object_text(name: str, data: bytes) -> str:
+    """An object as searchable text: a Parquet file's rows, a manifest's JSON."""
+    if name.split("@")[0].endswith(".parquet"):
+        import io
+
+        return json.dumps(pq.read_table(io.BytesIO(data)).to_pylist(), default=str)
+    return data.decode("utf-8", "replace")
+
+
+# -- provisioning ------------------------------------------------------------------------------------------------
+
+
+def test_provisioning_creates_a_versioned_bucket_once(s3_archive: ArchiveLocation) -> None:
+    first = provision_archive(s3_archive)
+    second = provision_archive(s3_archive)
+    assert first == {"bucket": s3_archive.bucket, "created": True, "versioning_enabled": True, "changed": True}
+    # The second call finds everything in place and says so.
+    assert second == {"bucket": s3_archive.bucket, "created": False, "versioning_enabled": True, "changed": False}
+    assert s3_archive.minio_client().get_bucket_versioning(s3_archive.bucket).status == "Enabled"
+
+
+def test_provisioning_a_local_archive_creates_its_folder_once(tmp_path: Path) -> None:
+    location = ArchiveLocation((tmp_path / "a" / "archive").as_uri())
+    assert provision_archive(location)["changed"] is True
+    assert provision_archive(location)["changed"] is False
+    assert (tmp_path / "a" / "archive").is_dir()
+
+
+# -- archive: write, verify, tombstone ----------------------------------------------------------------------------
+
+
+def test_archive_writes_verified_parquet_then_tombstones(archived: tuple[Memory, ArchiveLocation, dict]) -> None:
+    memory, location, before = archived
+    totals = archive_cold_items(memory.store, location, COLD, LATER, batch_size=20, flow_run_id="run-1")
+    assert totals["semantic_items"] == sum(1 for name, _ in before if name == "semantic_items")
+    assert totals["episode_turns"] == sum(1 for name, _ in before if name == "episode_turns")
+    stats = memory.stats("acme")
+    assert stats["semantic_versions"] == 0 and stats["episodic_turns"] == 0
+    # Nothing lost: every fact and turn reads back from a committed manifest with the text it had.
+    assert contents(memory.store, location, "acme") == before
+
+    manifests = memory.store.manifests("acme")
+    assert manifests and {m["status"] for m in manifests} == {"committed"}
+    assert all(m["flow_run_id"] == "run-1" for m in manifests)
+    fs = location.filesystem()
+    root = f"{location.bucket}/{location.prefix}" if location.is_s3 else location.prefix
+    for m in manifests:
+        for f in m["files"]:
+            # Partitioned by tenant, layer and date, named after the manifest.
+            assert f["path"].startswith(f"tenant=acme/layer={m['layer']}/date=")
+            assert f["path"].endswith(".parquet") and m["manifest_id"] in f["path"]
+        doc = json.loads(fs.cat_file(f"{root}/tenant=acme/manifests/{m['manifest_id']}.json"))
+        assert doc["files"] == m["files"] and doc["flow_run_id"] == "run-1"
+    with memory.store.read() as conn:
+        moves = conn.execute(
+            select(TRANSITIONS.c.from_layer, TRANSITIONS.c.to_layer, TRANSITIONS.c.flow_run_id).where(
+                TRANSITIONS.c.action == "archive"
+            )
+        ).all()
+        left = conn.execute(select(SEMANTIC.c.rendered, SEMANTIC.c.embedding)).all()
+    assert {tuple(r) for r in moves} == {("semantic", "archival", "run-1"), ("episodic", "archival", "run-1")}
+    assert all(r.rendered == "" and r.embedding is None for r in left)
+    # A second run finds nothing cold left: idempotent.
+    again = archive_cold_items(memory.store, location, COLD, LATER, batch_size=20)
+    assert again.get("manifests", 0) == 0
+
+
+RULES = [
+    # (rules, semantic versions archived, episodes archived, why)
+    (RetentionRules(), 0, 0, "defaults: nothing is 90 days idle or 30 days old, 8 to 11 days on"),
+    (RetentionRules(semantic_idle=timedelta(days=1)), "all", 0, "idle: every fact was last seen over a day ago"),
+    (RetentionRules(min_salience=1.0), "all", 0, "salience: every fact scores below 1.0"),
+    (RetentionRules(episode_age=timedelta(days=1)), 0, "all", "age: every session ended over a day before"),
+]
+
+
+@pytest.mark.parametrize(("rules", "facts", "episodes", "why"), RULES, ids=[r[3].split(":")[0] for r in RULES])
+def test_retention_rules_pick_what_they_name(
+    sqlite_memory: Memory, tmp_path: Path, rules: RetentionRules, facts: Any, episodes: Any, why: str
+) -> None:
+    fill(sqlite_memory, as_of=T0 + timedelta(days=10))  # four sessions, from T0 to T0 + 3 days
+    location = ArchiveLocation((tmp_path / "archive").as_uri())
+    when = T0 + timedelta(days=11)
+    all_facts = sqlite_memory.stats("acme")["semantic_versions"]
+    all_episodes = sqlite_memory.stats("acme")["episodic"]
+    totals = archive_cold_items(sqlite_memory.store, location, rules, when)
+    assert totals.get("semantic_items", 0) == (all_facts if facts == "all" else facts), why
+    assert totals.get("episodes", 0) == (all_episodes if episodes == "all" else episodes), why
+
+
+def test_only_consolidated_episodes_are_archived(sqlite_memory: Memory, tmp_path: Path) -> None:
+    fill(sqlite_memory)
+    with sqlite_memory.store.write() as conn:
+        from engram.store import EPISODES
+
+        conn.execute(EPISODES.update().values(consolidated_at=None))
+    location = ArchiveLocation((tmp_path / "archive").as_uri())
+    totals = archive_cold_items(sqlite_memory.store, location, COLD, LATER)
+    assert totals.get("episodes", 0) == 0
+
+
+# -- search over the archive --------------------------------------------------------------------------------------
+
+
+def test_search_spans_the_archive_with_the_same_rendering(archived: tuple[Memory, ArchiveLocation, dict]) -> None:
+    memory, location, _ = archived
+    query = "moving to Lisbon as a nurse"
+    hot = memory.search("acme", query, limit=5)
+    archive_cold_items(memory.store, location, COLD, LATER)
+    cold = memory.search("acme", query, limit=5)
+    assert [h.layer for h in hot] == ["semantic"] * len(hot)
+    assert [h.layer for h in cold] == ["archival"] * len(cold)
+    # Same documents, same scores, same text with date and speaker.
+    assert [(h.item_id, h.text, h.sources) for h in cold] == [(h.item_id, h.text, h.sources) for h in hot]
+    assert memory.search("acme", query, layers=["semantic"]) == []
+    # The turns of archived episodes come back only when the archival layer is asked for by name.
+    named = memory.search("acme", query, limit=50, layers=["archival"])
+    assert any(h.item_id.startswith("acme-e") for h in named)  # turns keep their event ids
+    assert not any(h.item_id.startswith("acme-e") for h in cold)
+    assert memory.get("acme", cold[0].item_id).text.endswith("nurse.")
+
+
+def test_archive_search_stays_within_the_tenant(sqlite_memory: Memory, tmp_path: Path) -> None:
+    location = ArchiveLocation((tmp_path / "archive").as_uri())
+    fill(sqlite_memory, "acme")
+    fill(sqlite_memory, "globex", sessions=2)
+    archive_cold_items(sqlite_memory.store, location, COLD, LATER, tenant="acme")
+    memory = Memory(sqlite_memory.store_url, location)
+    try:
+        assert all(h.layer == "archival" for h in memory.search("acme", "Lisbon nurse"))
+        assert all(h.layer == "semantic" for h in memory.search("globex", "Lisbon nurse"))
+        assert not {h.item_id for h in memory.search("globex", "Lisbon nurse", layers=["archival"])}
+    finally:
+        memory.close()
+
+
+# -- rehydrate ----------------------------------------------------------------------------------------------------
+
+
+def test_rehydrate_brings_items_back_and_is_idempotent(archived: tuple[Memory, ArchiveLocation, dict]) -> None:
+    memory, location, before = archived
+    archive_cold_items(memory.store, location, COLD, LATER)
+    target = memory.search("acme", "pottery class blue bowl", limit=1)[0]
+    assert target.layer == "archival"
+
+    first = rehydrate_batch(memory.store, location, "acme", [target.item_id], LATER, "run-r", 100)
+    second = rehydrate_batch(memory.store, location, "acme", [target.item_id], LATER, "run-r", 100)
+    assert (first["rehydrated"], second["rehydrated"]) == (1, 0)
+    hit = memory.search("acme", "pottery class blue bowl", limit=1)[0]
+    assert (hit.item_id, hit.layer, hit.text) == (target.item_id, "semantic", target.text)
+    history = memory.history("acme", target.item_id)
+    moves = [(e.action, e.from_layer, e.to_layer) for e in history if e.item_id == target.item_id]
+    assert [m for m in moves if m[0] in ("archive", "rehydrate")] == [
+        ("archive", "semantic", "archival"),
+        ("rehydrate", "archival", "semantic"),
+    ]
+
+    # The whole archive: every archived fact comes back once; nothing lost either way.
+    whole = rehydrate_batch(memory.store, location, "acme", None, LATER, "run-r", 7)
+    while whole["candidates"]:
+        whole = rehydrate_batch(memory.store, location, "acme", None, LATER, "run-r", 7)
+    assert memory.stats("acme")["semantic_versions"] == sum(1 for name, _ in before if name == "semantic_items")
+    assert contents(memory.store, location, "acme") == before
+
+
+# -- forget across the archive ------------------------------------------------------------------------------------
+
+
+def test_forget_removes_the_subject_from_every_table_and_every_object(
+    archived: tuple[Memory, ArchiveLocation, dict],
+) -> None:
+    memory, location, _ = archived
+    archive_cold_items(memory.store, location, COLD, LATER)
+    # Half hot, half archived: one fact comes back before the forget.
+    rehydrate_batch(memory.store, location, "acme", [memory.search("acme", "Lisbon")[0].item_id], LATER, None, 10)
+    assert any("Lisbon" in text for _, data in _objects(location) for text in [_object_text(_, data)])
+
+    receipt = memory.forget("acme", "Lisbon")
+
+    assert receipt.removed["archive_rows"] > 0 and receipt.removed["archive_files_rewritten"] > 0
+    assert receipt.removed["archive_manifests_rewritten"] > 0
+    if location.is_s3:
+        assert receipt.removed["archive_object_versions_deleted"] > 0
+    with memory.store.read() as conn:
+        for model in ALL_TABLES:
+            table = model.__table__  # type: ignore[attr-defined]
+            for row in conn.execute(select(table)):
+                assert "lisbon" not in str(tuple(row)).lower(), f"{table.name} still names the subject"
+    for name, data in _objects(location):
+        assert "lisbon" not in _object_text(name, data).lower(), f"{name} still names the subject"
+    assert memory.search("acme", "Lisbon", layers=["archival", "semantic", "episodic"]) == []
+    # What stays is intact: every remaining fact and turn still reads back from a verified manifest.
+    remaining = contents(memory.store, location, "acme")
+    assert remaining and all("Lisbon" not in text for text in remaining.values())
+
+
+def test_forget_a_whole_tenant_empties_its_archive(sqlite_memory: Memory, s3_archive: ArchiveLocation) -> None:
+    provision_archive(s3_archive)
+    memory = Memory(sqlite_memory.store_url, s3_archive, clock=FixedClock(T0))
+    try:
+        fill(memory)
+        archive_cold_items(memory.store, s3_archive, COLD, LATER)
+        receipt = memory.forget("acme")
+        assert receipt.removed["archive_object_versions_deleted"] > 0
+        assert _objects(s3_archive) == []
+        assert memory.stats("acme")["archival"] == 0
+    finally:
+        memory.close()
+
+
+def test_archived_layer_counts(archived: tuple[Memory, ArchiveLocation, dict]) -> None:
+    memory, location, before = archived
+    archive_cold_items(memory.store, location, COLD, LATER)
+    assert memory.stats("acme")[Layer.ARCHIVAL.value] == len(before)
