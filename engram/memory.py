@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -12,7 +13,7 @@ from typing import Any
 
 from engram import portable
 from engram.archive import ArchiveLocation
-from engram.errors import InvalidInput, NotFound
+from engram.errors import ArchiveError, InvalidInput, NotFound
 from engram.layers import Layer
 from engram.search import Hit, IndexRegistry, TenantIndex
 from engram.settings import Settings
@@ -31,6 +32,7 @@ from engram.validation import (
 )
 
 Clock = Callable[[], datetime]
+LOG = logging.getLogger("engram")
 SEARCHABLE_LAYERS = tuple(layer.value for layer in Layer)
 MAX_QUERY_CHARS = 4_096
 ACCESS_FLUSH_ITEMS = 5_000
@@ -370,7 +372,14 @@ class Memory:
 
         for manifest in self.store.manifests(tenant, ["committed"]):
             if manifest["manifest_id"] not in index.manifests:
-                index.add(search_documents(self.store, self.archive, manifest))
+                try:
+                    docs = search_documents(self.store, self.archive, manifest)
+                except ArchiveError as exc:
+                    # An unreadable or damaged archive file must not take search down with it: the hot layers and
+                    # the other manifests still answer, and this manifest is tried again on the next search.
+                    LOG.warning("archive manifest %s left out of search: %s", manifest["manifest_id"], exc)
+                    continue
+                index.add(docs)
                 index.manifests.add(manifest["manifest_id"])
 
     def search(

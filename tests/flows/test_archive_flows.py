@@ -212,16 +212,28 @@ def test_a_corrupted_file_fails_verification_and_nothing_is_tombstoned(
 
 
 @pytest.mark.reliability
-def test_a_corrupted_committed_file_is_detected_on_read(filled: tuple[Memory, ArchiveLocation, dict]) -> None:
+def test_a_corrupted_committed_file_is_detected_on_read(
+    filled: tuple[Memory, ArchiveLocation, dict], caplog: pytest.LogCaptureFixture
+) -> None:
     memory, location, _ = filled
     archive_cold_items(memory.store, location, COLD, LATER)
     manifest = next(m for m in memory.store.manifests("acme") if m["layer"] == "semantic")
     fs = location.filesystem()
     path = f"{location.bucket}/{location.prefix}/{manifest['files'][0]['path']}"
     fs.pipe_file(path, b"not parquet")
+    with memory.store.read() as conn:
+        damaged_item = conn.execute(
+            select(SEMANTIC.c.item_id).where(SEMANTIC.c.archived_manifest_id == manifest["manifest_id"]).limit(1)
+        ).scalar_one()
     reader = Memory(memory.store_url, location, clock=FixedClock(LATER))
     try:
+        # Reading the damaged item names the manifest; search leaves the damaged manifest out and says so,
+        # instead of failing every search of the tenant.
         with pytest.raises(ArchiveMismatch, match=manifest["manifest_id"]):
-            reader.search("acme", "pottery bowl")
+            reader.get("acme", damaged_item)
+        with caplog.at_level("WARNING", logger="engram"):
+            hits = reader.search("acme", "pottery bowl")
+        assert damaged_item not in {h.item_id for h in hits}
+        assert manifest["manifest_id"] in caplog.text and "left out of search" in caplog.text
     finally:
         reader.close()
