@@ -80,6 +80,13 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank]
 
 
+def _dense_enabled() -> bool:
+    from engram.embed import available
+    from engram.settings import Settings
+
+    return Settings().embeddings and available()
+
+
 def evaluate(
     path: Path,
     store_url: str,
@@ -151,6 +158,7 @@ def evaluate(
         "accepted_turns": report.accepted,
         "hot_semantic_items": semantic_items,
         "layers_searched": layers or "all",
+        "retrieval": "bm25+minilm" if _dense_enabled() else "bm25",
         "recall": recall,
         "search_ms": {
             "p50": round(1000 * percentile(latencies, 50), 2),
