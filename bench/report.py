@@ -197,6 +197,20 @@ def locomo_section(results: Path) -> list[str]:
     return lines
 
 
+def embedding_section(results: Path) -> list[str]:
+    data = load(results / "embedding.json")
+    if not data:
+        return []
+    return [
+        "## Dense embedding throughput",
+        "",
+        f"{data['model']} on {data['cpus']} CPU cores (`bench/embed_throughput.py`): {data['texts_per_s']} texts/s "
+        f"over {data['texts']} short statements, model load {data['model_load_s']} s. At this rate embedding belongs "
+        "in the batch flows (consolidate embeds new facts once); a search embeds only its query.",
+        "",
+    ]
+
+
 def plot(result: dict[str, Any], out: Path) -> None:
     """Throughput and peak RSS against the number of events, as a PNG."""
     import matplotlib
@@ -319,6 +333,7 @@ def render(results: Path) -> str:
                 "",
             ]
     out += locomo_section(results)
+    out += embedding_section(results)
     return "\n".join(out).rstrip() + "\n"
 
 
