@@ -10,7 +10,7 @@ export ENGRAM_TEST_PG_URL ?= $(PG_URL)
 # The CPU build of torch lies on these machines' disk; pip looks there before the index.
 export PIP_FIND_LINKS ?= /opt/wheels
 
-.PHONY: install demo test test-fast test-sqlite test-postgres lint bench bench-quick locomo serve up down clean
+.PHONY: install demo test test-fast soak test-sqlite test-postgres lint bench bench-quick locomo serve up down provision deploy clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -26,16 +26,57 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash infra/ensure-postgres.sh "$(PG_URL)"
+	bash infra/ensure-chromium.sh
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration and not reliability"
+
+# The long variants of the `reliability` tests (tests/reliability): SOAK_TRIALS crash trials a flow, a sustained
+# ingest of SOAK_EVENTS events while the flows run, more Hypothesis examples. Writes bench/results/reliability.json,
+# then RELIABILITY.md from it, also when a test fails (the figures say so).
+SOAK_TRIALS ?= 20
+SOAK_EVENTS ?= 1000000
+soak: $(STAMP)
+	bash infra/ensure-postgres.sh "$(PG_URL)"
+	ENGRAM_SOAK_TRIALS=$(SOAK_TRIALS) ENGRAM_LOAD_EVENTS=$(SOAK_EVENTS) ENGRAM_GATE_EXAMPLES=40 \
+		$(BIN)/python -m pytest -q -ra -m reliability -p tests.reliability.figures; status=$$?; \
+		$(BIN)/python tests/reliability/report.py; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 locomo: $(STAMP)
 	$(BIN)/python bench/locomo.py
+
+# Performance benchmarks (bench/perf.py): bench-quick takes a few minutes; bench runs every size that fits in about
+# 30 minutes. Both rewrite BENCHMARKS.md from the JSON they write under bench/results/.
+bench-quick: $(STAMP)
+	$(BIN)/python bench/perf.py --quick
+	$(BIN)/python bench/report.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/perf.py --full
+	$(BIN)/python bench/report.py
+
+# Service models (infra/README.md): the monolith serves every deployment from one process; `up`/`down` run a Prefect
+# server and an S3 server on loopback without Docker; `provision` and `deploy` set a server up for the workers.
+serve: $(STAMP)
+	$(BIN)/python -m deployments.serve
+
+up: $(STAMP)
+	bash infra/local-stack.sh up
+
+down:
+	bash infra/local-stack.sh down
+
+provision: $(STAMP)
+	$(BIN)/python -c "from flows.provision import provision; print(provision())"
+
+# The pools must exist before a deploy; the automations need the deployments, hence provision on both sides.
+deploy: provision
+	ENGRAM_HOME="$(CURDIR)" $(BIN)/prefect --no-prompt deploy --all
+	$(BIN)/python -c "from flows.provision import provision; print(provision())"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -535,9 +535,15 @@ class Store:
         if self.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         with self.write() as conn:
+            # Pick, then lease, in one transaction: an UPDATE ... WHERE key IN (SELECT ... LIMIT n) may evaluate
+            # its subquery more than once on PostgreSQL and lease more than n rows. The picked rows stay locked
+            # (FOR UPDATE) until the lease is written.
+            picked = [tuple(r) for r in conn.execute(pick)]
+            if not picked:
+                return []
             result = conn.execute(
                 update(table)
-                .where(tuple_(*keys).in_(pick))
+                .where(tuple_(*keys).in_(picked))
                 .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
                 .returning(*keys)
             )

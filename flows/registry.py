@@ -28,6 +28,7 @@ class FlowSpec:
     interval_seconds: int | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    cron: str | None = None  # a cron schedule, for flows that run at fixed times rather than every N seconds
 
 
 FLOWS: tuple[FlowSpec, ...] = (
@@ -46,6 +47,33 @@ FLOWS: tuple[FlowSpec, ...] = (
         "consolidate", "flows/consolidate.py:consolidate", "engram-semantic", 900, description="episodic -> semantic"
     ),
     FlowSpec("lifecycle", "flows/lifecycle.py:lifecycle", "engram-lifecycle", 3600, description="every move, in order"),
+    FlowSpec(
+        "archive", "flows/archive.py:archive", "engram-archival", 86400, description="semantic, episodic -> archival"
+    ),
+    FlowSpec("rehydrate", "flows/archive.py:rehydrate", "engram-archival", description="archival -> semantic"),
+    FlowSpec("forget", "flows/forget.py:forget", "engram-service", description="remove a subject everywhere"),
+    # The service lifecycle: provisioning, monitoring, scaling, decommissioning.
+    FlowSpec("provision", "flows/provision.py:provision", "engram-service", description="create what engram needs"),
+    FlowSpec(
+        "monitor",
+        "flows/monitor.py:monitor",
+        "engram-service",
+        cron="*/5 * * * *",
+        description="health, metrics, alerts",
+    ),
+    FlowSpec("scale", "flows/scale.py:scale", "engram-service", 600, description="size the consolidation workers"),
+    FlowSpec(
+        "consolidate_shards",
+        "flows/scale.py:consolidate_shards",
+        "engram-semantic",
+        description="one shard worker of a scaled-out consolidation",
+    ),
+    FlowSpec(
+        "decommission",
+        "flows/decommission.py:decommission",
+        "engram-service",
+        description="drain and retire a tenant or the service",
+    ),
 )
 
 

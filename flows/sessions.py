@@ -10,7 +10,12 @@ from prefect import flow
 from engram.policy import LifecyclePolicy
 from tasks.common import Stopwatch, resolve_as_of, worker_id
 from tasks.reporting import publish_run_summary
-from tasks.sessions import claim_sessions_to_close, discard_expired_working, turn_sessions_into_episodes
+from tasks.sessions import (
+    announce_closed_sessions,
+    claim_sessions_to_close,
+    discard_expired_working,
+    turn_sessions_into_episodes,
+)
 
 
 @flow(name="close_sessions")
@@ -37,7 +42,9 @@ def close_sessions(
         if not sessions:
             break
         totals["sessions_in"] += len(sessions)
-        totals.update(turn_sessions_into_episodes(store_url, sessions, owner, as_of))
+        closed = turn_sessions_into_episodes(store_url, sessions, owner, as_of)
+        totals.update(closed)
+        announce_closed_sessions(sessions, closed.get("episodes", 0))
     return publish_run_summary("close_sessions", dict(totals), clock.seconds)
 
 

@@ -1,0 +1,102 @@
+"""``decommission``: retire one tenant or the whole service, leaving its memory in the archive (or another store)
+and a final audit report."""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import datetime
+from typing import Any
+
+from prefect import flow
+
+from engram.policy import LifecyclePolicy
+from engram.service import hot_rows
+from flows.consolidate import consolidate
+from flows.ingest import ingest
+from flows.registry import FLOWS
+from flows.sessions import close_sessions, expire_working
+from tasks.common import Stopwatch, resolve_as_of
+from tasks.reporting import publish_run_summary
+from tasks.service import (
+    close_open_sessions,
+    count_layers,
+    default_archive_block,
+    forget_tenants,
+    list_tenants,
+    move_tenants_to_store,
+    pause_schedules,
+    publish_audit_report,
+    save_retention_taking_everything,
+)
+
+
+@flow(name="decommission")
+def decommission(
+    store_url: str | None = None,
+    archive_url: str | None = None,
+    as_of: datetime | None = None,
+    tenant: str | None = None,
+    batch_size: int = 500,
+    target_store_url: str | None = None,
+    staging_url: str | None = None,
+) -> dict:
+    """Pause the schedules (whole service only), drain (route pending events, close every session, discard scratch
+    memory, consolidate), migrate the data (to the archive, or with ``target_store_url`` to another store through
+    an export), then verify and publish the audit report.
+
+    A step that cannot run here is reported as ``unavailable`` with the reason, never skipped silently.
+    """
+    clock, as_of, policy = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings()
+    scope = f"tenant {tenant}" if tenant else "service"
+    common: dict[str, Any] = {"store_url": store_url, "tenant": tenant, "batch_size": batch_size}
+    before = count_layers(store_url, tenant)
+    steps: dict[str, Any] = {}
+    scheduled = [f"{s.name}/{s.name}" for s in FLOWS if s.interval_seconds and s.name != "decommission"]
+    steps["pause_schedules"] = pause_schedules(scheduled) if tenant is None else "skipped: other tenants keep running"
+    steps["ingest"] = ingest(**common, as_of=as_of)
+    steps["close_requested"] = close_open_sessions(store_url, tenant, as_of)
+    steps["close_sessions"] = close_sessions(**common, as_of=as_of)
+    steps["expire_working"] = expire_working(**common, as_of=as_of + policy.working_ttl)
+    steps["consolidate"] = consolidate(**common, as_of=as_of)
+    steps["migrate"] = migrate_memory(store_url, archive_url, as_of, tenant, batch_size, target_store_url, staging_url)
+    after = count_layers(store_url, tenant)
+    steps["verify"] = (
+        "ok: no rows left in the hot layers" if hot_rows(after) == 0 else f"{hot_rows(after)} hot rows left"
+    )
+    report = publish_audit_report(scope, steps, before, after)
+    counts = {"scope": scope, "hot_rows_before": hot_rows(before), "hot_rows_after": hot_rows(after)}
+    summary = publish_run_summary("decommission", {**counts, "report": report}, clock.seconds)
+    return {**summary, "steps": steps, "before": before, "after": after}
+
+
+def migrate_memory(
+    store_url: str | None,
+    archive_url: str | None,
+    as_of: datetime,
+    tenant: str | None,
+    batch_size: int,
+    target_store_url: str | None,
+    staging_url: str | None,
+) -> Any:
+    """Move the drained memory out of the hot layers: to another store when one is named, else to the archive."""
+    if target_store_url:
+        if importlib.util.find_spec("engram.portable") is None:
+            return "unavailable: store-to-store export is not installed (engram.portable)"
+        if not staging_url:
+            return "unavailable: a store-to-store move needs staging_url (a folder or s3:// prefix for the export)"
+        tenants = [tenant] if tenant else list_tenants(store_url)
+        moved = move_tenants_to_store(store_url, target_store_url, tenants, archive_url, staging_url)
+        return {**moved, "forgotten_in_source": forget_tenants(store_url, archive_url, tenants)}
+    if importlib.util.find_spec("flows.archive") is None:
+        return "unavailable: the archive flow is not installed (flows/archive.py)"
+    from flows.archive import archive
+
+    return archive(
+        store_url=store_url,
+        archive_url=archive_url,
+        as_of=as_of,
+        tenant=tenant,
+        batch_size=batch_size,
+        archive_block=None if archive_url else default_archive_block(),
+        retention_block=save_retention_taking_everything(),
+    )

@@ -1,0 +1,111 @@
+"""``scale`` decides how many shard workers consolidate at once; ``consolidate_shards`` is one such worker.
+
+Tenants are hashed into shards (``engram.service.shard_of``); a worker leases one shard at a time in the store's
+``shard_leases`` table, consolidates every waiting episode of that shard's tenants, and moves on to the next free
+shard with work. Two workers never hold the same shard, and episode leases underneath keep even a retaken shard from
+being done twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime
+
+from prefect import flow
+from prefect.concurrency.sync import concurrency
+
+from engram.policy import LifecyclePolicy
+from engram.service import ScalingPolicy, decide_parallelism
+from tasks.common import Stopwatch, resolve_as_of, worker_id
+from tasks.consolidation import claim_episodes, commit_facts, distill_facts, embed_facts, gate_facts
+from tasks.reporting import publish_run_summary
+from tasks.service import (
+    CONSOLIDATE_LIMIT,
+    announce_scaling,
+    apply_parallelism,
+    claim_shard,
+    launch_shard_workers,
+    measure_backlog,
+    prepare_shards,
+    read_parallelism,
+    release_shard,
+    renew_shard,
+    shards_with_backlog,
+)
+
+SHARD_POOL = "engram-semantic"
+
+
+@flow(name="scale")
+def scale(
+    store_url: str | None = None,
+    as_of: datetime | None = None,
+    tenant: str | None = None,
+    batch_size: int = 200,
+    pool: str = SHARD_POOL,
+    backlog_per_worker: int = 500,
+    min_workers: int = 1,
+    max_workers: int = 8,
+    shard_count: int = 16,
+    launch: bool = True,
+) -> dict:
+    """Measure the consolidation backlog, decide the parallelism (raise when the backlog needs more workers, lower
+    once it is drained), apply it to the pool and the consolidation concurrency limit, and start shard workers.
+    """
+    clock, as_of = Stopwatch(), resolve_as_of(as_of)
+    policy = ScalingPolicy(backlog_per_worker, min_workers, max_workers, shard_count)
+    backlog = measure_backlog(store_url, as_of, tenant)
+    decision = decide_parallelism(backlog, read_parallelism(pool, min_workers), policy)
+    prepare_shards(store_url, pool, shard_count)
+    applied = apply_parallelism(pool, decision.desired) if decision.action != "hold" else {}
+    announce_scaling(decision, pool)
+    worker_params = {"store_url": store_url, "as_of": as_of.isoformat(), "batch_size": batch_size, "pool": pool}
+    started = launch_shard_workers(decision.desired if launch and backlog else 0, worker_params)
+    counts = {"backlog": backlog, "workers": f"{decision.current} -> {decision.desired}", "action": decision.action}
+    return publish_run_summary("scale", {**counts, "reason": decision.reason, **applied, **started}, clock.seconds)
+
+
+@flow(name="consolidate_shards")
+def consolidate_shards(
+    store_url: str | None = None,
+    as_of: datetime | None = None,
+    tenant: str | None = None,
+    batch_size: int = 200,
+    pool: str = SHARD_POOL,
+    shard_count: int = 16,
+    max_reject_fraction: float = 0.5,
+    max_shards: int = 10_000,
+) -> dict:
+    """One shard worker: lease a shard with waiting episodes, consolidate its tenants, release it, repeat until no
+    free shard has work. ``tenant`` limits the worker to that tenant's shard.
+    """
+    clock, as_of, policy, owner = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings(), worker_id()
+    lease = policy.lease.total_seconds()
+    totals: Counter[str] = Counter()
+    shards_done: list[int] = []
+    prepare_shards(store_url, pool, shard_count)
+    work_started = time.time()  # wall clock, comparable across workers: when this worker began on shards
+    with concurrency(CONSOLIDATE_LIMIT, occupy=1):
+        for _ in range(max_shards):
+            waiting = shards_with_backlog(store_url, as_of, shard_count)
+            if tenant is not None:
+                waiting = {s: ts for s, ts in waiting.items() if tenant in ts}
+            claimed = claim_shard(store_url, pool, owner, lease, sorted(waiting))
+            if claimed is None:
+                break
+            shard, _ = claimed
+            for shard_tenant in waiting[shard]:
+                while episodes := claim_episodes(store_url, as_of, owner, lease, batch_size, shard_tenant):
+                    gate = gate_facts(distill_facts(store_url, episodes), max_reject_fraction)
+                    totals["quarantined"] += len(gate.rejected)
+                    totals.update(commit_facts(store_url, episodes, gate.valid, owner, as_of, embed_facts(gate.valid)))
+                    if not renew_shard(store_url, pool, shard, owner, lease, len(episodes)):
+                        break
+            release_shard(store_url, pool, shard, owner)
+            shards_done.append(shard)
+    seconds = clock.seconds
+    counts = {**totals, "shards": shards_done, "owner": owner}
+    counts |= {"work_started": round(work_started, 3), "work_ended": round(time.time(), 3)}
+    counts["episodes_per_s"] = round(totals["episodes"] / seconds, 2) if seconds else 0.0
+    return publish_run_summary("consolidate_shards", counts, seconds)

@@ -1,0 +1,129 @@
+"""The service rules without Prefect: shards, scaling decisions, alerts, charts, summaries."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from engram import Memory
+from engram.service import (
+    HealthCheck,
+    Measurement,
+    MonitorThresholds,
+    ScalingPolicy,
+    changed,
+    decide_parallelism,
+    decide_signals,
+    layer_chart_markdown,
+    measure_store,
+    shard_of,
+    sparkline,
+    tenants_by_shard,
+)
+from tests.conftest import T0
+
+POLICY = ScalingPolicy(backlog_per_worker=100, min_workers=1, max_workers=4, shard_count=16)
+
+
+@pytest.mark.parametrize(
+    ("backlog", "current", "desired", "action"),
+    [
+        (0, 1, 1, "hold"),  # nothing waiting, already at the minimum
+        (100, 1, 1, "hold"),  # exactly one worker's worth
+        (101, 1, 2, "raise"),  # one episode more than one worker takes: a second worker
+        (350, 2, 4, "raise"),  # needs four
+        (10_000, 2, 4, "raise"),  # never above max_workers
+        (50, 4, 4, "hold"),  # not drained yet: keep the workers until the burst is done (no bouncing)
+        (0, 4, 1, "lower"),  # drained: back to the minimum
+        (150, 6, 2, "lower"),  # more workers than the policy allows now: down to what the backlog needs
+    ],
+)
+def test_parallelism_rises_with_the_backlog_and_falls_only_when_drained(
+    backlog: int, current: int, desired: int, action: str
+) -> None:
+    decision = decide_parallelism(backlog, current, POLICY)
+    assert (decision.desired, decision.action) == (desired, action)
+
+
+def test_a_tenant_always_hashes_to_the_same_shard_and_shards_spread_tenants() -> None:
+    tenants = [f"tenant-{i}" for i in range(1_000)]
+    assert [shard_of(t, 16) for t in tenants] == [shard_of(t, 16) for t in tenants]
+    spread = Counter(shard_of(t, 16) for t in tenants)
+    assert set(spread) == set(range(16)) and max(spread.values()) < 2 * 1_000 / 16
+    grouped = tenants_by_shard(tenants, 16)
+    assert sorted(t for ts in grouped.values() for t in ts) == sorted(tenants)  # each tenant in exactly one shard
+    with pytest.raises(ValueError):
+        shard_of("acme", 0)
+
+
+def test_signals_follow_the_thresholds() -> None:
+    thresholds = MonitorThresholds(backlog_high=10, max_lag_hours=1, max_quarantine_growth=5)
+    checks = [HealthCheck("database", True, 0.01), HealthCheck("object_storage", False, 0.2, "FileNotFoundError")]
+    measurements = [
+        Measurement("*", "backlog.episodes", 11),  # above 10: scale out
+        Measurement("*", "lag.seconds", 3_601),  # above an hour
+        Measurement("*", "quarantine.growth", 5),  # at the limit: no alert
+    ]
+    events = [(s.event, s.resource) for s in decide_signals(checks, measurements, thresholds)]
+    assert events == [
+        ("engram.alert.unhealthy", "engram.check.object_storage"),
+        ("engram.backlog.high", "engram.service"),
+        ("engram.alert.lag", "engram.service"),
+    ]
+
+
+def test_sparkline_and_chart() -> None:
+    assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
+    assert sparkline([3, 3]) == "▁▁" and sparkline([]) == ""
+    history = [
+        {"at": T0 + timedelta(hours=h), "name": f"layer.{layer}", "value": v * (h + 1)}
+        for h in range(3)
+        for layer, v in (("semantic", 10), ("episodic", 2))
+    ]
+    chart = layer_chart_markdown(history)
+    assert "| semantic | ▁▅█ | 10 | 30 |" in chart
+    assert "xychart-beta" in chart and "line [" in chart
+
+
+def test_changed_lists_only_what_a_run_created_or_updated() -> None:
+    summary = {"a": "created", "b": "unchanged", "c": "updated: versioning on", "d": "pending: not deployed"}
+    assert changed(summary) == ["a", "c"]
+
+
+def test_measure_store_counts_backlog_lag_and_quarantine_growth(memory: Memory) -> None:
+    from tests.flows.helpers import conversation_rows
+
+    memory.observe_many(conversation_rows("acme", sessions=1, start=T0) + [{"tenant": "acme", "text": " "}])
+    got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, T0 + timedelta(days=1))}
+    assert got[("acme", "layer.sensory")] == 8 and got[("*", "layer.sensory")] == 8
+    assert got[("*", "backlog.episodes")] == 0 and got[("*", "lag.seconds")] == 0
+    assert got[("*", "quarantine.growth")] == 0  # no earlier measurement to grow from
+    memory.store.record_metrics([{"tenant": "*", "name": "layer.quarantine", "value": 0.0, "at": T0}])
+    got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, T0 + timedelta(days=1))}
+    assert got[("*", "quarantine.growth")] == 1
+
+
+def test_shard_leases_go_to_one_owner_at_a_time(store_url: str) -> None:
+    from engram.store import Store
+
+    store = Store(store_url)
+    store.migrate()
+    try:
+        assert store.ensure_shards("pool", 4) == 4 and store.ensure_shards("pool", 4) == 0
+        # One claim leases exactly one shard, even with several candidates (on PostgreSQL an IN (subquery) update
+        # could lease more than the LIMIT of its subquery).
+        assert store.claim_shard("pool", "a", 60, [0, 2]) == (0, 4)
+        assert [r["shard"] for r in store.shard_leases("pool") if r["lease_expires_at"]] == [0]
+        assert store.claim_shard("pool", "b", 60, [0]) is None  # leased to a
+        assert store.claim_shard("pool", "b", 60) == (1, 4)
+        assert store.renew_shard("pool", 0, "a", 60, processed=5) and not store.renew_shard("pool", 0, "b", 60)
+        store.release_shard("pool", 0, "a")
+        assert store.claim_shard("pool", "b", 60, [0]) == (0, 4)
+        assert store.claim_shard("pool", "c", 0.0, [3]) == (3, 4)  # a zero lease expires at once ...
+        assert store.claim_shard("pool", "d", 60, [3]) == (3, 4)  # ... and another worker takes the shard over
+        assert store.ensure_shards("pool", 8) == 8  # a new shard count starts over: old numbers mean other tenants
+        assert {r["shard_count"] for r in store.shard_leases("pool")} == {8}
+    finally:
+        store.dispose()

@@ -1,0 +1,120 @@
+"""The service lifecycle flows under Prefect's test harness: provision, monitor, scale, decommission."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from sqlalchemy import func, select
+
+from engram import Memory
+from engram.store import EPISODES, METRICS
+from flows.decommission import decommission
+from flows.monitor import monitor
+from flows.provision import provision
+from flows.scale import consolidate_shards, scale
+from tasks.service import apply_parallelism
+from tests.conftest import T0
+from tests.flows.helpers import conversation_rows
+
+AS_OF = T0 + timedelta(days=30)
+
+
+@pytest.fixture(autouse=True)
+def _no_embeddings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENGRAM_EMBEDDINGS", "false")  # these tests are about orchestration, not retrieval
+
+
+def _with_episodes(memory: Memory, tenants: list[str], sessions: int = 3) -> None:
+    from flows.ingest import ingest
+    from flows.sessions import close_sessions
+
+    for tenant in tenants:
+        memory.observe_many(conversation_rows(tenant, sessions=sessions, start=T0))
+    ingest(store_url=memory.store_url, as_of=AS_OF)
+    close_sessions(store_url=memory.store_url, as_of=AS_OF)
+
+
+def test_provision_twice_creates_once_then_changes_nothing(sqlite_memory: Memory) -> None:
+    first = provision(store_url=sqlite_memory.store_url, archive_url=sqlite_memory.archive_url)
+    second = provision(store_url=sqlite_memory.store_url, archive_url=sqlite_memory.archive_url)
+    assert second["changed"] == [], second
+    assert set(first) == set(second)
+    for pool in ("engram-sensory", "engram-working", "engram-semantic", "engram-lifecycle", "engram-service"):
+        assert f"work_pool.{pool}" in second
+    assert second["concurrency_limit.engram-consolidate"] == "unchanged"
+    assert second["variable.engram_scaling_policy"] == "unchanged"
+    # Nothing is deployed in the harness: the automations wait for their deployments instead of failing.
+    assert all(v.startswith("pending") for k, v in second.items() if k.startswith("automation."))
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("engram-semantic").type == "process"
+
+
+def test_monitor_records_metrics_publishes_a_chart_and_signals_the_backlog(sqlite_memory: Memory) -> None:
+    _with_episodes(sqlite_memory, ["acme", "globex"])
+    Path(sqlite_memory.archive_url.removeprefix("file://")).mkdir(parents=True)  # what provision would create
+    for hours in (0, 1):
+        result = monitor(
+            store_url=sqlite_memory.store_url,
+            archive_url=sqlite_memory.archive_url,
+            as_of=AS_OF + timedelta(hours=hours),
+            backlog_high=1,
+        )
+    assert result["healthy"] is True, result
+    assert "engram.backlog.high" in result["events"]  # 6 episodes wait, the threshold is 1
+    assert "engram.alert.lag" in result["events"]  # they ended weeks before as_of
+    with sqlite_memory.store.read() as conn:
+        rows = conn.execute(select(METRICS.c.tenant, METRICS.c.name, METRICS.c.value)).all()
+    by_key = {(t, n): v for t, n, v in rows}
+    assert by_key[("acme", "layer.episodic")] == 3 and by_key[("*", "layer.episodic")] == 6
+    assert by_key[("*", "backlog.episodes")] == 6
+    assert by_key[("*", "health.database")] == 1
+    with get_client(sync_client=True) as client:
+        chart = client.read_artifacts()
+    keys = {a.key for a in chart}
+    assert {"engram-metrics", "engram-layer-sizes"} <= keys
+    markdown = next(a.data for a in chart if a.key == "engram-layer-sizes")
+    assert "xychart-beta" in markdown and "| episodic |" in markdown
+
+
+def test_scale_raises_parallelism_and_a_shard_worker_drains_every_shard(sqlite_memory: Memory) -> None:
+    tenants = [f"t{i}" for i in range(6)]
+    _with_episodes(sqlite_memory, tenants, sessions=2)
+    url = sqlite_memory.store_url
+    apply_parallelism("engram-semantic", 1)  # start from one worker, whatever earlier tests left
+    decision = scale(store_url=url, as_of=AS_OF, backlog_per_worker=4, max_workers=3, shard_count=8, launch=False)
+    assert decision["backlog"] == 12 and decision["action"] == "raise" and decision["workers"].endswith("-> 3")
+    done = consolidate_shards(store_url=url, as_of=AS_OF, shard_count=8)
+    assert done["episodes"] == 12
+    leases = sqlite_memory.store.shard_leases("engram-semantic")
+    assert sum(r["processed"] for r in leases) == 12 and all(r["lease_expires_at"] is None for r in leases)
+    drained = scale(store_url=url, as_of=AS_OF, backlog_per_worker=4, max_workers=3, shard_count=8, launch=False)
+    assert (drained["backlog"], drained["action"], drained["workers"]) == (0, "lower", "3 -> 1")
+
+
+def test_decommission_of_a_tenant_drains_it_and_reports_every_step(sqlite_memory: Memory) -> None:
+    _with_episodes(sqlite_memory, ["acme", "globex"], sessions=2)
+    sqlite_memory.observe("acme", "open-session", "Caroline", "I still have a question", AS_OF - timedelta(minutes=1))
+    result = decommission(
+        store_url=sqlite_memory.store_url, archive_url=sqlite_memory.archive_url, as_of=AS_OF, tenant="acme"
+    )
+    steps = result["steps"]
+    assert steps["pause_schedules"].startswith("skipped")  # one tenant: the service keeps its schedules
+    assert steps["close_requested"] == 1  # the open session was closed, not left behind
+    with sqlite_memory.store.read() as conn:
+        waiting = conn.execute(
+            select(func.count())
+            .select_from(EPISODES)
+            .where(EPISODES.c.consolidated_at.is_(None), EPISODES.c.tenant == "acme")
+        ).scalar_one()
+    assert waiting == 0 or result["after"]["episodic"] == 0
+    assert steps["migrate"]["episodes"] == 3 and steps["migrate"]["rows_verified"] > 0  # to the archive, checked
+    assert result["hot_rows_after"] == 0, result["after"]
+    assert steps["verify"].startswith("ok")
+    with get_client(sync_client=True) as client:
+        report = client.read_artifacts()
+    audit = next(a for a in report if a.key == "engram-decommission-tenant-acme")
+    assert "| migrate |" in audit.data and "Rows left in the hot layers: 0." in audit.data
+    assert sqlite_memory.stats("globex")["episodic"] == 2  # the other tenant is untouched

@@ -1,0 +1,170 @@
+"""A real Prefect server for the service tests: started once per session in a subprocess on a free loopback port,
+with its own PREFECT_HOME; workers, ``prefect deploy`` and ``prefect deployment run`` talk to it as users do."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PrefectServer:
+    url: str  # http://127.0.0.1:PORT
+    home: Path
+    env: dict[str, str]  # the environment of a client, a worker or the CLI pointed at this server
+    log: Path
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    def cli(self, *args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run ``prefect ARGS`` from the repository against this server; fails the test with its output on error."""
+        proc = subprocess.run(
+            [str(BIN / "prefect"), *args],
+            cwd=REPO,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert proc.returncode == 0, f"prefect {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        return proc
+
+    def worker(self, pool: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """``prefect worker start --pool POOL`` in the background (its own process group, output in the home)."""
+        log = open(self.home / f"worker-{pool}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - lives with the process
+        return subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", *extra],
+            cwd=REPO,
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"prefect server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _server_database() -> tuple[str, str] | None:
+    """A fresh PostgreSQL database for the server when the test server answers (SQLite, the default, turns away
+    requests with 503 under a dozen concurrent flow runs on two cores); None to use SQLite."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import PG_OK, PG_URL
+
+    if not PG_OK:
+        return None
+    name = f"prefect_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    url = make_url(PG_URL).set(drivername="postgresql+asyncpg", database=name, query={})
+    return name, url.render_as_string(hide_password=False)
+
+
+def _drop_database(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import PG_URL
+
+    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """End a process we started, and its process group (a worker's flow-run subprocesses)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, 15)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    server_env = {
+        **base,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": f"{url}/api",
+    }
+    database = _server_database()
+    if database is not None:
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database[1]
+    log = home / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=server_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_healthy(url, proc, log)
+        client_env = {
+            **base,
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": f"{url}/api",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "ENGRAM_HOME": str(REPO),  # prefect.yaml's pull step runs flows from here
+            "ENGRAM_EMBEDDINGS": "false",
+            "PYTHONPATH": str(REPO),
+        }
+        with temporary_settings(updates={PREFECT_API_URL: f"{url}/api"}):
+            yield PrefectServer(url, home, client_env, log)
+    finally:
+        stop(proc)
+        if database is not None:
+            _drop_database(database[0])

@@ -1,0 +1,388 @@
+"""engram's deployments on a real Prefect server: ``prefect deploy --all``, a manual run of every deployment picked
+up by process workers, an event that starts ``consolidate``, a second ``provision`` that changes nothing, a tenant
+decommissioned into the archive, two workers sharing one pool by shards, and the UI in a headless browser.
+
+The tests of this module build on each other in file order (deploy, then run, then decommission).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolUpdate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterId
+from sqlalchemy import select
+
+from engram import Memory
+from engram.service import hot_rows
+from engram.store import EPISODES
+from flows.registry import FLOWS
+from tests.conftest import PG_OK, PG_URL, REQUIRE_PG, T0, _drop_pg_schema, _fresh_pg_schema
+from tests.flows.helpers import conversation_rows
+from tests.service.conftest import BIN, REPO, PrefectServer, stop
+
+pytestmark = pytest.mark.integration
+AS_OF = T0 + timedelta(days=30)
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass
+class Stack:
+    server: PrefectServer
+    store_url: str
+    archive_url: str
+    runs: dict[str, str]  # deployment -> flow run id of its manual run
+
+
+@pytest.fixture(scope="module")
+def stack(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """A store with three tenants' conversations, provisioned, and every deployment registered."""
+    from flows.provision import provision
+
+    work = tmp_path_factory.mktemp("engram")
+    store_url, archive_url = f"sqlite:///{work / 'engram.db'}", (work / "archive").as_uri()
+    prefect_server.env |= {"ENGRAM_STORE_URL": store_url, "ENGRAM_ARCHIVE_URL": archive_url}
+    with Memory(store_url, archive_url) as memory:
+        for tenant in ("acme", "globex", "initech"):
+            memory.observe_many(conversation_rows(tenant, sessions=2, start=T0))
+    provision(store_url=store_url, archive_url=archive_url)  # the work pools must exist before a deploy
+    prefect_server.cli("deploy", "--all")
+    return Stack(prefect_server, store_url, archive_url, {})
+
+
+def _deployments() -> dict[str, Any]:
+    with get_client(sync_client=True) as client:
+        return {d.name: d for d in client.read_deployments()}
+
+
+def _runs(ids: list[str]) -> dict[str, Any]:
+    import uuid
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(i) for i in ids]))
+        )
+    return {str(r.id): r for r in runs}
+
+
+def _wait_terminal(ids: list[str], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = _runs(ids)
+        if all(r.state_type.value in TERMINAL for r in runs.values()) or time.monotonic() > deadline:
+            return runs
+        time.sleep(1)
+
+
+def _wait_idle(timeout: float = 120) -> None:
+    """Until no flow run is pending or running, so stopping the workers leaves no run stuck in RUNNING."""
+    from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    busy = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING]))
+    )
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while client.read_flow_runs(flow_run_filter=busy, limit=1) and time.monotonic() < deadline:
+            time.sleep(1)
+
+
+def _hold_schedules() -> None:
+    """Turn the deployments' schedules off and drop the runs they queued: the tests start every run themselves."""
+    from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    scheduled = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
+    with get_client(sync_client=True) as client:
+        for deployment in client.read_deployments():
+            for schedule in deployment.schedules:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+        for run in client.read_flow_runs(flow_run_filter=scheduled, limit=200):
+            client.delete_flow_run(run.id)
+
+
+def _run_deployment_cli(server: PrefectServer, name: str, params: dict[str, Any]) -> subprocess.Popen:
+    """``prefect deployment run NAME/NAME --params JSON``, as an operator types it."""
+    return subprocess.Popen(
+        [str(BIN / "prefect"), "deployment", "run", f"{name}/{name}", "--params", json.dumps(params)],
+        cwd=REPO,
+        env=server.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _params(stack: Stack, name: str) -> dict[str, Any]:
+    """Parameters of the manual run of each deployment: this test's store and archive, a fixed time."""
+    common = {"store_url": stack.store_url, "as_of": AS_OF.isoformat()}
+    with_archive = common | {"archive_url": stack.archive_url}
+    return {
+        "lifecycle": with_archive,
+        "archive": with_archive | {"tenant": "acme"},
+        "rehydrate": with_archive | {"tenant": "acme"},
+        "forget": with_archive | {"tenant": "initech"},
+        "provision": {"store_url": stack.store_url, "archive_url": stack.archive_url},
+        "monitor": with_archive,
+        "scale": common | {"launch": False},
+        "decommission": with_archive | {"tenant": "globex"},
+    }.get(name, common)
+
+
+def test_deploy_all_registers_every_flow_on_its_work_pool_with_its_triggers(stack: Stack) -> None:
+    deployments = _deployments()
+    assert set(deployments) == {s.name for s in FLOWS}
+    assert all(deployments[s.name].work_pool_name == s.work_pool for s in FLOWS)
+    scheduled = {s.name for s in FLOWS if s.interval_seconds or s.cron}
+    assert {name for name, d in deployments.items() if d.schedules} == scheduled
+    with get_client(sync_client=True) as client:
+        for name, event in (("consolidate", "engram.session.closed"), ("scale", "engram.backlog.high")):
+            owned = client.read_resource_related_automations(f"prefect.deployment.{deployments[name].id}")
+            assert any(event in a.trigger.expect for a in owned), (name, owned)
+
+
+def test_second_provision_changes_nothing(stack: Stack) -> None:
+    from flows.provision import provision
+
+    first = provision(store_url=stack.store_url, archive_url=stack.archive_url)
+    assert all(first[k] in ("created", "unchanged") for k in first if k.startswith("automation."))  # deployed now
+    second = provision(store_url=stack.store_url, archive_url=stack.archive_url)
+    assert second["changed"] == [], second
+    assert all(v == "unchanged" for k, v in second.items() if k != "changed")
+
+
+def test_a_manual_run_of_every_deployment_completes_on_process_workers(stack: Stack) -> None:
+    _hold_schedules()
+    manual = [s.name for s in FLOWS if s.name != "decommission"]  # decommission has a test of its own below
+    procs = {name: _run_deployment_cli(stack.server, name, _params(stack, name)) for name in manual}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, f"prefect deployment run {name}:\n{out[-3000:]}"
+        stack.runs[name] = next(line.split()[-1] for line in out.splitlines() if "UUID:" in line)
+    pools = sorted({s.work_pool for s in FLOWS})
+    # Long-running workers, stopped once every run is done: scale's run may lower a pool's concurrency meanwhile,
+    # and a --run-once worker would then leave the rest of that pool's runs behind.
+    workers = [stack.server.worker(pool) for pool in pools]
+    try:
+        runs = _wait_terminal(list(stack.runs.values()), timeout=240)
+        _wait_idle()  # runs the close_sessions events started finish too
+    finally:
+        for w in workers:
+            stop(w)
+    states = {name: runs[run_id].state_type.value for name, run_id in stack.runs.items()}
+    assert all(s == "COMPLETED" for s in states.values()), states
+    with Memory(stack.store_url, stack.archive_url) as memory:
+        assert memory.stats("acme")["semantic"] > 0  # the runs did their work on this test's store
+        assert memory.stats("initech")["semantic"] == 0  # forgotten
+
+
+def test_a_session_closed_event_starts_consolidate(stack: Stack) -> None:
+    consolidate_id = _deployments()["consolidate"].id
+
+    def automation_runs() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["consolidate"]))
+            )
+        return [
+            r for r in runs if r.deployment_id == consolidate_id and r.created_by and r.created_by.type == "AUTOMATION"
+        ]
+
+    before = {r.id for r in automation_runs()}
+    stack.server.cli(
+        "event",
+        "emit",
+        "engram.session.closed",
+        "--resource",
+        json.dumps({"prefect.resource.id": "engram.tenant.acme", "engram.tenant": "acme"}),
+        "--payload",
+        json.dumps({"sessions": 1}),
+    )
+    deadline = time.monotonic() + 90
+    while not (new := [r for r in automation_runs() if r.id not in before]) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert new, "no consolidate run was started by the engram.session.closed trigger"
+    # Not --run-once: scale may have set the pool's concurrency to one, and earlier event-started runs queue first.
+    with get_client(sync_client=True) as client:  # scale's earlier run may have left the pool at one at a time
+        client.update_work_pool("engram-semantic", WorkPoolUpdate(concurrency_limit=4))
+    worker = stack.server.worker("engram-semantic")
+    try:
+        done = _wait_terminal([str(r.id) for r in new], timeout=120)
+        _wait_idle()
+    finally:
+        stop(worker)
+    assert {r.state_type.value for r in done.values()} == {"COMPLETED"}
+
+
+def test_decommission_of_a_tenant_leaves_its_memory_only_in_the_archive_with_an_audit_report(stack: Stack) -> None:
+    proc = _run_deployment_cli(stack.server, "decommission", _params(stack, "decommission"))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    run_id = next(line.split()[-1] for line in out.splitlines() if "UUID:" in line)
+    worker = stack.server.worker("engram-service", "--run-once")
+    try:
+        run = _wait_terminal([run_id], timeout=180)[run_id]
+        _wait_idle()
+    finally:
+        stop(worker)
+    assert run.state_type.value == "COMPLETED", run.state
+    stack.runs["decommission"] = run_id
+    with Memory(stack.store_url, stack.archive_url) as memory:
+        globex = memory.stats("globex")
+        assert hot_rows(globex) == 0 and globex["archival"] > 0, globex
+        assert memory.stats("acme")["episodic"] > 0  # other tenants keep their memory
+    with get_client(sync_client=True) as client:
+        report = [a for a in client.read_artifacts() if a.key == "engram-decommission-tenant-globex"]
+    assert report and "Rows left in the hot layers: 0." in report[0].data
+
+
+@pytest.mark.postgres
+def test_two_workers_on_one_pool_split_the_shards_and_nearly_double_the_throughput(stack: Stack) -> None:
+    """Both runs of the shard worker consolidate the same 128 episodes of 16 tenants: first one worker alone, then
+    two workers on the same pool, each on its own copy of the data (two PostgreSQL schemas)."""
+    if not PG_OK:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL is required here but does not answer at {PG_URL}")
+        pytest.skip(f"no PostgreSQL server at {PG_URL}")
+    from flows.ingest import ingest
+    from flows.scale import scale
+    from flows.sessions import close_sessions
+
+    quiet_the_pool()
+    tenants = [f"tenant-{i:02d}" for i in range(16)]
+    schemas = [_fresh_pg_schema() for _ in range(2)]
+    try:
+        for _, url in schemas:
+            with Memory(url) as memory:
+                for tenant in tenants:
+                    memory.observe_many(conversation_rows(tenant, sessions=8, start=T0))
+            ingest(store_url=url, as_of=AS_OF)
+            close_sessions(store_url=url, as_of=AS_OF)
+        timings = []
+        for (_, url), workers in zip(schemas, (1, 2), strict=True):
+            # The auto-scaling step: the backlog (128 episodes, 64 a worker) asks for two workers; max_workers caps
+            # the first round at one. scale sets the pool's concurrency and starts that many shard-worker runs.
+            decision = scale(
+                store_url=url, as_of=AS_OF, batch_size=8, backlog_per_worker=64, max_workers=workers, shard_count=16
+            )
+            assert decision["launched"] == workers, decision
+            ids = decision["flow_runs"]
+            procs = [stack.server.worker("engram-semantic", "--limit", "1") for _ in range(workers)]
+            try:
+                runs = _wait_terminal(ids, timeout=300)
+                _wait_idle()
+            finally:
+                for p in procs:
+                    stop(p)
+            assert {r.state_type.value for r in runs.values()} == {"COMPLETED"}, [r.state for r in runs.values()]
+            # From the first shard claimed to the last released, by the runs' own clocks: process start-up and
+            # imports, which two workers on two cores also do at once, are not consolidation throughput.
+            windows = [_work_window(i) for i in ids]
+            timings.append((max(e for _, e in windows) - min(s for s, _ in windows), ids))
+        one, (two, pair) = timings[0][0], timings[1]
+        with Memory(schemas[1][1]) as memory, memory.store.read() as conn:
+            rows = conn.execute(select(EPISODES.c.tenant, EPISODES.c.consolidated_run_id)).all()
+        assert len(rows) == 16 * 8 and all(run for _, run in rows)
+        by_tenant: dict[str, set[str]] = {}
+        for tenant, run in rows:
+            by_tenant.setdefault(tenant, set()).add(run)
+        assert all(len(runs) == 1 for runs in by_tenant.values()), "a tenant's episodes were split between workers"
+        assert {r for runs in by_tenant.values() for r in runs} == set(pair), "both workers should have taken shards"
+        speedup = one / two
+        figure = {
+            "episodes": 128,
+            "one_worker_s": round(one, 2),
+            "two_workers_s": round(two, 2),
+            "speedup": round(speedup, 2),
+        }
+        print(f"\nshard workers on one pool: {figure}")
+        (Path(tempfile.gettempdir()) / "engram-scale-figure.json").write_text(json.dumps(figure))
+        # Twice the throughput needs two otherwise idle cores; on a machine already busy with other work the figure
+        # is reported, and the correctness of the split above is what this test holds to.
+        busy = os.getloadavg()[0] > (os.cpu_count() or 1)
+        assert busy or speedup > 1.3, figure
+    finally:
+        for schema, _ in schemas:
+            _drop_pg_schema(schema)
+
+
+def _work_window(flow_run_id: str) -> tuple[float, float]:
+    """``work_started`` and ``work_ended`` from a consolidate_shards run's summary artifact."""
+    import uuid
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
+        )
+    table = next(a.data for a in artifacts if a.key == "engram-consolidate-shards-summary")
+    cells = dict(line.strip("| ").split(" | ", 1) for line in table.splitlines() if line.startswith("| work_"))
+    return float(cells["work_started"]), float(cells["work_ended"])
+
+
+def quiet_the_pool() -> None:
+    """Pause the scheduled and event-started consolidation, so the measured workers run only the shard runs."""
+    deployments = _deployments()
+    with get_client(sync_client=True) as client:
+        for name in ("consolidate", "lifecycle", "scale"):
+            client.pause_deployment(deployments[name].id)
+            for automation in client.read_resource_related_automations(f"prefect.deployment.{deployments[name].id}"):
+                client.pause_automation(automation.id)
+        for automation in client.read_automations():
+            if "engram" in automation.tags:
+                client.pause_automation(automation.id)
+        pending = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["consolidate", "lifecycle"]))
+        )
+        for run in pending:
+            if run.state_type.value in ("SCHEDULED", "PENDING"):
+                client.delete_flow_run(run.id)
+
+
+def test_the_ui_shows_the_deployments_and_a_completed_lifecycle_run(stack: Stack, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed and could not be (make test installs it with apt-get as root)")
+
+    def dom(path: str) -> str:
+        proc = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--virtual-time-budget=15000",
+                "--dump-dom",
+                f"{stack.server.url}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    deployments_page = dom("/deployments")
+    assert all(name in deployments_page for name in ("consolidate", "lifecycle", "provision", "decommission"))
+    lifecycle_run = _runs([stack.runs["lifecycle"]])[stack.runs["lifecycle"]]
+    run_page = dom(f"/runs/flow-run/{lifecycle_run.id}")
+    assert lifecycle_run.name in run_page and "Completed" in run_page
