@@ -292,6 +292,7 @@ GARBAGE = st.one_of(
 )
 
 
+@pytest.mark.reliability
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     valid=st.lists(VALID_ROW, max_size=15),
@@ -391,6 +392,7 @@ def test_search_with_hostile_input_stays_in_its_tenant(memory: Memory) -> None:
     assert memory.stats("globex")["events"] == 2  # nothing was dropped
 
 
+@pytest.mark.reliability
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     query=st.one_of(
