@@ -44,20 +44,17 @@ class ArchiveStorage(Block):
 
     @property
     def is_s3(self) -> bool:
-        return self.url.startswith("s3://")
+        return self.location().is_s3
 
     @property
     def bucket(self) -> str | None:
         """The bucket of an ``s3://`` URL."""
-        return self.url.removeprefix("s3://").split("/", 1)[0] if self.is_s3 else None
+        return self.location().bucket
 
     @property
     def prefix(self) -> str:
         """The key prefix (or folder) under which engram writes."""
-        if self.is_s3:
-            parts = self.url.removeprefix("s3://").split("/", 1)
-            return parts[1].strip("/") if len(parts) > 1 else ""
-        return self.url.removeprefix("file://")
+        return self.location().prefix
 
     def location(self) -> Any:
         """The plain ``engram.archive.ArchiveLocation`` the domain code uses (no Prefect inside engram)."""
