@@ -197,6 +197,33 @@ def locomo_section(results: Path) -> list[str]:
     return lines
 
 
+def bulk_ingest_section(results: Path) -> list[str]:
+    files = sorted(results.glob("bulk_ingest_*.json"))
+    if not files:
+        return []
+    lines = [
+        "## Bulk ingest",
+        "",
+        "`bench/bulk_ingest.py`: `Memory.observe_many` (validation, quarantine, idempotent multi-row insert) against "
+        "a plain insert of the same rows into a table of the same columns, in the same run and database.",
+        "",
+        "| store | events | observe_many s | rows/s | reference | reference rows/s | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for path in files:
+        d = load(path) or {}
+        refs = [
+            (k, v) for k, v in d.items() if isinstance(v, dict) and k not in ("observe_many",) and "rows_per_s" in v
+        ]
+        for name, ref in refs:
+            lines.append(
+                f"| {d.get('store')} | {d.get('events')} | {d['observe_many']['seconds']} | "
+                f"{d['observe_many']['rows_per_s']} | {name} | {ref['rows_per_s']} | "
+                f"{d['observe_many']['rows_per_s'] / ref['rows_per_s']:.2f} |"
+            )
+    return [*lines, ""]
+
+
 def embedding_section(results: Path) -> list[str]:
     data = load(results / "embedding.json")
     if not data:
@@ -334,6 +361,7 @@ def render(results: Path) -> str:
             ]
     out += locomo_section(results)
     out += embedding_section(results)
+    out += bulk_ingest_section(results)
     return "\n".join(out).rstrip() + "\n"
 
 
