@@ -844,6 +844,8 @@ class Store:
         with self.write() as conn:
             seqs = self.bump_seq(conn, tenants, as_of)
             self._check_leases(conn, EPISODES, ("tenant", "episode_id"), episodes, owner)
+            if len(candidates):
+                candidates = self._with_living_sources(conn, candidates)
             existing_rows: list[dict[str, Any]] = []
             if len(candidates):
                 keys = sorted({(r.tenant, r.fact_key) for r in candidates[["tenant", "fact_key"]].itertuples()})
@@ -901,6 +903,33 @@ class Store:
                 )
             counts["episodes"] = done
         return counts
+
+    def _with_living_sources(self, conn: Connection, candidates: Any) -> Any:
+        """The candidate facts whose source events all still exist.
+
+        A forget that committed after the episodes were read (it takes the same tenant lock) removed the others'
+        events; writing such a fact would bring the forgotten subject back, with lineage to nothing.
+        """
+        wanted: dict[str, set[str]] = {}
+        for tenant, sources in zip(candidates["tenant"], candidates["sources"], strict=True):
+            wanted.setdefault(tenant, set()).update(sources if sources is not None else [])
+        present: set[tuple[str, str]] = set()
+        for tenant, ids in wanted.items():
+            ordered = sorted(ids)
+            for start in range(0, len(ordered), INSERT_CHUNK):
+                present.update(
+                    (tenant, r[0])
+                    for r in conn.execute(
+                        select(EVENTS.c.event_id).where(
+                            EVENTS.c.tenant == tenant, EVENTS.c.event_id.in_(ordered[start : start + INSERT_CHUNK])
+                        )
+                    )
+                )
+        keep = [
+            all((tenant, e) in present for e in (sources if sources is not None else []))
+            for tenant, sources in zip(candidates["tenant"], candidates["sources"], strict=True)
+        ]
+        return candidates if all(keep) else candidates[keep]
 
     def _episode_of_events(self, conn: Connection, episodes: Sequence[tuple[str, str]]) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from prefect import flow
 
+from engram.validation import check_tenant
 from tasks.archive import (
     find_archived_items,
     load_archive_storage,
@@ -40,6 +41,7 @@ def archive(
     ``archive_url`` or ``ENGRAM_ARCHIVE_URL``); ``retention_block`` a ``RetentionPolicy`` block (else defaults).
     """
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
+    tenant = check_tenant(tenant) if tenant is not None else None  # before any object is touched
     storage, rules = load_archive_storage(archive_url, archive_block), load_retention_rules(retention_block)
     totals: Counter[str] = Counter(settle_unfinished_manifests(store_url, storage, as_of, tenant))
     for layer in ("semantic", "episodic"):
@@ -73,6 +75,7 @@ def rehydrate(
     neither) a tenant's whole archive. Idempotent; each move is audited as ``rehydrate``.
     """
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
+    tenant = check_tenant(tenant) if tenant is not None else None  # before any object is touched
     storage = load_archive_storage(archive_url, archive_block)
     if query is not None:
         if tenant is None:
