@@ -1,40 +1,68 @@
-"""Runs one flow in its own process, so a test can kill it with SIGKILL: ``python -m tests.flows.flow_process``."""
+"""Runs one flow in its own process, so a test can kill it with SIGKILL: ``python -m tests.flows.flow_process``.
+
+Prints ``ready`` once the flow's modules are imported, so a test can time its kill from the start of the run itself.
+"""
 
 from __future__ import annotations
 
 import argparse
 from datetime import datetime
 
+FLOWS = ["ingest", "close_sessions", "expire_working", "consolidate", "lifecycle", "archive", "rehydrate", "forget"]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("flow", choices=["ingest", "close_sessions", "consolidate", "lifecycle", "archive"])
+    parser.add_argument("flow", choices=FLOWS)
     parser.add_argument("store_url")
     parser.add_argument("as_of")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--tenant", default=None)
+    parser.add_argument("--subject", default=None, help="what forget removes; the whole tenant when not given")
     args = parser.parse_args()
     as_of = datetime.fromisoformat(args.as_of)
+    batch_size = args.batch_size or 1
     if args.flow == "ingest":
         from flows.ingest import ingest
 
-        ingest(store_url=args.store_url, as_of=as_of, batch_size=args.batch_size)
+        print("ready", flush=True)
+        ingest(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "close_sessions":
         from flows.sessions import close_sessions
 
-        close_sessions(store_url=args.store_url, as_of=as_of, batch_size=args.batch_size)
+        print("ready", flush=True)
+        close_sessions(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
+    elif args.flow == "expire_working":
+        from flows.sessions import expire_working
+
+        print("ready", flush=True)
+        expire_working(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "consolidate":
         from flows.consolidate import consolidate
 
-        consolidate(store_url=args.store_url, as_of=as_of, batch_size=args.batch_size)
+        print("ready", flush=True)
+        consolidate(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "archive":
         from flows.archive import archive
 
+        print("ready", flush=True)
         # The archive's URL, endpoint and keys come from the ENGRAM_ARCHIVE_* variables the test sets.
-        archive(store_url=args.store_url, as_of=as_of, batch_size=args.batch_size)
+        archive(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
+    elif args.flow == "rehydrate":
+        from flows.archive import rehydrate
+
+        print("ready", flush=True)
+        rehydrate(store_url=args.store_url, as_of=as_of, tenant=args.tenant, batch_size=batch_size)
+    elif args.flow == "forget":
+        from flows.forget import forget
+
+        print("ready", flush=True)
+        forget(tenant=args.tenant, subject=args.subject, store_url=args.store_url, as_of=as_of)
     else:
         from flows.lifecycle import lifecycle
 
-        lifecycle(store_url=args.store_url, as_of=as_of)
+        print("ready", flush=True)
+        lifecycle(store_url=args.store_url, as_of=as_of, batch_size=args.batch_size)
 
 
 if __name__ == "__main__":
