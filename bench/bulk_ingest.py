@@ -66,25 +66,6 @@ def synthetic_events(n: int, tenants: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def as_event_rows(events: Sequence[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
-    """The events as rows of the ``events`` table, as ``observe_many`` would store them (without checking them)."""
-    return [
-        {
-            "tenant": e["tenant"],
-            "event_id": e["event_id"],
-            "session_id": e["session"],
-            "actor": e["actor"],
-            "text": e["text"],
-            "at": e["at"],
-            "metadata": e["metadata"] or {},
-            "received_at": now,
-            "routed_at": None,
-            "seq": 1,
-        }
-        for e in events
-    ]
-
-
 @contextmanager
 def fresh_store_url(store: str | None) -> Iterator[str]:
     """A URL for an empty store: a temporary SQLite file, or a new schema on the given PostgreSQL server."""
@@ -189,8 +170,10 @@ def time_copy(url: str, rows: list[dict[str, Any]]) -> float:
 
 
 def run(events_n: int, store: str | None, tenants: int, seed: int) -> dict[str, Any]:
+    from bench.workload import event_rows  # after main() has put the repository root on sys.path
+
     events = synthetic_events(events_n, tenants, seed)
-    rows = as_event_rows(events, datetime.now(UTC))
+    rows = event_rows(events, datetime.now(UTC))
     with fresh_store_url(store) as url, tempfile.TemporaryDirectory(prefix="engram-bench-archive-") as archive:
         observe_s, report = time_observe_many(url, events, Path(archive).as_uri())
         from sqlalchemy.engine import make_url

@@ -53,7 +53,7 @@ RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.workload import Workload  # noqa: E402
+from bench.workload import Workload, event_rows  # noqa: E402
 
 QUICK = {"pipeline_sizes": [5_000, 10_000], "search_items": 100_000, "queries": 300}
 FULL = {
@@ -129,25 +129,6 @@ class TaskClock:
     @property
     def engram_seconds(self) -> float:
         return sum(s for n, s in self.seconds.items() if n not in REPORTING_TASKS)
-
-
-def event_rows(batch: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
-    """Workload rows as ``events`` table rows, as ``observe_many`` stores them (without checking them)."""
-    return [
-        {
-            "tenant": e["tenant"],
-            "event_id": e["event_id"],
-            "session_id": e["session"],
-            "actor": e["actor"],
-            "text": e["text"],
-            "at": e["at"],
-            "metadata": e["metadata"] or {},
-            "received_at": now,
-            "routed_at": None,
-            "seq": 1,
-        }
-        for e in batch
-    ]
 
 
 # -- child jobs: each runs in a process of its own --------------------------------------------------------------

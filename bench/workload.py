@@ -348,5 +348,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def event_rows(batch: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """Workload rows as ``events`` table rows, as ``observe_many`` stores them (without checking them)."""
+    return [
+        {
+            "tenant": e["tenant"],
+            "event_id": e["event_id"],
+            "session_id": e["session"],
+            "actor": e["actor"],
+            "text": e["text"],
+            "at": e["at"],
+            "metadata": e["metadata"] or {},
+            "received_at": now,
+            "routed_at": None,
+            "seq": 1,
+        }
+        for e in batch
+    ]
+
+
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

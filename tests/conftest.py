@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,11 +56,11 @@ def _drop_pg_schema(schema: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The URL of an empty store: a SQLite file, then a private schema on the PostgreSQL server."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'engram.db'}"
+@contextmanager
+def fresh_store(tmp_path: Path, backend: str) -> Iterator[str]:
+    """The URL of an empty store: a SQLite file, or a private schema on the PostgreSQL server dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / f'engram-{uuid.uuid4().hex[:8]}.db'}"
         return
     if not PG_OK:
         if REQUIRE_PG:
@@ -70,6 +71,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         _drop_pg_schema(schema)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty store: a SQLite file, then a private schema on the PostgreSQL server."""
+    with fresh_store(tmp_path, request.param) as url:
+        yield url
 
 
 @pytest.fixture

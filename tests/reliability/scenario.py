@@ -9,9 +9,6 @@ import queue
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ from engram.archive import ArchiveLocation, decode_parquet, provision_archive, r
 from engram.store import EPISODES, EVENTS, QUARANTINE, SEMANTIC, TURNS, WORKING
 from engram.testing import FixedClock
 from engram.text import mentions
-from tests.conftest import PG_OK, PG_URL, REQUIRE_PG, T0, _drop_pg_schema, _fresh_pg_schema, s3_location
+from tests.conftest import T0, s3_location
 from tests.flows.helpers import conversation_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,23 +34,6 @@ SUBJECT = "Lisbon"
 def soak_trials(default: int = 1) -> int:
     """Trials per case: ``ENGRAM_SOAK_TRIALS`` (``make soak`` sets 20), else ``default``."""
     return max(1, int(os.environ.get("ENGRAM_SOAK_TRIALS", default)))
-
-
-@contextmanager
-def fresh_store(tmp_path: Path, backend: str) -> Iterator[str]:
-    """The URL of an empty store: a SQLite file or a private PostgreSQL schema, dropped afterwards."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / f'engram-{uuid.uuid4().hex[:8]}.db'}"
-        return
-    if not PG_OK:
-        if REQUIRE_PG:
-            pytest.fail(f"PostgreSQL is required here but does not answer at {PG_URL}")
-        pytest.skip(f"no PostgreSQL server at {PG_URL}")
-    schema, url = _fresh_pg_schema()
-    try:
-        yield url
-    finally:
-        _drop_pg_schema(schema)
 
 
 def archive_env(location: ArchiveLocation) -> dict[str, str]:

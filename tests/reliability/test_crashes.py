@@ -23,7 +23,7 @@ from engram import Memory
 from engram.archive import ArchiveLocation
 from engram.store import EPISODES, SEMANTIC
 from engram.text import mentions
-from tests.conftest import T0
+from tests.conftest import T0, fresh_store
 from tests.engram.archive_helpers import contents
 from tests.reliability import figures
 from tests.reliability.invariants import check_invariants
@@ -34,7 +34,6 @@ from tests.reliability.scenario import (
     TENANT,
     FlowProcess,
     archive_env,
-    fresh_store,
     memory_at,
     observe,
     run_flows_upto,

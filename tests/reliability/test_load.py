@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from engram import Memory
-from tests.conftest import PG_OK, T0
+from tests.conftest import PG_OK, T0, fresh_store
 from tests.reliability import figures
 from tests.reliability.invariants import check_invariants
-from tests.reliability.scenario import fresh_store
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 EVENTS = int(os.environ.get("ENGRAM_LOAD_EVENTS", "20000"))
