@@ -3,6 +3,7 @@
 Layout under the archive's root (``s3://bucket/prefix`` or ``file:///folder``)::
 
     tenant=<t>/layer=<semantic|episodic>/date=<YYYY-MM-DD>/<manifest_id>-<n>.parquet
+    tenant=<t>/layer=<semantic|episodic>/date=<YYYY-MM-DD>/<manifest_id>-<n>.<rewrite>.parquet   (after a forget)
     tenant=<t>/manifests/<manifest_id>.json
 
 One manifest is one archive write of one tenant and layer: its files, each with its table, row count and sha256,
@@ -18,6 +19,10 @@ and the flow run that wrote it. The same manifest is a row of ``archive_manifest
 A crash or an outage at any step leaves each row hot or tombstoned over a verified file. The next run takes up any
 manifest left ``written`` or ``verified``: it verifies and commits it, or, when a file is missing or differs,
 removes the manifest's objects and lets the rows be archived again.
+
+A forget never overwrites an object a manifest points at: it writes the rewritten files under new names, swaps the
+manifest's file list in one transaction, then deletes the old objects; what a crash leaves is unreferenced and swept
+by the rerun, which also finds the ids the first run recorded (see ``forget_in_archive``).
 
 Errors of fsspec, s3fs, botocore and the MinIO client are translated into ``ArchiveError`` in one place
 (``_storage_errors``); messages name paths, never credentials.
@@ -725,9 +730,26 @@ def forget_in_archive(store: Store, storage: StorageLike, tenant: str, subject: 
     Runs before the hot store's forget: the archive's copy is what says which tombstones name the subject, and the
     lineage it follows must still be there.
 
+    A subject's forget never overwrites an object that a manifest row points at, so a crash at any step leaves every
+    manifest readable, and a rerun of the forget finishes the work:
+
+    1. find what names the subject (hot events, archived turns, the items distilled from them), add the ids that an
+       interrupted run recorded, and record them all (ids and the subject's sha256, never the subject);
+    2. write each rewritten file under a new name beside the old one;
+    3. swap the manifest row's file list: the commit point. Before it the old files are the archive and the new ones
+       unreferenced; after it, the reverse;
+    4. rewrite the manifest's JSON, then delete the replaced files, every version;
+    5. remove the tombstones, events, lineage and audit rows from the hot store, by id;
+    6. delete the tenant's objects that no manifest references (what a crash between 2 and 4 left) and every old
+       version, then drop the recorded ids.
+
     Returns:
         Counts by place: ``archive_rows``, ``archive_files_rewritten``, ``archive_files_deleted``,
         ``archive_manifests_rewritten``, ``archive_object_versions_deleted`` and the hot rows removed by id.
+
+    Raises:
+        ArchiveMismatch: an archived file is missing or differs from its manifest, found before any is changed.
+        ArchiveError: the storage failed, or another forget of the tenant rewrote a manifest first; a rerun resumes.
     """
     manifests = store.manifests(tenant)
     counts: dict[str, int] = {
@@ -748,7 +770,9 @@ def forget_in_archive(store: Store, storage: StorageLike, tenant: str, subject: 
     for manifest in store.manifests(tenant, ["written", "verified"]):
         counts["archive_object_versions_deleted"] += remove_manifest_objects(storage, manifest)
         store.drop_manifest(tenant, manifest["manifest_id"])
-    events = store.events_mentioning(tenant, subject)
+    subject_sha256 = hashlib.sha256(subject.encode()).hexdigest()
+    earlier = next((i for i in store.forget_intents(tenant) if i["subject_sha256"] == subject_sha256), {})
+    events = store.events_mentioning(tenant, subject) | set(earlier.get("event_ids", ()))
     loaded: list[tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]] = []
     for manifest in store.manifests(tenant, ["committed"]):
         by_path = {
@@ -758,41 +782,128 @@ def forget_in_archive(store: Store, storage: StorageLike, tenant: str, subject: 
         for e in manifest["files"]:
             if e["table"] == "episode_turns":
                 events |= {t["event_id"] for t in by_path[e["path"]] if mentions(t["text"], subject)}
-    derived = store.derived_items(tenant, events)
+    derived = store.derived_items(tenant, events) | set(earlier.get("item_ids", ()))
+    # Decide every change before making any, so that the ids are recorded before the archive loses them.
+    plans: list[tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]] = []
     gone_items: set[str] = set()
     for manifest, by_path in loaded:
-        new_files: list[dict[str, Any]] = []
-        touched = False
+        kept_by_path: dict[str, list[dict[str, Any]]] = {}
         for entry in manifest["files"]:
-            table_name, file_rows = entry["table"], by_path[entry["path"]]
-            kept, dropped, changed = _without_subject(table_name, file_rows, subject, events, derived)
-            if not changed:
-                new_files.append(entry)
-                continue
-            touched = True
-            counts["archive_rows"] += len(file_rows) - len(kept)
-            gone_items |= dropped
-            if not kept:
-                counts["archive_object_versions_deleted"] += delete_all_versions(storage, entry["path"])
-                counts["archive_files_deleted"] += 1
-                continue
-            # Overwrite first and remove old versions at the end: a crash in between never leaves a file missing.
-            data, count = encode_parquet(table_name, kept)
-            with _storage_errors(f"rewriting {entry['path']}", storage):
-                _put(fs, storage, entry["path"], data)
-            new_files.append({**entry, "rows": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-            counts["archive_files_rewritten"] += 1
-        if not touched:
-            continue
-        row = {**manifest, "files": new_files, "row_count": sum(f["rows"] for f in new_files)}
-        with _storage_errors(f"rewriting manifest {manifest['manifest_id']}", storage):
-            _put(fs, storage, manifest_path(tenant, manifest["manifest_id"]), manifest_json(row))
-        store.set_manifest(tenant, manifest["manifest_id"], files=new_files, row_count=row["row_count"])
-        counts["archive_manifests_rewritten"] += 1
-    counts["archive_object_versions_deleted"] += purge_old_versions(storage, tenant)
-    hot = store.forget_archived(tenant, events, gone_items | derived, now)
+            file_rows = by_path[entry["path"]]
+            kept, dropped, changed = _without_subject(entry["table"], file_rows, subject, events, derived)
+            if changed:
+                kept_by_path[entry["path"]] = kept
+                counts["archive_rows"] += len(file_rows) - len(kept)
+                gone_items |= dropped
+        if kept_by_path:
+            plans.append((manifest, kept_by_path))
+    items = gone_items | derived
+    rewritten = {manifest["manifest_id"] for manifest, _ in plans}
+    started = rewritten | set(earlier.get("manifest_ids", ()))
+    store.save_forget_intent(tenant, subject_sha256, events, items, started, now)
+    for manifest, kept_by_path in plans:
+        _rewrite_manifest(store, storage, fs, manifest, kept_by_path, counts)
+    # An interrupted run may have committed a manifest's new files but not written its JSON.
+    for manifest, _ in loaded:
+        if manifest["manifest_id"] in started - rewritten:
+            with _storage_errors(f"rewriting manifest {manifest['manifest_id']}", storage):
+                _put(fs, storage, manifest_path(tenant, manifest["manifest_id"]), manifest_json(manifest))
+            counts["archive_manifests_rewritten"] += 1
+    hot = store.forget_archived(tenant, events, items, now)
     counts.update({f"{k}_archived": v for k, v in hot.items()})
+    counts["archive_object_versions_deleted"] += remove_orphan_objects(store, storage, tenant, subject_sha256)
+    counts["archive_object_versions_deleted"] += purge_old_versions(storage, tenant)
+    store.drop_forget_intent(tenant, subject_sha256)
     return counts
+
+
+def _rewrite_manifest(
+    store: Store,
+    storage: StorageLike,
+    fs: Any,
+    manifest: Mapping[str, Any],
+    kept_by_path: Mapping[str, list[dict[str, Any]]],
+    counts: dict[str, int],
+) -> None:
+    """Steps 2 to 4 of a forget for one manifest: its files' rows without the subject, by the path they replace."""
+    tenant, manifest_id = manifest["tenant"], manifest["manifest_id"]
+    files: list[dict[str, Any]] = []
+    for entry in manifest["files"]:
+        kept = kept_by_path.get(entry["path"])
+        if kept is None:
+            files.append(dict(entry))
+            continue
+        if not kept:
+            counts["archive_files_deleted"] += 1
+            continue
+        data, count = encode_parquet(entry["table"], kept)
+        path = _rewritten_path(entry["path"])
+        with _storage_errors(f"writing {path}", storage):
+            _put(fs, storage, path, data)
+        files.append(
+            {**entry, "path": path, "rows": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        )
+        counts["archive_files_rewritten"] += 1
+    if not store.swap_manifest_files(tenant, manifest_id, manifest["files"], files):
+        raise ArchiveError(
+            f"manifest {manifest_id} of tenant {tenant!r} changed while this forget rewrote it (another forget of the "
+            "tenant?); its new files are unreferenced and removed later; rerun the forget to finish it"
+        )
+    row = {**manifest, "files": files, "row_count": sum(f["rows"] for f in files)}
+    with _storage_errors(f"rewriting manifest {manifest_id}", storage):
+        _put(fs, storage, manifest_path(tenant, manifest_id), manifest_json(row))
+    counts["archive_manifests_rewritten"] += 1
+    for path in kept_by_path:
+        counts["archive_object_versions_deleted"] += delete_all_versions(storage, path)
+
+
+def _rewritten_path(path: str) -> str:
+    """A new name beside an archived file for its rewritten copy: ``<manifest_id>-<n>.<random>.parquet``."""
+    folder, name = path.rsplit("/", 1)
+    return f"{folder}/{name.split('.', 1)[0]}.{uuid.uuid4().hex[:12]}.parquet"
+
+
+def remove_orphan_objects(store: Store, storage: StorageLike, tenant: str, own_forget: str | None = None) -> int:
+    """Delete the tenant's objects that no manifest row of the tenant references, every version of them; returns
+    the object versions deleted.
+
+    These are what a forget interrupted between writing new files and deleting the replaced ones leaves behind. The
+    objects are listed before the rows are read: an archive run records its manifest before it uploads, and a forget
+    records its intent before it writes, so a listed object is either referenced by a row read afterwards or an
+    orphan. While another forget of the tenant is unfinished (its intent is recorded) nothing is deleted, since the
+    files it wrote are unreferenced until it commits; ``own_forget`` is the subject sha256 of the calling forget.
+    """
+    listed = _tenant_objects(storage, tenant)
+    if any(i["subject_sha256"] != own_forget for i in store.forget_intents(tenant)):
+        return 0
+    referenced: set[str] = set()
+    for manifest in store.manifests(tenant):
+        referenced.add(manifest_path(tenant, manifest["manifest_id"]))
+        referenced.update(e["path"] for e in manifest["files"])
+    return sum(delete_all_versions(storage, rel) for rel in sorted(listed - referenced))
+
+
+def _tenant_objects(storage: StorageLike, tenant: str) -> set[str]:
+    """The path, relative to the archive's root, of every object under a tenant's prefix (in any version)."""
+    if storage.is_s3 and getattr(storage, "endpoint", None):
+        client = storage.minio_client()
+        base = f"{storage.prefix}/" if storage.prefix else ""
+        with _storage_errors(f"listing the objects of tenant {tenant!r}", storage):
+            return {
+                obj.object_name.removeprefix(base)
+                for obj in client.list_objects(
+                    storage.bucket, prefix=f"{base}{tenant_prefix(tenant)}/", recursive=True, include_version=True
+                )
+            }
+    fs = storage.filesystem()
+    root = f"{_root(storage).rstrip('/')}/"
+    with _storage_errors(f"listing the objects of tenant {tenant!r}", storage):
+        fs.invalidate_cache()
+        path = _abs(storage, tenant_prefix(tenant))
+        if not fs.exists(path):
+            return set()
+        # A path outside the root (a link, another spelling of it) is left alone rather than guessed at.
+        return {p.removeprefix(root) for p in fs.find(path) if p.startswith(root)}
 
 
 def _without_subject(

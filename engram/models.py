@@ -219,6 +219,24 @@ class ArchiveManifest(SQLModel, table=True):
     created_at: datetime
 
 
+class ForgetIntent(SQLModel, table=True):
+    """What a subject's forget set out to remove, recorded before its first destructive step, dropped at its end.
+
+    Ids and the subject's sha256 only, never the subject. A rerun after a crash unions them with what it finds again:
+    the archive rewrite removes the archived turns that named the event ids, so they cannot be found twice.
+    ``manifest_ids`` are the manifests whose rewrite the forget started, whose JSON a rerun writes again.
+    """
+
+    __tablename__ = "forget_intents"
+
+    tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)
+    subject_sha256: str = Field(primary_key=True, max_length=64)
+    event_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    item_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    manifest_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime
+
+
 class Transition(SQLModel, table=True):
     """The audit trail: one move of one item between layers, by one flow run."""
 
@@ -302,6 +320,7 @@ ALL_TABLES = [
     SemanticItem,
     Lineage,
     ArchiveManifest,
+    ForgetIntent,
     Transition,
     QuarantinedRow,
     Metric,

@@ -329,6 +329,14 @@ _gx_batches: dict[str, Any] = {}  # suite name -> its whole-dataframe BatchDefin
 _gx_suites: dict[str, Any] = {}  # suite name -> its ExpectationSuite
 
 
+def prepare_gates() -> None:
+    """Build the Great Expectations context and every suite now: the first use costs seconds of imports, which a
+    worker should pay before it leases work, not while it holds a lease."""
+    with _gx_lock:
+        for name in _SUITES:
+            _gx_suite(name)
+
+
 def _gx_suite(name: str) -> tuple[Any, Any]:
     """The batch definition and the expectation suite for ``name``, built on first use; call under ``_gx_lock``."""
     if name not in _gx_suites:

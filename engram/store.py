@@ -32,6 +32,7 @@ from engram.models import (
     Episode,
     EpisodeTurn,
     Event,
+    ForgetIntent,
     Lineage,
     Metric,
     QuarantinedRow,
@@ -56,6 +57,7 @@ QUARANTINE: Table = QuarantinedRow.__table__  # type: ignore[attr-defined]
 TENANTS: Table = TenantState.__table__  # type: ignore[attr-defined]
 METRICS: Table = Metric.__table__  # type: ignore[attr-defined]
 SHARDS: Table = ShardLease.__table__  # type: ignore[attr-defined]
+FORGET_INTENTS: Table = ForgetIntent.__table__  # type: ignore[attr-defined]
 
 # Rows per multi-row INSERT. SQLite allows 32,766 bound parameters per statement; the widest table has 14 columns.
 INSERT_CHUNK = 2_000
@@ -1270,6 +1272,30 @@ class Store:
                 .values(**values)
             )
 
+    def swap_manifest_files(
+        self,
+        tenant: str,
+        manifest_id: str,
+        old_files: Sequence[Mapping[str, Any]],
+        new_files: Sequence[Mapping[str, Any]],
+    ) -> bool:
+        """Point a manifest at ``new_files`` if it still lists ``old_files``; returns whether it did.
+
+        The check and the change are one transaction under the row's lock: a forget's commit point. Two forgets that
+        rewrote the same files from the same copy cannot both commit, so neither brings back what the other removed.
+        """
+        key = and_(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id == manifest_id)
+        with self.write() as conn:
+            files = conn.execute(select(MANIFESTS.c.files).where(key).with_for_update()).scalar()
+            if files != [dict(f) for f in old_files]:
+                return False
+            conn.execute(
+                update(MANIFESTS)
+                .where(key)
+                .values(files=[dict(f) for f in new_files], row_count=sum(f["rows"] for f in new_files))
+            )
+        return True
+
     def drop_manifest(self, tenant: str, manifest_id: str) -> int:
         """Delete a manifest row that no tombstone points at (a discarded write); returns 1 when deleted."""
         pointed = or_(
@@ -1596,6 +1622,49 @@ class Store:
             conn.execute(update(TENANTS).where(TENANTS.c.tenant == tenant).values(epoch=TENANTS.c.epoch + 1))
         return removed
 
+    def save_forget_intent(
+        self,
+        tenant: str,
+        subject_sha256: str,
+        event_ids: Iterable[str],
+        item_ids: Iterable[str],
+        manifest_ids: Iterable[str],
+        now: datetime,
+    ) -> None:
+        """Record (or replace) the ids a forget is about to remove, before it removes anything."""
+        values = {
+            "event_ids": sorted(set(event_ids)),
+            "item_ids": sorted(set(item_ids)),
+            "manifest_ids": sorted(set(manifest_ids)),
+        }
+        stmt = self._insert(FORGET_INTENTS).values(
+            tenant=tenant, subject_sha256=subject_sha256, created_at=now, **values
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[FORGET_INTENTS.c.tenant, FORGET_INTENTS.c.subject_sha256], set_=values
+        )
+        with self.write() as conn:
+            conn.execute(stmt)
+
+    def forget_intents(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's forgets that started and have not finished (interrupted, or under way)."""
+        with self.read() as conn:
+            return [
+                dict(r._mapping) for r in conn.execute(select(FORGET_INTENTS).where(FORGET_INTENTS.c.tenant == tenant))
+            ]
+
+    def drop_forget_intent(self, tenant: str, subject_sha256: str) -> int:
+        """Forget a finished forget's ids; returns 1 when there was a record."""
+        with self.write() as conn:
+            return (
+                conn.execute(
+                    FORGET_INTENTS.delete().where(
+                        FORGET_INTENTS.c.tenant == tenant, FORGET_INTENTS.c.subject_sha256 == subject_sha256
+                    )
+                ).rowcount
+                or 0
+            )
+
     # -- search feed -------------------------------------------------------------------------------------------
 
     def index_changes(
@@ -1895,6 +1964,7 @@ class Store:
                     ("transitions", TRANSITIONS),
                     ("quarantine", QUARANTINE),
                     ("archive_manifests", MANIFESTS),
+                    ("forget_intents", FORGET_INTENTS),
                 ):
                     removed[name] = conn.execute(table.delete().where(table.c.tenant == tenant)).rowcount or 0
             else:

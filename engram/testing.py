@@ -45,3 +45,29 @@ def temporary_memory(clock: FixedClock | None = None, store: str | None = None) 
             yield memory
         finally:
             memory.close()
+
+
+def create_pg_schema(server_url: str, prefix: str = "t") -> tuple[str, str]:
+    """A new private schema on a PostgreSQL server, and the store URL whose connections use it (``search_path``):
+    tests and benchmarks on one database never see each other's rows. Drop it with ``drop_pg_schema``."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(server_url)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    sep = "&" if "?" in server_url else "?"
+    return schema, f"{server_url}{sep}options=-csearch_path%3D{schema}"
+
+
+def drop_pg_schema(server_url: str, schema: str) -> None:
+    """Drop a schema made by ``create_pg_schema`` and everything in it."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(server_url)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()

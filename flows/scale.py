@@ -16,6 +16,7 @@ from prefect import flow
 from prefect.concurrency.sync import concurrency
 
 from engram.policy import LifecyclePolicy
+from engram.quality import prepare_gates
 from engram.service import ScalingPolicy, decide_parallelism
 from tasks.common import Stopwatch, resolve_as_of, worker_id
 from tasks.consolidation import claim_episodes, commit_facts, distill_facts, embed_facts, gate_facts
@@ -85,6 +86,7 @@ def consolidate_shards(
     totals: Counter[str] = Counter()
     shards_done: list[int] = []
     prepare_shards(store_url, pool, shard_count)
+    prepare_gates()
     work_started = time.time()  # wall clock, comparable across workers: when this worker began on shards
     with concurrency(CONSOLIDATE_LIMIT, occupy=1):
         for _ in range(max_shards):

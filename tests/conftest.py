@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from engram import Memory
-from engram.testing import FixedClock
+from engram.testing import FixedClock, create_pg_schema, drop_pg_schema
 
 PG_URL = os.environ.get("ENGRAM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 # The suite runs lexical (the default install's behaviour) unless a test turns the dense extra on for itself:
@@ -40,20 +40,11 @@ REQUIRE_PG = os.environ.get("CI") == "true" or os.environ.get("ENGRAM_REQUIRE_PG
 
 def _fresh_pg_schema() -> tuple[str, str]:
     """A private schema in the test database, so parallel tests and runs never see each other's rows."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
-    sep = "&" if "?" in PG_URL else "?"
-    return schema, f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    return create_pg_schema(PG_URL)
 
 
 def _drop_pg_schema(schema: str) -> None:
-    engine = create_engine(PG_URL)
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
+    drop_pg_schema(PG_URL, schema)
 
 
 @contextmanager

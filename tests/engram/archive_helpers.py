@@ -1,14 +1,19 @@
-"""What the archive's tests share: a memory filled without Prefect, and the "nothing lost" check."""
+"""What the archive's tests share: a memory filled without Prefect, the "nothing lost" check, and every stored
+object with its text."""
 
 from __future__ import annotations
 
+import io
+import json
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from engram import Memory
-from engram.archive import RetentionRules, read_manifest_rows
+from engram.archive import ArchiveLocation, RetentionRules, read_manifest_rows
 from engram.consolidate import LocalConsolidator, plan_changes, summarize_episode
 from engram.store import SEMANTIC, TURNS, Store
 from tests.conftest import T0
@@ -80,3 +85,35 @@ def contents(store: Store, storage: Any, tenant: str) -> dict[tuple[str, str], s
             assert by_key.get(key), f"{key} points at {manifest_id}, which does not hold it"
             out[key] = by_key[key]
     return out
+
+
+def archive_objects(location: ArchiveLocation) -> list[tuple[str, str | None, bytes | None]]:
+    """Every object under an archive, every version of it in a versioned bucket: (path relative to the archive's
+    root, version id or None, bytes or None for a delete marker)."""
+    if not location.is_s3:
+        root = Path(location.prefix)
+        return [(p.relative_to(root).as_posix(), None, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()]
+    client = location.minio_client()
+    base = f"{location.prefix}/" if location.prefix else ""
+    out: list[tuple[str, str | None, bytes | None]] = []
+    for obj in client.list_objects(location.bucket, prefix=base, recursive=True, include_version=True):
+        path = obj.object_name.removeprefix(base)
+        if obj.is_delete_marker:
+            out.append((path, obj.version_id, None))
+            continue
+        resp = client.get_object(location.bucket, obj.object_name, version_id=obj.version_id)
+        try:
+            out.append((path, obj.version_id, resp.read()))
+        finally:
+            resp.close()
+            resp.release_conn()
+    return out
+
+
+def object_text(path: str, data: bytes | None) -> str:
+    """An archived object as searchable text: a Parquet file's rows, a manifest's JSON."""
+    if data is None:
+        return ""
+    if path.endswith(".parquet"):
+        return json.dumps(pq.read_table(io.BytesIO(data)).to_pylist(), default=str)
+    return data.decode("utf-8", "replace")

@@ -213,6 +213,7 @@ def test_export_import_round_trip_to_the_other_backend(source: Memory, tmp_path:
         "transitions": 1,
         "quarantine": 1,
         "metrics": 1,
+        "forget_intents": 0,
     }
     assert len(manifest.archive_objects) == 2
     assert read_manifest(str(tmp_path / "export")) == manifest

@@ -17,7 +17,7 @@ from flows.provision import provision
 from flows.scale import consolidate_shards, scale
 from tasks.service import apply_parallelism
 from tests.conftest import T0
-from tests.flows.helpers import conversation_rows
+from tests.flows.helpers import artifacts_with_keys, conversation_rows
 
 AS_OF = T0 + timedelta(days=30)
 
@@ -71,8 +71,7 @@ def test_monitor_records_metrics_publishes_a_chart_and_signals_the_backlog(sqlit
     assert by_key[("acme", "layer.episodic")] == 3 and by_key[("*", "layer.episodic")] == 6
     assert by_key[("*", "backlog.episodes")] == 6
     assert by_key[("*", "health.database")] == 1
-    with get_client(sync_client=True) as client:
-        chart = client.read_artifacts()
+    chart = artifacts_with_keys("engram-metrics", "engram-layer-sizes")
     keys = {a.key for a in chart}
     assert {"engram-metrics", "engram-layer-sizes"} <= keys
     markdown = next(a.data for a in chart if a.key == "engram-layer-sizes")
@@ -113,8 +112,7 @@ def test_decommission_of_a_tenant_drains_it_and_reports_every_step(sqlite_memory
     assert steps["migrate"]["episodes"] == 3 and steps["migrate"]["rows_verified"] > 0  # to the archive, checked
     assert result["hot_rows_after"] == 0, result["after"]
     assert steps["verify"].startswith("ok")
-    with get_client(sync_client=True) as client:
-        report = client.read_artifacts()
+    report = artifacts_with_keys("engram-decommission-tenant-acme")
     audit = next(a for a in report if a.key == "engram-decommission-tenant-acme")
     assert "| migrate |" in audit.data and "Rows left in the hot layers: 0." in audit.data
     assert sqlite_memory.stats("globex")["episodic"] == 2  # the other tenant is untouched

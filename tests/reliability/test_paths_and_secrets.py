@@ -126,8 +126,11 @@ def _everything_prefect_kept() -> str:
                 logs = await client.read_logs(limit=200, offset=offset)
                 texts += [log.message for log in logs]
                 offset += 200
-            artifacts = await client.read_artifacts(limit=200)
-            texts += [f"{a.key} {a.description} {a.data}" for a in artifacts]
+            offset, artifacts = 0, [None]
+            while artifacts:
+                artifacts = await client.read_artifacts(limit=200, offset=offset)
+                texts += [f"{a.key} {a.description} {a.data}" for a in artifacts]
+                offset += 200
             return "\n".join(texts)
 
     return asyncio.run(read())
