@@ -224,6 +224,43 @@ def bulk_ingest_section(results: Path) -> list[str]:
     return [*lines, ""]
 
 
+def scale_section(results: Path) -> list[str]:
+    data = load(results / "scale.json")
+    if not data:
+        return []
+    settings = data["settings"]
+    lines = [
+        "## Shard workers (`bench/scale.py`)",
+        "",
+        f"The same backlog ({settings['tenants']} tenants x {settings['sessions']} sessions of {settings['turns']} "
+        f"turns) consolidated by one `consolidate_shards` run, then by {settings['workers']} at once, on PostgreSQL "
+        f"with one Prefect server, {data['machine']['nproc']} cores. Throughput is episodes over the window from the "
+        "first shard claimed to the last released; CPU seconds are counted over the same rounds (machine: every core, "
+        "anything but idle).",
+        "",
+        "| workers | episodes | window s | episodes/s | shards each | worker CPU s | Prefect server CPU s | "
+        "machine CPU s | cores busy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in data["rounds"]:
+        cpu = r["cpu_s"]
+        lines.append(
+            f"| {r['workers']} | {r['episodes']} | {r['window_s']} | {r['episodes_per_s']} | "
+            f"{', '.join(map(str, r['shards_per_worker']))} | {', '.join(map(str, r['worker_run_cpu_s']))} | "
+            f"{cpu['prefect_server']} | {cpu['machine']} | {cpu['machine'] / r['window_s']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Speedup with {settings['workers']} workers: **{data['speedup']}x**. The shards are disjoint and every "
+        "episode is consolidated once (the benchmark checks both, as does "
+        "`tests/service/test_server.py::test_two_workers_on_one_pool_split_the_shards_with_no_double_work`). "
+        "Throughput scales only with idle cores: the workers share these cores with the Prefect server and "
+        "PostgreSQL, and the `cores busy` column says how close the machine was to saturation.",
+        "",
+    ]
+    return lines
+
+
 def embedding_section(results: Path) -> list[str]:
     data = load(results / "embedding.json")
     if not data:
@@ -362,6 +399,7 @@ def render(results: Path) -> str:
     out += locomo_section(results)
     out += embedding_section(results)
     out += bulk_ingest_section(results)
+    out += scale_section(results)
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -104,17 +105,33 @@ def set_limit(workers: int) -> None:
     apply_parallelism.fn(POOL, workers)
 
 
-def run_workers(url: str, workers: int, as_of: datetime, batch_size: int, home: Path, api_url: str) -> list[dict]:
-    """``workers`` processes, each one run of the ``consolidate_shards`` flow; their run summaries."""
+def run_workers(
+    url: str, workers: int, as_of: datetime, batch_size: int, home: Path, api_url: str
+) -> tuple[list[dict], dict[str, float]]:
+    """``workers`` processes, each one run of the ``consolidate_shards`` flow; their run summaries, and the CPU
+    seconds the machine, the Prefect server and PostgreSQL used from the go to the last worker's exit.
+
+    Each process imports Prefect and builds its quality gates, says it is ready, and waits for the others: the runs
+    start together, as long-lived workers would, and start-up skew does not count against parallelism.
+    """
     env = dict(os.environ, PREFECT_API_URL=api_url, PREFECT_HOME=str(home), PYTHONPATH=str(ROOT))
     env["ENGRAM_EMBEDDINGS"] = "false"
+    go = home / f"go-{uuid.uuid4().hex[:6]}"
     outs = [home / f"worker-{uuid.uuid4().hex[:6]}.json" for _ in range(workers)]
     procs = []
     for out in outs:
         args = [sys.executable, __file__, "--child", "--store-url", url, "--as-of", as_of.isoformat()]
-        args += ["--batch-size", str(batch_size), "--out", str(out)]
+        args += ["--batch-size", str(batch_size), "--out", str(out), "--go", str(go)]
         log = (home / f"{out.stem}.log").open("w")
         procs.append((subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT), log, out))
+    deadline = time.monotonic() + 300
+    while not all(out.with_suffix(".ready").exists() for out in outs):
+        if time.monotonic() > deadline or any(p.poll() is not None for p, _, _ in procs):
+            break
+        time.sleep(0.05)
+    pids = [p.pid for p, _, _ in procs]
+    start = cpu_seconds(pids)
+    go.touch()
     results = []
     for proc, log, out in procs:
         code = proc.wait(timeout=1800)
@@ -122,12 +139,19 @@ def run_workers(url: str, workers: int, as_of: datetime, batch_size: int, home: 
         if code != 0:
             raise SystemExit(f"shard worker failed ({code}):\n{Path(log.name).read_text()[-4000:]}")
         results.append(json.loads(out.read_text()))
-    return results
+    end = cpu_seconds(pids)
+    return results, {k: round(end[k] - start[k], 2) for k in start}
 
 
-def child(url: str, as_of: str, batch_size: int, out: Path) -> None:
+def child(url: str, as_of: str, batch_size: int, out: Path, go: Path) -> None:
+    from engram.quality import prepare_gates
     from flows.scale import consolidate_shards
 
+    prepare_gates()
+    out.with_suffix(".ready").touch()
+    while not go.exists():
+        time.sleep(0.01)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     profile = os.environ.get("ENGRAM_BENCH_PROFILE")  # a path: where a pyinstrument text profile of the run goes
     if profile:
         from pyinstrument import Profiler
@@ -140,17 +164,26 @@ def child(url: str, as_of: str, batch_size: int, out: Path) -> None:
     if profile:
         profiler.stop()
         Path(profile).write_text(profiler.output_text(unicode=False, show_all=False))
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    summary["process_cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    summary["run_cpu_s"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)
     out.write_text(json.dumps(summary, default=str))
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds every core of the machine spent on anything but idling, since boot."""
+def cpu_seconds(workers: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by the whole machine (every core, anything but idle) and by this process's children
+    other than the workers (the Prefect server the harness started)."""
     import psutil
 
     t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+    out = {"machine": sum(t) - t.idle - getattr(t, "iowait", 0.0), "prefect_server": 0.0}
+    for proc in psutil.Process().children(recursive=True):
+        if proc.pid not in workers:
+            try:
+                c = proc.cpu_times()
+                out["prefect_server"] += c.user + c.system
+            except psutil.Error:
+                pass
+    return out
 
 
 def min_start(results: list[dict]) -> float:
@@ -167,15 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenants", type=int, default=32)
     parser.add_argument("--sessions", type=int, default=12)
     parser.add_argument("--turns", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=16, help="episodes a worker claims at once")
+    parser.add_argument("--batch-size", type=int, default=200, help="episodes a worker claims at once")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument("--logs", type=Path, help="keep the workers' logs in this folder")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store-url", help=argparse.SUPPRESS)
     parser.add_argument("--as-of", help=argparse.SUPPRESS)
+    parser.add_argument("--go", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.store_url, args.as_of, args.batch_size, args.out)
+        child(args.store_url, args.as_of, args.batch_size, args.out, args.go)
         return 0
 
     from bench.perf import machine, prefect_server
@@ -192,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                 schemas.append(schema)
                 episodes = prepare(url, rows, as_of)
                 set_limit(workers)
-                busy_before = machine_busy_seconds()
-                results = run_workers(url, workers, as_of, args.batch_size, Path(home), api_url)
-                busy = machine_busy_seconds() - busy_before
+                logs = args.logs or Path(home)
+                logs.mkdir(parents=True, exist_ok=True)
+                results, cpu = run_workers(url, workers, as_of, args.batch_size, logs, api_url)
                 seconds = window(results)
                 done = sum(int(r.get("episodes", 0)) for r in results)
                 if done != episodes:
@@ -209,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                         "window_s": round(seconds, 2),
                         "episodes_per_s": round(episodes / seconds, 2),
                         "shards_per_worker": [len(s) for s in shards],
-                        "worker_process_cpu_s": [r["process_cpu_s"] for r in results],
-                        "machine_cpu_s": round(busy, 2),
+                        "worker_run_cpu_s": [r["run_cpu_s"] for r in results],
+                        "cpu_s": cpu,
                         "worker_windows_s": [
                             [round(float(r[k]) - min_start(results), 2) for k in ("work_started", "work_ended")]
                             for r in results

@@ -633,9 +633,12 @@ def purge_tenant(storage: StorageLike, tenant: str) -> int:
 # -- search and rehydrate -----------------------------------------------------------------------------------------
 
 _SEARCH_COLUMNS = {
-    "semantic_items": ["item_id", "text", "rendered", "actor", "last_seen", "tags", "valid_to", "embedding"],
+    "semantic_items": ["item_id", "text", "rendered", "actor", "tags", "embedding"],
     "episode_turns": ["item_id", "text", "rendered", "actor", "at", "tags"],
 }
+# What a semantic tombstone blanks and its archived copy holds. Every other column of the hot row (validity,
+# supersession, support, last seen) goes on changing after the archive, and the tombstone's value is the true one.
+ARCHIVED_CONTENT = ("text", "rendered", "embedding")
 
 
 def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -643,6 +646,8 @@ def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, 
 
     Facts are documents like their hot selves, with layer ``archival``; an archived episode's turns are searched
     only when the archival layer is asked for by name, as a consolidated episode's turns are in the hot layers.
+    Which facts are current, when each was last seen and its change stamp come from the tombstones, not from the
+    archived copies: a version superseded since it was archived is left out, as a superseded hot version is.
     """
     files = [e for e in manifest["files"] if e["table"] in _SEARCH_COLUMNS]
     if not files:
@@ -653,11 +658,14 @@ def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, 
     for table_name, table_rows in rows.items():
         alive = pointers[table_name]
         for r in table_rows:
-            if r["item_id"] not in alive:
+            hot = alive.get(r["item_id"])
+            if hot is None:
                 continue
-            at = r.get("last_seen") or r.get("at")
+            at = hot.get("last_seen") or r.get("at")
             doc = {
-                "seq": 0,
+                # The tombstone's stamp: a later supersede or rehydrate of the item (audited at a later stamp) drops
+                # this document from an index that read it before.
+                "seq": hot.get("seq", 0),
                 "layer": Layer.ARCHIVAL.value,
                 "item_id": r["item_id"],
                 "text": r["text"],
@@ -675,8 +683,21 @@ def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, 
     return docs
 
 
-def archived_record(store: Store, storage: StorageLike, tenant: str, manifest_id: str, item_id: str) -> dict | None:
-    """One archived row (semantic item, turn or episode) as it was when archived, or None."""
+def archived_record(
+    store: Store,
+    storage: StorageLike,
+    tenant: str,
+    manifest_id: str,
+    item_id: str,
+    tombstone: Mapping[str, Any] | None = None,
+) -> dict | None:
+    """One archived row (semantic item, turn or episode), or None.
+
+    Args:
+        tombstone: the item's hot row, when it is a semantic item: its columns other than ``ARCHIVED_CONTENT``
+            (validity, supersession, support, last seen) replace the archived copy's, which are as they were when
+            the item was archived. Without it, the row is exactly as archived.
+    """
     manifest = next((m for m in store.manifests(tenant) if m["manifest_id"] == manifest_id), None)
     if manifest is None:
         return None
@@ -684,7 +705,10 @@ def archived_record(store: Store, storage: StorageLike, tenant: str, manifest_id
         key = "episode_id" if table_name == "episodes" else "item_id"
         for r in rows:
             if r[key] == item_id:
-                return {**r, "_table": table_name}
+                state = {}
+                if table_name == "semantic_items" and tombstone is not None:
+                    state = {k: tombstone[k] for k in r if k in tombstone and k not in ARCHIVED_CONTENT}
+                return {**r, **state, "_table": table_name}
     return None
 
 

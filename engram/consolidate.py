@@ -19,8 +19,8 @@ Contract (the store and the flow rely on these columns):
     salience (float in [0, 1]); content_hash (str: equal for near-duplicates, differs when the content changed).
 
 ``plan_changes(candidates, existing, now)`` compares candidates with the current (``valid_to`` is null) semantic
-items that share their fact keys (``existing`` has the ``SemanticItem`` columns plus ``sources``) and returns a
-``ConsolidationPlan``:
+items, hot or archived, that share their fact keys (``existing`` has the ``SemanticItem`` columns plus ``sources``)
+and returns a ``ConsolidationPlan``:
     - ``new_items``: rows for ``semantic_items`` (all columns but ``seq``) plus ``sources``, for facts not seen before
       (version 1) and for new versions of changed facts (version n+1);
     - ``merges``: existing item_id -> {support_delta, last_seen, new sources}, for near-duplicates of a current item;
@@ -53,6 +53,20 @@ Merges and supersessions in ``plan_changes``:
     - ``merges`` and ``supersessions`` name only items that existed before the batch (the store updates those
       rows); a fact created and merged or changed within one batch is written in its final state: a version
       closed within the batch is a ``new_items`` row that already has ``valid_to`` and ``superseded_by`` set.
+
+Archived versions:
+    - a fact's current version may be archived: its row in ``semantic_items`` is then a tombstone (text blanked,
+      ``archived_manifest_id`` set) and the archive holds its content. The tombstone is the authority for the
+      item's state, so it is an existing item like any other: the store hands it to ``plan_changes`` with the
+      ``content_hash`` recorded when it was archived (its text is gone), and a candidate compares with that;
+    - a change supersedes the archived version through its tombstone (``valid_to``, ``superseded_by``, audited as
+      ``supersede``); the archived Parquet copy is never rewritten, and readers take the state from the tombstone;
+    - a restatement merges into the tombstone (support, ``last_seen``, lineage), which stays archived. Rehydrating
+      it instead would be the other way to avoid a second current copy, but consolidation has no access to the
+      archive (the flow knows only the store), and a merge changes only columns the tombstone keeps: the archive
+      and rehydrate steps need nothing new, and rehydrate later restores the content under the merged state;
+    - a tombstone whose archive move recorded no hash (archived before hashes were kept) has unknown content:
+      a candidate of its key counts as a change (see ``_stored_hash``).
 """
 
 from __future__ import annotations
@@ -607,13 +621,32 @@ def _list(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def _stored_hash(item: Mapping[str, Any]) -> str | None:
+    """The content hash of an existing item: the one given with it, else its text's; None when neither is known.
+
+    An archived item's text is blank in its tombstone: without a given hash its content is unknown (None), and a
+    candidate of the same key counts as a change, never as a near-duplicate. Superseding a version with its own
+    words again is harmless (one current version, every source kept); merging a changed value into it would lose
+    the change from the facts.
+    """
+    given = item.get("content_hash")
+    if isinstance(given, str) and given:
+        return given
+    archived = item.get("archived_manifest_id")
+    if isinstance(archived, str) and archived:
+        return None
+    return content_hash(str(item["text"]), str(item.get("actor") or ""))
+
+
 def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime) -> ConsolidationPlan:
     """Decide, for each candidate fact, whether it is new, a near-duplicate to merge, or a change to version.
 
     Args:
         candidates: rows with ``FACT_COLUMNS`` (what ``Consolidator.distill`` returns).
         existing: the current semantic items (``valid_to`` null) that share a fact key with a candidate, with the
-            ``SemanticItem`` columns plus ``sources``; other rows are ignored.
+            ``SemanticItem`` columns plus ``sources``; other rows are ignored. Archived ones are among them (as
+            their tombstones, text blank) with a ``content_hash`` column: see "Archived versions" in the module's
+            docstring.
         now: when the plan is made; not used to date facts (a fact is dated by when it was said), kept so that a
             plan is reproducible for a given ``as_of``.
 
@@ -635,7 +668,7 @@ def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime
         for row in live.sort_values("version").to_dict("records"):
             item = dict(row)
             item["sources"] = _list(item.get("sources"))
-            item["_hash"] = item.get("content_hash") or content_hash(str(item["text"]), str(item.get("actor") or ""))
+            item["_hash"] = _stored_hash(item)
             current[(item["tenant"], item["fact_key"])] = item
             existing_ids.add(item["item_id"])
     if candidates is None or candidates.empty:
@@ -653,7 +686,7 @@ def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime
         fresh = [s for s in sources if s not in set(item["sources"])]
         if not fresh:
             continue  # a rerun: the current version already holds this candidate's sources
-        if item["_hash"] == cand["content_hash"]:
+        if item["_hash"] is not None and item["_hash"] == cand["content_hash"]:
             item["sources"] = [*item["sources"], *fresh]
             item["support_count"] = int(item.get("support_count") or 1) + 1
             item["last_seen"] = max(item["last_seen"], cand["at"])

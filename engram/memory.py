@@ -478,8 +478,8 @@ class Memory:
         if row["layer"] == Layer.ARCHIVAL:
             from engram.archive import archived_record
 
-            # The hot row is a tombstone; the archive's copy has the content.
-            record = archived_record(self.store, self.archive, tenant, row["archived_manifest_id"], item_id)
+            # The hot row is a tombstone: the archive's copy has the content, the tombstone the item's state now.
+            record = archived_record(self.store, self.archive, tenant, row["archived_manifest_id"], item_id, row)
             if record is not None:
                 row = {**record, "layer": Layer.ARCHIVAL, "sources": row.get("sources")}
                 if record["_table"] == "episodes":

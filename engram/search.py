@@ -190,6 +190,10 @@ class TenantIndex:
         self.add(added)
         for layer, item_id, at_seq in removed:
             self.remove([(layer, item_id)], before_seq=at_seq)
+            if layer == Layer.SEMANTIC.value:
+                # An archived fact's tombstone is a semantic row: superseding it is audited from the semantic layer,
+                # and its archived document (stamped with the tombstone's seq) must go with it.
+                self.remove([(Layer.ARCHIVAL.value, item_id)], before_seq=at_seq)
         self.seq = max(self.seq, seq)
 
     # -- dense vectors ---------------------------------------------------------------------------------------

@@ -516,7 +516,7 @@ class Store:
         owner: str,
         lease_seconds: float,
         limit: int,
-        tenant: str | None,
+        tenant: str | Sequence[str] | None,
     ) -> list[tuple[str, ...]]:
         """Lease up to ``limit`` ready rows of ``table`` to ``owner``; returns their keys.
 
@@ -531,8 +531,10 @@ class Store:
         keys = [table.c[k] for k in key_cols]
         free = or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now)
         pick = select(*keys).where(ready, free)
-        if tenant is not None:
+        if isinstance(tenant, str):
             pick = pick.where(table.c.tenant == tenant)
+        elif tenant is not None:
+            pick = pick.where(table.c.tenant.in_(sorted(tenant)))
         pick = pick.order_by(*order_by).limit(limit)
         if self.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
@@ -772,9 +774,14 @@ class Store:
     # -- episodic -> semantic ----------------------------------------------------------------------------------
 
     def claim_episodes(
-        self, as_of: datetime, owner: str, lease_seconds: float = 300, limit: int = 200, tenant: str | None = None
+        self,
+        as_of: datetime,
+        owner: str,
+        lease_seconds: float = 300,
+        limit: int = 200,
+        tenant: str | Sequence[str] | None = None,
     ) -> list[tuple[str, str]]:
-        """Lease episodes that ended by ``as_of`` and are not consolidated yet."""
+        """Lease episodes that ended by ``as_of`` and are not consolidated yet, of one tenant or several."""
         ready = and_(
             EPISODES.c.consolidated_at.is_(None),
             EPISODES.c.archived_manifest_id.is_(None),
@@ -861,6 +868,7 @@ class Store:
                             )
                         )
                     ]
+            self._with_archived_content_hashes(conn, existing_rows)
             existing = pd.DataFrame(existing_rows)
             if len(existing):
                 lineage: dict[tuple[str, str], list[str]] = {}
@@ -905,6 +913,31 @@ class Store:
                 )
             counts["episodes"] = done
         return counts
+
+    def _with_archived_content_hashes(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Give each archived current version (a tombstone, its text blanked) the ``content_hash`` its archive move
+        recorded, so the plan can tell a restatement (merged into the tombstone) from a change (which supersedes it).
+
+        A tombstone archived before the hash was recorded gets None: the plan then treats a candidate as a change.
+        """
+        wanted = sorted({(r["tenant"], r["item_id"]) for r in rows if r.get("archived_manifest_id")})
+        if not wanted:
+            return
+        found: dict[tuple[str, str], str] = {}
+        for start in range(0, len(wanted), INSERT_CHUNK):
+            for r in conn.execute(
+                select(TRANSITIONS.c.tenant, TRANSITIONS.c.item_id, TRANSITIONS.c.detail).where(
+                    tuple_(TRANSITIONS.c.tenant, TRANSITIONS.c.item_id).in_(wanted[start : start + INSERT_CHUNK]),
+                    TRANSITIONS.c.action == "archive",
+                    TRANSITIONS.c.from_layer == Layer.SEMANTIC.value,
+                )
+            ):
+                # Every archive move of an item records the same hash: a version's text never changes.
+                if (r.detail or {}).get("content_hash"):
+                    found[(r.tenant, r.item_id)] = r.detail["content_hash"]
+        for r in rows:
+            if r.get("archived_manifest_id"):
+                r["content_hash"] = found.get((r["tenant"], r["item_id"]))
 
     def _with_living_sources(self, conn: Connection, candidates: Any) -> Any:
         """The candidate facts whose source events all still exist.
@@ -1383,10 +1416,22 @@ class Store:
             semantic = archived.get("semantic_items") or []
             if semantic:
                 ids = unchanged(SEMANTIC, "item_id", semantic, "seq", "valid_to", "last_accessed", "support_count")
+                hashes = self._content_hashes(conn, tenant, ids)
                 tombstone(SEMANTIC, "item_id", ids, text="", rendered="", embedding=None, seq=seq)
+                # The tombstone goes on taking part in consolidation (a restated fact merges into it, a changed one
+                # supersedes it) once its text is gone: its move keeps the content hash the plan compares.
                 audit += [
                     transition_row(
-                        tenant, i, Layer.SEMANTIC, Layer.ARCHIVAL, "archive", now, flow_run_id, seq, detail, manifest_id
+                        tenant,
+                        i,
+                        Layer.SEMANTIC,
+                        Layer.ARCHIVAL,
+                        "archive",
+                        now,
+                        flow_run_id,
+                        seq,
+                        {**detail, "content_hash": hashes[i]},
+                        manifest_id,
                     )
                     for i in ids
                 ]
@@ -1467,14 +1512,33 @@ class Store:
             )
         return counts
 
-    def archived_pointers(self, tenant: str, manifest_id: str) -> dict[str, set[str]]:
-        """Ids whose tombstones point at a manifest, by table; semantic ones only when still the current version."""
+    def _content_hashes(self, conn: Connection, tenant: str, ids: Sequence[str]) -> dict[str, str]:
+        """``engram.consolidate.content_hash`` of hot semantic rows, by item id, read before they are tombstoned."""
+        from engram.consolidate import content_hash
+
+        out: dict[str, str] = {}
+        for start in range(0, len(ids), INSERT_CHUNK):
+            for r in conn.execute(
+                select(SEMANTIC.c.item_id, SEMANTIC.c.text, SEMANTIC.c.actor).where(
+                    SEMANTIC.c.tenant == tenant, SEMANTIC.c.item_id.in_(ids[start : start + INSERT_CHUNK])
+                )
+            ):
+                out[r.item_id] = content_hash(r.text, r.actor or "")
+        return out
+
+    def archived_pointers(self, tenant: str, manifest_id: str) -> dict[str, dict[str, dict[str, Any]]]:
+        """What the hot store says of a manifest's rows that its tombstones still point at, by table and id.
+
+        Semantic ones only while they are the current version, each with the tombstone's ``seq`` and ``last_seen``:
+        the tombstone, not the archived copy, holds an archived item's state, which moves on after the archive (a
+        restated fact merges into it; a changed one closes it). Turns map to an empty dict.
+        """
         with self.read() as conn:
             return {
                 "semantic_items": {
-                    r[0]
+                    r.item_id: {"seq": r.seq, "last_seen": r.last_seen}
                     for r in conn.execute(
-                        select(SEMANTIC.c.item_id).where(
+                        select(SEMANTIC.c.item_id, SEMANTIC.c.seq, SEMANTIC.c.last_seen).where(
                             SEMANTIC.c.tenant == tenant,
                             SEMANTIC.c.archived_manifest_id == manifest_id,
                             SEMANTIC.c.valid_to.is_(None),
@@ -1482,7 +1546,7 @@ class Store:
                     )
                 },
                 "episode_turns": {
-                    r[0]
+                    r[0]: {}
                     for r in conn.execute(
                         select(TURNS.c.item_id).where(
                             TURNS.c.tenant == tenant, TURNS.c.archived_manifest_id == manifest_id
@@ -1516,9 +1580,10 @@ class Store:
     ) -> int:
         """Put archived semantic rows back in the hot layer (content from the archive), audited; returns how many.
 
-        Only tombstones that still point at ``manifest_id`` are filled, so a rerun restores nothing twice. The
-        restored row counts as accessed now: it was asked for, and the retention rules should not send it straight
-        back.
+        Only tombstones that still point at ``manifest_id`` are filled, so a rerun restores nothing twice. Only the
+        content comes from the archive (text, rendering, embedding): validity, supersession, support and last-seen
+        time stay the tombstone's, which consolidation kept current while the item was archived. The restored row
+        counts as accessed now: it was asked for, and the retention rules should not send it straight back.
         """
         done: list[str] = []
         with self.write() as conn:

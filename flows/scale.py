@@ -97,13 +97,14 @@ def consolidate_shards(
             if claimed is None:
                 break
             shard, _ = claimed
-            for shard_tenant in waiting[shard]:
-                while episodes := claim_episodes(store_url, as_of, owner, lease, batch_size, shard_tenant):
-                    gate = gate_facts(distill_facts(store_url, episodes), max_reject_fraction)
-                    totals["quarantined"] += len(gate.rejected)
-                    totals.update(commit_facts(store_url, episodes, gate.valid, owner, as_of, embed_facts(gate.valid)))
-                    if not renew_shard(store_url, pool, shard, owner, lease, len(episodes)):
-                        break
+            # Batches span the shard's tenants: a shard of many small tenants costs as few task runs as one big one.
+            tenants = [tenant] if tenant is not None else waiting[shard]
+            while episodes := claim_episodes(store_url, as_of, owner, lease, batch_size, tenants):
+                gate = gate_facts(distill_facts(store_url, episodes), max_reject_fraction)
+                totals["quarantined"] += len(gate.rejected)
+                totals.update(commit_facts(store_url, episodes, gate.valid, owner, as_of, embed_facts(gate.valid)))
+                if not renew_shard(store_url, pool, shard, owner, lease, len(episodes)):
+                    break
             release_shard(store_url, pool, shard, owner)
             shards_done.append(shard)
     seconds = clock.seconds

@@ -25,9 +25,14 @@ def load_consolidator(block_name: str | None) -> Consolidator:
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
 def claim_episodes(
-    store_url: str | None, as_of: datetime, owner: str, lease_seconds: float, batch_size: int, tenant: str | None
+    store_url: str | None,
+    as_of: datetime,
+    owner: str,
+    lease_seconds: float,
+    batch_size: int,
+    tenant: str | list[str] | None,
 ) -> list[tuple[str, str]]:
-    """Lease a batch of episodes not consolidated yet."""
+    """Lease a batch of episodes not consolidated yet, of one tenant or of several (a shard's)."""
     return open_store(store_url).claim_episodes(as_of, owner, lease_seconds, batch_size, tenant)
 
 

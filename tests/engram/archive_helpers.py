@@ -28,8 +28,12 @@ COLD = RetentionRules(semantic_idle=timedelta(days=30), episode_age=timedelta(da
 def fill(memory: Memory, tenant: str = "acme", sessions: int = 4, as_of: datetime = AS_OF) -> None:
     """Events through working memory and episodes into facts, by the store's own steps (no flow runs)."""
     memory.observe_many(conversation_rows(tenant, sessions=sessions, start=T0, prefix=f"{tenant}-e"))
-    store = memory.store
-    events = store.pending_events(10_000, tenant)
+    consolidate_pending(memory.store, tenant, as_of)
+
+
+def consolidate_pending(store: Store, tenant: str, as_of: datetime, limit: int = 10_000) -> dict[str, int]:
+    """What the ingest, close_sessions and consolidate flows do to a tenant's pending events, by the store's own
+    steps (no flow runs)."""
     working = [
         {
             "tenant": e["tenant"],
@@ -45,15 +49,15 @@ def fill(memory: Memory, tenant: str = "acme", sessions: int = 4, as_of: datetim
             "expires_at": e["at"] + timedelta(days=1),
             "created_run_id": None,
         }
-        for e in events
+        for e in store.pending_events(limit, tenant)
     ]
     store.route_events(working, [], as_of, None)
-    sessions_ = store.claim_sessions_to_close(as_of, 1800, "test", 300, 10_000, tenant)
-    store.close_sessions(sessions_, "test", as_of, None, summarize_episode)
-    episodes = store.claim_episodes(as_of, "test", 300, 10_000, tenant)
+    sessions = store.claim_sessions_to_close(as_of, 1800, "test", 300, limit, tenant)
+    store.close_sessions(sessions, "test", as_of, None, summarize_episode)
+    episodes = store.claim_episodes(as_of, "test", 300, limit, tenant)
     frames, turns = store.load_episodes(episodes)
     facts = LocalConsolidator().distill(frames, turns)
-    store.commit_consolidation(episodes, facts, "test", as_of, None, plan_changes)
+    return store.commit_consolidation(episodes, facts, "test", as_of, None, plan_changes)
 
 
 def contents(store: Store, storage: Any, tenant: str) -> dict[tuple[str, str], str]:
