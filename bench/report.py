@@ -239,7 +239,7 @@ def scale_section(results: Path) -> list[str]:
         "anything but idle).",
         "",
         "| workers | episodes | window s | episodes/s | shards each | worker CPU s | Prefect server CPU s | "
-        "machine CPU s | cores busy |",
+        "machine CPU s | machine CPU s per window s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in data["rounds"]:
@@ -255,7 +255,8 @@ def scale_section(results: Path) -> list[str]:
         "episode is consolidated once (the benchmark checks both, as does "
         "`tests/service/test_server.py::test_two_workers_on_one_pool_split_the_shards_with_no_double_work`). "
         "Throughput scales only with idle cores: the workers share these cores with the Prefect server and "
-        "PostgreSQL, and the `cores busy` column says how close the machine was to saturation.",
+        "PostgreSQL, and the last column (CPU counted from the start signal to the last exit, over the window) "
+        "says how close the machine was to saturation.",
         "",
     ]
     return lines

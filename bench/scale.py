@@ -6,7 +6,7 @@ Prefect server. Throughput is episodes over the window from the first shard clai
 runs' own clocks (process start-up and imports, which N workers also do at once, are not consolidation work).
 The one-worker round is the reference, measured in the same run on the same machine and database.
 
-    python bench/scale.py                      # 2 workers, 32 tenants x 12 sessions
+    python bench/scale.py                      # 2 workers, 192 tenants x 16 sessions of 16 turns
     python bench/scale.py --workers 2 --tenants 48 --sessions 16
 
 Writes ``bench/results/scale.json``; ``bench/report.py`` puts it in BENCHMARKS.md.
@@ -197,8 +197,8 @@ def window(results: list[dict]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--tenants", type=int, default=32)
-    parser.add_argument("--sessions", type=int, default=12)
+    parser.add_argument("--tenants", type=int, default=192)
+    parser.add_argument("--sessions", type=int, default=16)
     parser.add_argument("--turns", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=200, help="episodes a worker claims at once")
     parser.add_argument("--seed", type=int, default=11)
