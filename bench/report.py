@@ -353,6 +353,7 @@ def render(results: Path) -> str:
         "```",
         "make bench-quick   # bench/results/quick.json, a few minutes",
         "make bench         # bench/results/full.json and full.png, about 30 minutes",
+        "make bench-scale   # bench/results/scale.json: one shard worker against two, on PostgreSQL",
         "python bench/report.py   # rewrites this file from the JSON",
         "```",
         "",
