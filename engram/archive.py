@@ -10,11 +10,13 @@ One manifest is one archive write of one tenant and layer: its files, each with 
 and the flow run that wrote it. The same manifest is a row of ``archive_manifests`` whose status moves
 ``written -> verified -> committed``:
 
-1. the batch's rows are encoded as Parquet in memory, their checksums taken, and the manifest row written;
-2. the files and the manifest's JSON are uploaded;
-3. every file is read back and its row count and sha256 compared with the manifest (``verified``);
-4. one database transaction swaps the hot rows for tombstones that point at the manifest and audits each move
-   (``committed``).
+1. the batch's rows are encoded as Parquet in memory, their checksums taken, and the manifest rows of the batch (one
+   per tenant) written in one transaction;
+2. the files and the manifests' JSON are uploaded;
+3. every file is read back once: its sha256 and row count compared with the manifest, and the columns the commit
+   compares with the hot rows decoded from those checked bytes (``verified``);
+4. one database transaction for the batch swaps the hot rows for tombstones that point at their manifest and audits
+   each move (``committed``): each manifest is committed whole or not at all.
 
 A crash or an outage at any step leaves each row hot or tombstoned over a verified file. The next run takes up any
 manifest left ``written`` or ``verified``: it verifies and commits it, or, when a file is missing or differs,
@@ -338,26 +340,39 @@ def _json_columns(table_name: str) -> set[str]:
 
 
 def encode_parquet(table_name: str, rows: Sequence[Mapping[str, Any]]) -> tuple[bytes, int]:
-    """Rows of one table as Parquet bytes (zstd), and their count."""
+    """Rows of one table as Parquet bytes (zstd, or snappy for a few rows), and their count."""
+    table = _arrow_table(table_name, rows)
+    return _parquet_bytes(table), table.num_rows
+
+
+def _arrow_table(table_name: str, rows: Sequence[Mapping[str, Any]]) -> Any:
+    """Rows of one table as an Arrow table of its archive schema, built column by column."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     schema = archive_schema(table_name)
     json_cols = _json_columns(table_name)
-    names = schema.names
-    columns: dict[str, list[Any]] = {n: [] for n in names}
-    for r in rows:
-        for n in names:
-            v = r.get(n)
-            if n == "rendered" and table_name == "episode_turns":
-                v = render(r["text"], r["actor"], r["at"])
-            elif n in json_cols:
-                v = json.dumps(v, ensure_ascii=False, sort_keys=True)
-            columns[n].append(v)
-    table = pa.Table.from_pydict(columns, schema=schema)
+    columns: dict[str, list[Any]] = {}
+    for n in schema.names:
+        if n == "rendered" and table_name == "episode_turns":
+            columns[n] = [render(r["text"], r["actor"], r["at"]) for r in rows]
+        elif n in json_cols:
+            columns[n] = [json.dumps(r.get(n), ensure_ascii=False, sort_keys=True) for r in rows]
+        else:
+            columns[n] = [r.get(n) for r in rows]
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+# Below this many rows a file is compressed with snappy: zstd makes a file of a few dozen rows no smaller and takes
+# twice as long (its per-column setup dominates), and a busy tenant-and-date partition holds only that many.
+_ZSTD_FROM_ROWS = 64
+
+
+def _parquet_bytes(table: Any) -> bytes:
+    import pyarrow.parquet as pq
+
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue(), len(rows)
+    pq.write_table(table, buf, compression="zstd" if table.num_rows >= _ZSTD_FROM_ROWS else "snappy")
+    return buf.getvalue()
 
 
 def decode_parquet(table_name: str, data: bytes, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -371,13 +386,6 @@ def decode_parquet(table_name: str, data: bytes, columns: Sequence[str] | None =
         for c in json_cols:
             r[c] = json.loads(r[c]) if r[c] is not None else None
     return rows
-
-
-def _date_of(table_name: str, row: Mapping[str, Any]) -> str:
-    at = {"semantic_items": "last_seen", "episodes": "ended_at"}.get(table_name)
-    if table_name == "episode_turns":
-        return row["_episode_date"]
-    return row[at].date().isoformat()
 
 
 # -- write, verify, commit -------------------------------------------------------------------------------------------
@@ -404,51 +412,84 @@ def write_manifest(
     Raises:
         ArchiveError: when the storage fails; the manifest row stays ``written`` for the next run to settle.
     """
-    rows = store.archive_rows(tenant, layer, ids)
-    if not any(rows.values()):
-        return None
-    if "episodes" in rows:
-        dates = {e["episode_id"]: e["ended_at"].date().isoformat() for e in rows["episodes"]}
-        for t in rows.get("episode_turns", []):
-            t["_episode_date"] = dates[t["episode_id"]]
-    manifest_id = new_manifest_id()
-    blobs: list[tuple[dict[str, Any], bytes]] = []
-    for table_name in sorted(rows):
-        by_date: dict[str, list[dict[str, Any]]] = {}
-        for r in rows[table_name]:
-            by_date.setdefault(_date_of(table_name, r), []).append(r)
-        for date, part in sorted(by_date.items()):
-            data, count = encode_parquet(table_name, part)
-            rel = f"{tenant_prefix(tenant)}/layer={layer.value}/date={date}/{manifest_id}-{len(blobs)}.parquet"
+    written = archive_batch(store, storage, layer, [(tenant, i) for i in ids], now, flow_run_id)
+    return written[0] if written else None
+
+
+# Which column of each archived table puts a row in a ``date=`` partition; a turn goes with its episode.
+_DATE_COLUMN = {"semantic_items": "last_seen", "episodes": "ended_at"}
+
+
+def _encode_manifests(
+    storage: StorageLike,
+    layer: Layer,
+    rows_by_tenant: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+    now: datetime,
+    flow_run_id: str | None,
+) -> list[tuple[dict[str, Any], list[tuple[str, bytes]]]]:
+    """One manifest row per tenant with hot rows, and its files' (path, bytes): one file per table and date.
+
+    Each table's rows of the whole batch become one Arrow table, cut into the files by ``take``, so that the
+    per-row work (JSON text, rendering) is done column by column and once.
+    """
+    tenants = sorted(t for t, rows in rows_by_tenant.items() if any(rows.values()))
+    ids = {t: new_manifest_id() for t in tenants}
+    files: dict[str, list[tuple[dict[str, Any], bytes]]] = {t: [] for t in tenants}
+    for table_name in sorted({name for t in tenants for name in rows_by_tenant[t]}):
+        rows: list[Mapping[str, Any]] = []
+        groups: dict[tuple[str, str], list[int]] = {}
+        for t in tenants:
+            part = rows_by_tenant[t].get(table_name) or []
+            if table_name == "episode_turns":
+                ended = {e["episode_id"]: e["ended_at"] for e in rows_by_tenant[t].get("episodes") or []}
+                dates = [ended[r["episode_id"]].date().isoformat() for r in part]
+            else:
+                dates = [r[_DATE_COLUMN[table_name]].date().isoformat() for r in part]
+            for offset, date in enumerate(dates, start=len(rows)):
+                groups.setdefault((t, date), []).append(offset)
+            rows.extend(part)
+        if not rows:
+            continue
+        table = _arrow_table(table_name, rows)
+        for (t, date), indices in sorted(groups.items()):
+            data = _parquet_bytes(table.take(indices))
+            blobs = files[t]
             entry = {
-                "path": rel,
+                "path": f"{tenant_prefix(t)}/layer={layer.value}/date={date}/{ids[t]}-{len(blobs)}.parquet",
                 "table": table_name,
                 "date": date,
-                "rows": count,
+                "rows": len(indices),
                 "bytes": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
             }
             blobs.append((entry, data))
-    files = [entry for entry, _ in blobs]
-    row = {
-        "tenant": tenant,
-        "manifest_id": manifest_id,
-        "layer": layer.value,
-        "uri": f"{storage.url}/{manifest_path(tenant, manifest_id)}",
-        "files": files,
-        "row_count": sum(f["rows"] for f in files),
-        "status": "written",
-        "flow_run_id": flow_run_id,
-        "created_at": now,
-    }
-    # The row comes first: a crash during the upload leaves a manifest the next run finds and settles.
-    store.add_manifest(row)
-    fs = storage.filesystem()
-    with _storage_errors(f"writing archive manifest {manifest_id}", storage):
-        for entry, data in blobs:
-            _put(fs, storage, entry["path"], data)
-        _put(fs, storage, manifest_path(tenant, manifest_id), manifest_json(row))
-    return row
+    out = []
+    for t in tenants:
+        entries = [entry for entry, _ in files[t]]
+        row = {
+            "tenant": t,
+            "manifest_id": ids[t],
+            "layer": layer.value,
+            "uri": f"{storage.url}/{manifest_path(t, ids[t])}",
+            "files": entries,
+            "row_count": sum(f["rows"] for f in entries),
+            "status": "written",
+            "flow_run_id": flow_run_id,
+            "created_at": now,
+        }
+        objects = [(entry["path"], data) for entry, data in files[t]]
+        out.append((row, [*objects, (manifest_path(t, ids[t]), manifest_json(row))]))
+    return out
+
+
+def _put_many(fs: Any, storage: StorageLike, objects: Sequence[tuple[str, bytes]]) -> None:
+    """Upload objects by path relative to the archive's root; s3fs sends them concurrently."""
+    if not objects:
+        return
+    if not storage.is_s3:
+        for folder in sorted({_abs(storage, rel).rsplit("/", 1)[0] for rel, _ in objects}):
+            fs.makedirs(folder, exist_ok=True)
+    fs.pipe({_abs(storage, rel): data for rel, data in objects})
 
 
 def manifest_json(row: Mapping[str, Any]) -> bytes:
@@ -473,6 +514,10 @@ def read_file(storage: StorageLike, manifest: Mapping[str, Any], entry: Mapping[
         if isinstance(exc.__cause__, FileNotFoundError):
             raise ArchiveMismatch(manifest["manifest_id"], entry["path"], "is missing from the archive") from exc
         raise
+    return _checked(manifest, entry, data)
+
+
+def _checked(manifest: Mapping[str, Any], entry: Mapping[str, Any], data: bytes) -> bytes:
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
         raise ArchiveMismatch(
@@ -482,6 +527,25 @@ def read_file(storage: StorageLike, manifest: Mapping[str, Any], entry: Mapping[
             "damaged; restore it from a bucket version or rerun the archive flow",
         )
     return data
+
+
+def _read_many(storage: StorageLike, fs: Any, manifest: Mapping[str, Any]) -> list[bytes]:
+    """The bytes of every file of a manifest, in the manifest's order, each checked like ``read_file``; s3fs
+    fetches them concurrently."""
+    paths = [_abs(storage, e["path"]) for e in manifest["files"]]
+    if not paths:
+        return []
+    with _storage_errors(f"reading the files of manifest {manifest['manifest_id']}", storage):
+        got = fs.cat_ranges(paths, None, None, on_error="return")
+    out = []
+    for entry, data in zip(manifest["files"], got, strict=True):
+        if isinstance(data, FileNotFoundError):
+            raise ArchiveMismatch(manifest["manifest_id"], entry["path"], "is missing from the archive") from data
+        if isinstance(data, BaseException):
+            with _storage_errors(f"reading {entry['path']}", storage):
+                raise data
+        out.append(_checked(manifest, entry, data))
+    return out
 
 
 def read_manifest_rows(
@@ -517,19 +581,7 @@ def read_manifest_rows(
     return out
 
 
-def verify_manifest(store: Store, storage: StorageLike, manifest: Mapping[str, Any]) -> int:
-    """Read a manifest's files back, compare row counts and checksums, and mark it ``verified``; returns rows.
-
-    Raises:
-        ArchiveMismatch: a file is missing or differs; the manifest stays ``written`` and nothing is tombstoned.
-    """
-    read_manifest_rows(storage, manifest, count_only=True)
-    if manifest["status"] == "written":
-        store.set_manifest(manifest["tenant"], manifest["manifest_id"], status="verified")
-    return sum(f["rows"] for f in manifest["files"])
-
-
-# What the commit compares with the hot rows (see ``Store.commit_archive``); the rest need not be decoded.
+# What the commit compares with the hot rows (see ``Store.commit_archives``); the rest need not be decoded.
 _COMMIT_COLUMNS = {
     "semantic_items": ["item_id", "seq", "valid_to", "last_accessed", "support_count"],
     "episodes": ["episode_id", "seq", "summary", "turn_count"],
@@ -537,12 +589,92 @@ _COMMIT_COLUMNS = {
 }
 
 
+@dataclass(frozen=True)
+class VerifiedManifest:
+    """A manifest whose files were read back and matched it (sha256 and row count), with what the commit compares
+    of their rows: the ``_COMMIT_COLUMNS`` as read from those very bytes, one Arrow table per archived table.
+
+    The tables are Arrow, not lists of rows, so that passing a batch between Prefect tasks costs nothing.
+    """
+
+    manifest: dict[str, Any]
+    keys: dict[str, Any]
+
+    @property
+    def rows(self) -> int:
+        """The rows the manifest's files hold."""
+        return sum(f["rows"] for f in self.manifest["files"])
+
+
+def _verify(storage: StorageLike, fs: Any, manifest: Mapping[str, Any]) -> VerifiedManifest:
+    """Read a manifest's files back once: compare sha256 and row counts, and keep the columns the commit needs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts: dict[str, list[Any]] = {}
+    for entry, data in zip(manifest["files"], _read_many(storage, fs, manifest), strict=True):
+        try:
+            table = pq.ParquetFile(pa.BufferReader(data)).read(columns=_COMMIT_COLUMNS[entry["table"]])
+        except Exception as exc:  # a file with the right checksum but unreadable was written wrong
+            raise ArchiveMismatch(manifest["manifest_id"], entry["path"], f"is not readable Parquet: {exc}") from exc
+        if table.num_rows != entry["rows"]:
+            raise ArchiveMismatch(
+                manifest["manifest_id"], entry["path"], f"has {table.num_rows} rows, the manifest says {entry['rows']}"
+            )
+        parts.setdefault(entry["table"], []).append(table)
+    keys = {name: pa.concat_tables(tables) for name, tables in parts.items()}
+    return VerifiedManifest({**manifest, "status": "verified"}, keys)
+
+
+def verify_manifests(
+    store: Store, storage: StorageLike, manifests: Sequence[Mapping[str, Any]]
+) -> list[VerifiedManifest]:
+    """Read every file of the manifests back, compare row counts and checksums, and mark them ``verified`` (one
+    statement for the batch); returns them with the rows the commit compares, as read back.
+
+    Raises:
+        ArchiveMismatch: a file is missing or differs; no manifest of the batch is marked and nothing is tombstoned.
+    """
+    fs = storage.filesystem()
+    verified = [_verify(storage, fs, m) for m in manifests]
+    store.mark_manifests_verified(
+        [(m["tenant"], m["manifest_id"]) for m in manifests if m.get("status", "written") == "written"]
+    )
+    return verified
+
+
+def verify_manifest(store: Store, storage: StorageLike, manifest: Mapping[str, Any]) -> int:
+    """Read a manifest's files back, compare row counts and checksums, and mark it ``verified``; returns rows.
+
+    Raises:
+        ArchiveMismatch: a file is missing or differs; the manifest stays ``written`` and nothing is tombstoned.
+    """
+    return verify_manifests(store, storage, [manifest])[0].rows
+
+
+def commit_manifests(
+    store: Store, verified: Sequence[VerifiedManifest], now: datetime, flow_run_id: str | None
+) -> dict[str, int]:
+    """Tombstone the hot rows of verified manifests and mark them ``committed``, in one transaction.
+
+    The rows compared with the hot ones are those the verification read back from the files' checked bytes: the
+    files are not read a second time.
+    """
+    return store.commit_archives(
+        [
+            (v.manifest["tenant"], v.manifest["manifest_id"], {t: k.to_pylist() for t, k in v.keys.items()})
+            for v in verified
+        ],
+        now,
+        flow_run_id,
+    )
+
+
 def commit_manifest(
     store: Store, storage: StorageLike, manifest: Mapping[str, Any], now: datetime, flow_run_id: str | None
 ) -> dict[str, int]:
     """Tombstone the hot rows of a verified manifest, in one transaction; the files are checked once more first."""
-    rows = read_manifest_rows(storage, manifest, _COMMIT_COLUMNS)
-    return store.commit_archive(manifest["tenant"], manifest["manifest_id"], rows, now, flow_run_id)
+    return commit_manifests(store, [_verify(storage, storage.filesystem(), manifest)], now, flow_run_id)
 
 
 def settle_unfinished(
@@ -554,13 +686,16 @@ def settle_unfinished(
     counts = {"manifests_resumed": 0, "manifests_discarded": 0}
     for manifest in store.manifests(tenant, ["written", "verified"]):
         try:
-            verify_manifest(store, storage, manifest)
+            (verified,) = verify_manifests(store, storage, [manifest])
         except ArchiveMismatch:
-            remove_manifest_objects(storage, manifest)
+            # The row goes first, under its lock: a run that verified the same manifest meanwhile and is about to
+            # commit it then finds it gone and commits nothing, instead of tombstoning rows over deleted files. What
+            # a crash between the two leaves is unreferenced, and a forget's sweep removes it.
             store.drop_manifest(manifest["tenant"], manifest["manifest_id"])
+            remove_manifest_objects(storage, manifest)
             counts["manifests_discarded"] += 1
             continue
-        for k, v in commit_manifest(store, storage, manifest, now, flow_run_id).items():
+        for k, v in commit_manifests(store, [verified], now, flow_run_id).items():
             counts[k] = counts.get(k, 0) + v
         counts["manifests_resumed"] += 1
     return counts
@@ -791,9 +926,11 @@ def forget_in_archive(store: Store, storage: StorageLike, tenant: str, subject: 
         return counts
     fs = storage.filesystem()
     # Settle unfinished writes first: their rows are hot and the hot forget removes them there.
+    # The row goes before its objects (see ``settle_unfinished``); one an archive run committed meanwhile is not
+    # dropped (StoreError) and a rerun of the forget takes it as committed.
     for manifest in store.manifests(tenant, ["written", "verified"]):
-        counts["archive_object_versions_deleted"] += remove_manifest_objects(storage, manifest)
         store.drop_manifest(tenant, manifest["manifest_id"])
+        counts["archive_object_versions_deleted"] += remove_manifest_objects(storage, manifest)
     subject_sha256 = hashlib.sha256(subject.encode()).hexdigest()
     earlier = next((i for i in store.forget_intents(tenant) if i["subject_sha256"] == subject_sha256), {})
     events = store.events_mentioning(tenant, subject) | set(earlier.get("event_ids", ()))
@@ -966,16 +1103,23 @@ def archive_batch(
     now: datetime,
     flow_run_id: str | None,
 ) -> list[dict[str, Any]]:
-    """Write one manifest per tenant of a batch of cold (tenant, id) keys; returns the manifests written."""
-    by_tenant: dict[str, list[str]] = {}
-    for tenant, item_id in keys:
-        by_tenant.setdefault(tenant, []).append(item_id)
-    written = []
-    for tenant, ids in sorted(by_tenant.items()):
-        manifest = write_manifest(store, storage, tenant, layer, ids, now, flow_run_id)
-        if manifest is not None:
-            written.append(manifest)
-    return written
+    """Write one manifest per tenant of a batch of cold (tenant, id) keys; returns the manifests written.
+
+    Every manifest row of the batch is recorded (one transaction) before any of its objects is uploaded: a crash
+    during the uploads leaves ``written`` manifests that the next run verifies and commits, or discards.
+
+    Raises:
+        ArchiveError: when the storage fails; the manifest rows stay ``written`` for the next run to settle.
+    """
+    planned = _encode_manifests(storage, layer, store.archive_rows_by_tenant(layer, keys), now, flow_run_id)
+    if not planned:
+        return []
+    store.add_manifests([row for row, _ in planned])
+    fs = storage.filesystem()
+    for row, objects in planned:
+        with _storage_errors(f"writing archive manifest {row['manifest_id']}", storage):
+            _put_many(fs, storage, objects)
+    return [row for row, _ in planned]
 
 
 def archive_cold_items(
@@ -997,14 +1141,11 @@ def archive_cold_items(
             keys = store.archive_candidates(layer, as_of, rules, tenant, batch_size)
             if not keys:
                 break
-            moved = 0
-            for manifest in archive_batch(store, storage, layer, keys, as_of, flow_run_id):
-                verify_manifest(store, storage, manifest)
-                counts = commit_manifest(store, storage, {**manifest, "status": "verified"}, as_of, flow_run_id)
-                moved += counts["semantic_items"] + counts["episodes"]
-                for k, v in counts.items():
-                    totals[k] = totals.get(k, 0) + v
-                totals["manifests"] = totals.get("manifests", 0) + 1
-            if not moved:
+            verified = verify_manifests(store, storage, archive_batch(store, storage, layer, keys, as_of, flow_run_id))
+            counts = commit_manifests(store, verified, as_of, flow_run_id)
+            for k, v in counts.items():
+                totals[k] = totals.get(k, 0) + v
+            totals["manifests"] = totals.get("manifests", 0) + len(verified)
+            if not counts["semantic_items"] + counts["episodes"]:
                 break  # every picked row changed under us; the next run takes them as they are then
     return totals

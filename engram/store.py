@@ -1257,44 +1257,81 @@ class Store:
 
     def archive_rows(self, tenant: str, layer: Layer, ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         """Whole hot rows of a batch, by table name: ``semantic_items``, or ``episodes`` and ``episode_turns``."""
-        ids = sorted(set(ids))
-        out: dict[str, list[dict[str, Any]]] = {}
+        return self.archive_rows_by_tenant(layer, [(tenant, i) for i in ids]).get(tenant, {})
+
+    def archive_rows_by_tenant(
+        self, layer: Layer, keys: Sequence[tuple[str, str]]
+    ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Whole hot rows of a batch of (tenant, id) keys, by tenant and table name, read in one transaction."""
+        by_tenant: dict[str, set[str]] = {}
+        for tenant, item_id in keys:
+            by_tenant.setdefault(tenant, set()).add(item_id)
+
+        def dicts(conn: Connection, query: Any) -> list[dict[str, Any]]:
+            result = conn.execute(query)
+            names = list(result.keys())
+            return [dict(zip(names, r, strict=True)) for r in result]
+
+        out: dict[str, dict[str, list[dict[str, Any]]]] = {}
         with self.read() as conn:
-            for start in range(0, len(ids), INSERT_CHUNK):
-                chunk = ids[start : start + INSERT_CHUNK]
-                if layer == Layer.SEMANTIC:
-                    query = select(SEMANTIC).where(
-                        SEMANTIC.c.tenant == tenant,
-                        SEMANTIC.c.item_id.in_(chunk),
-                        SEMANTIC.c.archived_manifest_id.is_(None),
-                    )
-                    out.setdefault("semantic_items", []).extend(dict(r._mapping) for r in conn.execute(query))
-                    continue
-                episodes = [
-                    dict(r._mapping)
-                    for r in conn.execute(
+            for tenant, id_set in sorted(by_tenant.items()):
+                ids = sorted(id_set)
+                rows = out.setdefault(tenant, {})
+                for start in range(0, len(ids), INSERT_CHUNK):
+                    chunk = ids[start : start + INSERT_CHUNK]
+                    if layer == Layer.SEMANTIC:
+                        query = select(SEMANTIC).where(
+                            SEMANTIC.c.tenant == tenant,
+                            SEMANTIC.c.item_id.in_(chunk),
+                            SEMANTIC.c.archived_manifest_id.is_(None),
+                        )
+                        rows.setdefault("semantic_items", []).extend(dicts(conn, query))
+                        continue
+                    episodes = dicts(
+                        conn,
                         select(EPISODES).where(
                             EPISODES.c.tenant == tenant,
                             EPISODES.c.episode_id.in_(chunk),
                             EPISODES.c.archived_manifest_id.is_(None),
-                        )
+                        ),
                     )
-                ]
-                out.setdefault("episodes", []).extend(episodes)
-                out.setdefault("episode_turns", []).extend(
-                    dict(r._mapping)
-                    for r in conn.execute(
+                    rows.setdefault("episodes", []).extend(episodes)
+                    turns = (
                         select(TURNS)
                         .where(TURNS.c.tenant == tenant, TURNS.c.episode_id.in_([e["episode_id"] for e in episodes]))
                         .order_by(TURNS.c.episode_id, TURNS.c.position)
                     )
-                )
+                    rows.setdefault("episode_turns", []).extend(dicts(conn, turns))
         return out
 
     def add_manifest(self, row: Mapping[str, Any]) -> None:
         """Record a manifest (status ``written``) before its files are uploaded, so a crash leaves a trace."""
+        self.add_manifests([row])
+
+    def add_manifests(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record a batch's manifests (status ``written``) in one transaction, before any of their files is uploaded."""
+        if rows:
+            with self.write() as conn:
+                self.insert_ignore(conn, MANIFESTS, rows)
+
+    def mark_manifests_verified(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Move the (tenant, manifest id) manifests still ``written`` to ``verified``, in one statement per tenant."""
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, manifest_id in keys:
+            by_tenant.setdefault(tenant, []).append(manifest_id)
+        if not by_tenant:
+            return
         with self.write() as conn:
-            self.insert_ignore(conn, MANIFESTS, [row])
+            for tenant, ids in sorted(by_tenant.items()):
+                conn.execute(
+                    update(MANIFESTS)
+                    .where(
+                        MANIFESTS.c.tenant == tenant,
+                        MANIFESTS.c.manifest_id.in_(sorted(ids)),
+                        MANIFESTS.c.status == "written",
+                    )
+                    .values(status="verified")
+                )
 
     def set_manifest(self, tenant: str, manifest_id: str, **values: Any) -> None:
         """Change a manifest's status, files or row count."""
@@ -1330,7 +1367,12 @@ class Store:
         return True
 
     def drop_manifest(self, tenant: str, manifest_id: str) -> int:
-        """Delete a manifest row that no tombstone points at (a discarded write); returns 1 when deleted."""
+        """Delete a manifest row that no tombstone points at (a discarded write); returns 1 when deleted.
+
+        The row is locked first (on PostgreSQL; SQLite serialises writers): a commit of the same manifest either
+        finished before, and its tombstones make this raise, or waits and then finds the manifest gone.
+        """
+        key = and_(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id == manifest_id)
         pointed = or_(
             *(
                 select(t.c.tenant)
@@ -1340,14 +1382,11 @@ class Store:
             )
         )
         with self.write() as conn:
+            if conn.execute(select(MANIFESTS.c.manifest_id).where(key).with_for_update()).first() is None:
+                return 0
             if conn.execute(select(pointed)).scalar():
                 raise StoreError(f"manifest {manifest_id} still holds archived rows of tenant {tenant!r}")
-            return (
-                conn.execute(
-                    MANIFESTS.delete().where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id == manifest_id)
-                ).rowcount
-                or 0
-            )
+            return conn.execute(MANIFESTS.delete().where(key)).rowcount or 0
 
     def manifests(self, tenant: str | None, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Manifest rows, oldest first; for one tenant or all, in the given statuses or any."""
@@ -1372,159 +1411,217 @@ class Store:
     ) -> dict[str, int]:
         """Swap hot rows for tombstones that point at a verified manifest, audit the moves, mark it committed.
 
-        One transaction. A row is tombstoned only when it is still exactly as archived (same change stamp, same
-        validity and access time); a row that moved on since keeps living hot, and its stale copy in the manifest's
-        files is ignored because no tombstone points at it.
+        One transaction; see ``commit_archives``, which does the same for several manifests at once.
 
         Args:
             archived: the rows as read back from the manifest's files, by table name.
         """
+        return self.commit_archives([(tenant, manifest_id, archived)], now, flow_run_id)
+
+    def commit_archives(
+        self,
+        verified: Sequence[tuple[str, str, Mapping[str, Sequence[Mapping[str, Any]]]]],
+        now: datetime,
+        flow_run_id: str | None,
+    ) -> dict[str, int]:
+        """Swap hot rows for tombstones that point at their verified manifests, audit the moves, mark the manifests
+        committed: one transaction for them all, so each manifest is committed whole or not at all.
+
+        A row is tombstoned only when it is still exactly as archived (same change stamp, same validity and access
+        time); a row that moved on since keeps living hot, and its stale copy in the manifest's files is ignored
+        because no tombstone points at it.
+
+        Args:
+            verified: (tenant, manifest id, the rows as read back from the manifest's files by table name), at most
+                one manifest per tenant and table row.
+
+        Raises:
+            StoreError: a manifest was discarded meanwhile (by a forget); nothing is committed and its rows stay hot.
+        """
         counts = {"semantic_items": 0, "episodes": 0, "episode_turns": 0, "events_blanked": 0}
+        if not verified:
+            return counts
         with self.write() as conn:
-            seq = self.bump_seq(conn, [tenant], now)[tenant]
-            status = conn.execute(
-                select(MANIFESTS.c.status).where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id == manifest_id)
-            ).scalar()
-            if status is None:
-                raise StoreError(f"manifest {manifest_id} of tenant {tenant!r} was discarded; its rows stay hot")
+            # Sorted, so that two writers lock tenants in the same order.
+            seqs = self.bump_seq(conn, [tenant for tenant, _, _ in verified], now)
+            by_tenant: dict[str, list[str]] = {}
+            for tenant, manifest_id, _ in verified:
+                by_tenant.setdefault(tenant, []).append(manifest_id)
+            for tenant, ids in by_tenant.items():
+                query = select(MANIFESTS.c.manifest_id).where(
+                    MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id.in_(ids)
+                )
+                if self.dialect == "postgresql":
+                    query = query.with_for_update()
+                missing = set(ids) - set(conn.execute(query).scalars())
+                if missing:
+                    raise StoreError(f"manifest {min(missing)} of tenant {tenant!r} was discarded; its rows stay hot")
             audit: list[dict[str, Any]] = []
-            detail = {"manifest_id": manifest_id}
-
-            def unchanged(table: Table, key: str, rows: Sequence[Mapping[str, Any]], *cols: str) -> list[str]:
-                want = {r[key]: tuple(r[c] for c in cols) for r in rows}
-                keep: list[str] = []
-                ids = sorted(want)
-                for start in range(0, len(ids), INSERT_CHUNK):
-                    query = select(table.c[key], *(table.c[c] for c in cols)).where(
-                        table.c.tenant == tenant,
-                        table.c[key].in_(ids[start : start + INSERT_CHUNK]),
-                        table.c.archived_manifest_id.is_(None),
-                    )
-                    if self.dialect == "postgresql":
-                        query = query.with_for_update()
-                    keep += [r[0] for r in conn.execute(query) if tuple(r[1:]) == want[r[0]]]
-                return keep
-
-            def tombstone(table: Table, key: str, ids: Sequence[str], **blank: Any) -> None:
-                for start in range(0, len(ids), INSERT_CHUNK):
-                    conn.execute(
-                        update(table)
-                        .where(table.c.tenant == tenant, table.c[key].in_(ids[start : start + INSERT_CHUNK]))
-                        .values(archived_manifest_id=manifest_id, **blank)
-                    )
-
-            semantic = archived.get("semantic_items") or []
-            if semantic:
-                ids = unchanged(SEMANTIC, "item_id", semantic, "seq", "valid_to", "last_accessed", "support_count")
-                hashes = self._content_hashes(conn, tenant, ids)
-                tombstone(SEMANTIC, "item_id", ids, text="", rendered="", embedding=None, seq=seq)
-                # The tombstone goes on taking part in consolidation (a restated fact merges into it, a changed one
-                # supersedes it) once its text is gone: its move keeps the content hash the plan compares.
-                audit += [
-                    transition_row(
-                        tenant,
-                        i,
-                        Layer.SEMANTIC,
-                        Layer.ARCHIVAL,
-                        "archive",
-                        now,
-                        flow_run_id,
-                        seq,
-                        {**detail, "content_hash": hashes[i]},
-                        manifest_id,
-                    )
-                    for i in ids
-                ]
-                counts["semantic_items"] = len(ids)
-            episodes = archived.get("episodes") or []
-            if episodes:
-                turns_of: dict[str, list[Mapping[str, Any]]] = {}
-                for t in archived.get("episode_turns") or []:
-                    turns_of.setdefault(t["episode_id"], []).append(t)
-                ep_ids = unchanged(EPISODES, "episode_id", episodes, "seq", "summary", "turn_count")
-                # An episode goes only with every one of its turns as archived, so it is never split.
-                live_turns: dict[str, tuple[Any, ...]] = {}
-                for start in range(0, len(ep_ids), INSERT_CHUNK):
-                    for r in conn.execute(
-                        select(TURNS.c.episode_id, TURNS.c.item_id, TURNS.c.seq, TURNS.c.text).where(
-                            TURNS.c.tenant == tenant,
-                            TURNS.c.episode_id.in_(ep_ids[start : start + INSERT_CHUNK]),
-                        )
-                    ):
-                        live_turns[r.item_id] = (r.episode_id, r.seq, r.text)
-                ep_ids = [
-                    e
-                    for e in ep_ids
-                    if sorted((t["item_id"], (e, t["seq"], t["text"])) for t in turns_of.get(e, []))
-                    == sorted((i, v) for i, v in live_turns.items() if v[0] == e)
-                ]
-                turns = [t for e in ep_ids for t in turns_of.get(e, [])]
-                tombstone(EPISODES, "episode_id", ep_ids, summary="", seq=seq)
-                for start in range(0, len(ep_ids), INSERT_CHUNK):
-                    conn.execute(
-                        update(TURNS)
-                        .where(TURNS.c.tenant == tenant, TURNS.c.episode_id.in_(ep_ids[start : start + INSERT_CHUNK]))
-                        .values(archived_manifest_id=manifest_id, text="", metadata={}, seq=seq)
-                    )
-                # The sensory ledger keeps routed events for idempotency; their content now lives in the archive.
-                event_ids = sorted({t["event_id"] for t in turns})
-                for start in range(0, len(event_ids), INSERT_CHUNK):
-                    counts["events_blanked"] += (
-                        conn.execute(
-                            update(EVENTS)
-                            .where(
-                                EVENTS.c.tenant == tenant,
-                                EVENTS.c.event_id.in_(event_ids[start : start + INSERT_CHUNK]),
-                                EVENTS.c.routed_at.is_not(None),
-                            )
-                            .values(text="", metadata={})
-                        ).rowcount
-                        or 0
-                    )
-                audit += [
-                    transition_row(
-                        tenant, e, Layer.EPISODIC, Layer.ARCHIVAL, "archive", now, flow_run_id, seq, detail, manifest_id
-                    )
-                    for e in ep_ids
-                ]
-                audit += [
-                    transition_row(
-                        tenant,
-                        t["item_id"],
-                        Layer.EPISODIC,
-                        Layer.ARCHIVAL,
-                        "archive",
-                        now,
-                        flow_run_id,
-                        seq,
-                        {**detail, "episode_id": t["episode_id"]},
-                        manifest_id,
-                    )
-                    for t in turns
-                ]
-                counts["episodes"] = len(ep_ids)
-                counts["episode_turns"] = len(turns)
-            self.insert_ignore(conn, TRANSITIONS, audit)
-            conn.execute(
-                update(MANIFESTS)
-                .where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id == manifest_id)
-                .values(status="committed")
-            )
+            for tenant, manifest_id, archived in verified:
+                moved = self._tombstone_archived(
+                    conn, tenant, manifest_id, archived, seqs[tenant], now, flow_run_id, audit
+                )
+                for k, v in moved.items():
+                    counts[k] += v
+            if self.dialect == "postgresql" or not audit:
+                self.insert_ignore(conn, TRANSITIONS, audit)
+            else:
+                # SQLite: one executemany without RETURNING; the driver loops in C, with no multi-row statement to
+                # build per chunk. The audit ids are stable, so a row already there is skipped, as by insert_ignore.
+                conn.execute(self._insert(TRANSITIONS).on_conflict_do_nothing(), audit)
+            for tenant, ids in by_tenant.items():
+                conn.execute(
+                    update(MANIFESTS)
+                    .where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id.in_(ids))
+                    .values(status="committed")
+                )
         return counts
 
-    def _content_hashes(self, conn: Connection, tenant: str, ids: Sequence[str]) -> dict[str, str]:
-        """``engram.consolidate.content_hash`` of hot semantic rows, by item id, read before they are tombstoned."""
+    def _tombstone_archived(
+        self,
+        conn: Connection,
+        tenant: str,
+        manifest_id: str,
+        archived: Mapping[str, Sequence[Mapping[str, Any]]],
+        seq: int,
+        now: datetime,
+        flow_run_id: str | None,
+        audit: list[dict[str, Any]],
+    ) -> dict[str, int]:
+        """One manifest's part of ``commit_archives``: its tombstones, and its audit rows appended to ``audit``."""
         from engram.consolidate import content_hash
 
-        out: dict[str, str] = {}
-        for start in range(0, len(ids), INSERT_CHUNK):
-            for r in conn.execute(
-                select(SEMANTIC.c.item_id, SEMANTIC.c.text, SEMANTIC.c.actor).where(
-                    SEMANTIC.c.tenant == tenant, SEMANTIC.c.item_id.in_(ids[start : start + INSERT_CHUNK])
+        counts = {"semantic_items": 0, "episodes": 0, "episode_turns": 0, "events_blanked": 0}
+        detail = {"manifest_id": manifest_id}
+
+        def unchanged(
+            table: Table, key: str, rows: Sequence[Mapping[str, Any]], cols: Sequence[str], extra: Sequence[str] = ()
+        ) -> dict[str, tuple[Any, ...]]:
+            """The ids still hot and as archived, each with the hot row's ``extra`` columns."""
+            want = {r[key]: tuple(r[c] for c in cols) for r in rows}
+            keep: dict[str, tuple[Any, ...]] = {}
+            ids = sorted(want)
+            n = len(cols)
+            for start in range(0, len(ids), INSERT_CHUNK):
+                query = select(table.c[key], *(table.c[c] for c in (*cols, *extra))).where(
+                    table.c.tenant == tenant,
+                    table.c[key].in_(ids[start : start + INSERT_CHUNK]),
+                    table.c.archived_manifest_id.is_(None),
                 )
-            ):
-                out[r.item_id] = content_hash(r.text, r.actor or "")
-        return out
+                if self.dialect == "postgresql":
+                    query = query.with_for_update()
+                for r in conn.execute(query):
+                    if tuple(r[1 : n + 1]) == want[r[0]]:
+                        keep[r[0]] = tuple(r[n + 1 :])
+            return keep
+
+        def tombstone(table: Table, key: str, ids: Sequence[str], **blank: Any) -> None:
+            for start in range(0, len(ids), INSERT_CHUNK):
+                conn.execute(
+                    update(table)
+                    .where(table.c.tenant == tenant, table.c[key].in_(ids[start : start + INSERT_CHUNK]))
+                    .values(archived_manifest_id=manifest_id, **blank)
+                )
+
+        semantic = archived.get("semantic_items") or []
+        if semantic:
+            kept = unchanged(
+                SEMANTIC,
+                "item_id",
+                semantic,
+                ("seq", "valid_to", "last_accessed", "support_count"),
+                ("text", "actor"),
+            )
+            ids = sorted(kept)
+            tombstone(SEMANTIC, "item_id", ids, text="", rendered="", embedding=None, seq=seq)
+            # The tombstone goes on taking part in consolidation (a restated fact merges into it, a changed one
+            # supersedes it) once its text is gone: its move keeps the content hash the plan compares, taken from the
+            # hot text read (under lock) before the tombstone blanked it.
+            audit += [
+                transition_row(
+                    tenant,
+                    i,
+                    Layer.SEMANTIC,
+                    Layer.ARCHIVAL,
+                    "archive",
+                    now,
+                    flow_run_id,
+                    seq,
+                    {**detail, "content_hash": content_hash(kept[i][0], kept[i][1] or "")},
+                    manifest_id,
+                )
+                for i in ids
+            ]
+            counts["semantic_items"] = len(ids)
+        episodes = archived.get("episodes") or []
+        if episodes:
+            turns_of: dict[str, list[Mapping[str, Any]]] = {}
+            for t in archived.get("episode_turns") or []:
+                turns_of.setdefault(t["episode_id"], []).append(t)
+            ep_ids = sorted(unchanged(EPISODES, "episode_id", episodes, ("seq", "summary", "turn_count")))
+            # An episode goes only with every one of its turns as archived, so it is never split.
+            live_turns: dict[str, list[tuple[str, tuple[Any, ...]]]] = {}
+            for start in range(0, len(ep_ids), INSERT_CHUNK):
+                for r in conn.execute(
+                    select(TURNS.c.episode_id, TURNS.c.item_id, TURNS.c.seq, TURNS.c.text).where(
+                        TURNS.c.tenant == tenant,
+                        TURNS.c.episode_id.in_(ep_ids[start : start + INSERT_CHUNK]),
+                    )
+                ):
+                    live_turns.setdefault(r.episode_id, []).append((r.item_id, (r.episode_id, r.seq, r.text)))
+            ep_ids = [
+                e
+                for e in ep_ids
+                if sorted((t["item_id"], (e, t["seq"], t["text"])) for t in turns_of.get(e, []))
+                == sorted(live_turns.get(e, []))
+            ]
+            turns = [t for e in ep_ids for t in turns_of.get(e, [])]
+            tombstone(EPISODES, "episode_id", ep_ids, summary="", seq=seq)
+            for start in range(0, len(ep_ids), INSERT_CHUNK):
+                conn.execute(
+                    update(TURNS)
+                    .where(TURNS.c.tenant == tenant, TURNS.c.episode_id.in_(ep_ids[start : start + INSERT_CHUNK]))
+                    .values(archived_manifest_id=manifest_id, text="", metadata={}, seq=seq)
+                )
+            # The sensory ledger keeps routed events for idempotency; their content now lives in the archive.
+            event_ids = sorted({t["event_id"] for t in turns})
+            for start in range(0, len(event_ids), INSERT_CHUNK):
+                counts["events_blanked"] += (
+                    conn.execute(
+                        update(EVENTS)
+                        .where(
+                            EVENTS.c.tenant == tenant,
+                            EVENTS.c.event_id.in_(event_ids[start : start + INSERT_CHUNK]),
+                            EVENTS.c.routed_at.is_not(None),
+                        )
+                        .values(text="", metadata={})
+                    ).rowcount
+                    or 0
+                )
+            audit += [
+                transition_row(
+                    tenant, e, Layer.EPISODIC, Layer.ARCHIVAL, "archive", now, flow_run_id, seq, detail, manifest_id
+                )
+                for e in ep_ids
+            ]
+            audit += [
+                transition_row(
+                    tenant,
+                    t["item_id"],
+                    Layer.EPISODIC,
+                    Layer.ARCHIVAL,
+                    "archive",
+                    now,
+                    flow_run_id,
+                    seq,
+                    {**detail, "episode_id": t["episode_id"]},
+                    manifest_id,
+                )
+                for t in turns
+            ]
+            counts["episodes"] = len(ep_ids)
+            counts["episode_turns"] = len(turns)
+        return counts
 
     def archived_pointers(self, tenant: str, manifest_id: str) -> dict[str, dict[str, dict[str, Any]]]:
         """What the hot store says of a manifest's rows that its tombstones still point at, by table and id.

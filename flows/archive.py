@@ -50,8 +50,9 @@ def archive(
             if not keys:
                 break
             manifests = write_archive_files(store_url, storage, layer, keys, as_of)
-            totals["rows_verified"] += verify_archive_files(store_url, storage, manifests)
-            moved = tombstone_archived_rows(store_url, storage, manifests, as_of)
+            verified = verify_archive_files(store_url, storage, manifests)
+            totals["rows_verified"] += sum(v.rows for v in verified)
+            moved = tombstone_archived_rows(store_url, verified, as_of)
             totals.update(moved)
             if not moved.get("semantic_items") and not moved.get("episodes"):
                 break  # every picked row changed since it was read; the next run takes them as they are then

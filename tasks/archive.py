@@ -59,23 +59,20 @@ def write_archive_files(
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def verify_archive_files(store_url: str | None, storage: arc.StorageLike, manifests: list[dict[str, Any]]) -> int:
+def verify_archive_files(
+    store_url: str | None, storage: arc.StorageLike, manifests: list[dict[str, Any]]
+) -> list[arc.VerifiedManifest]:
     """Read every file back and compare row counts and checksums with its manifest (status ``verified``)."""
-    return sum(arc.verify_manifest(open_store(store_url), storage, m) for m in manifests)
+    return arc.verify_manifests(open_store(store_url), storage, manifests)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def tombstone_archived_rows(
-    store_url: str | None, storage: arc.StorageLike, manifests: list[dict[str, Any]], as_of: datetime
+    store_url: str | None, verified: list[arc.VerifiedManifest], as_of: datetime
 ) -> dict[str, int]:
-    """Swap the verified rows for tombstones and audit the moves, one transaction per manifest (``committed``)."""
-    totals: dict[str, int] = {}
-    for manifest in manifests:
-        counts = arc.commit_manifest(open_store(store_url), storage, manifest, as_of, current_run_id())
-        for k, v in counts.items():
-            totals[k] = totals.get(k, 0) + v
-        totals["manifests"] = totals.get("manifests", 0) + 1
-    return totals
+    """Swap the verified rows for tombstones and audit the moves, one transaction for the batch (``committed``)."""
+    counts = arc.commit_manifests(open_store(store_url), verified, as_of, current_run_id())
+    return {**counts, "manifests": len(verified)}
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
