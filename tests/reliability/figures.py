@@ -34,6 +34,7 @@ OUTCOMES: dict[str, Counter[str]] = defaultdict(Counter)  # category -> outcome 
 CATEGORIES = {
     "test_crashes": "crashes",
     "test_crash_and_concurrency": "crashes",
+    "test_forget_crash": "crashes",
     "test_archive_flows": "object storage faults",
     "test_object_storage_faults": "object storage faults",
     "test_database_faults": "database faults",

@@ -19,11 +19,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterId
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from engram import Memory
 from engram.service import hot_rows
-from engram.store import EPISODES, TRANSITIONS
+from engram.store import EPISODES, SEMANTIC, TRANSITIONS
 from flows.registry import FLOWS
 from tests.conftest import PG_OK, PG_URL, REQUIRE_PG, T0, _drop_pg_schema, _fresh_pg_schema
 from tests.flows.helpers import artifacts_with_keys, conversation_rows
@@ -298,18 +298,28 @@ def test_two_workers_on_one_pool_split_the_shards_with_no_double_work(stack: Sta
                     TRANSITIONS.c.action.in_(["consolidate", "merge"])
                 )
             ).all()
+            support_by_tenant = {
+                t: (n, int(support))
+                for t, n, support in conn.execute(
+                    select(SEMANTIC.c.tenant, func.count(), func.sum(SEMANTIC.c.support_count)).group_by(
+                        SEMANTIC.c.tenant
+                    )
+                )
+            }
         assert len(rows) == 16 * 8 and all(run for _, run in rows)
         by_tenant: dict[str, set[str]] = {}
         for tenant, run in rows:
             by_tenant.setdefault(tenant, set()).add(run)
         assert all(len(runs) == 1 for runs in by_tenant.values()), "a tenant's episodes were split between workers"
         assert {r for runs in by_tenant.values() for r in runs} == set(ids), "both workers should have taken shards"
-        # No double work: the audit trail names each episode under one flow run only.
+        # No double work: the audit trail names no episode under two flow runs, and every tenant (all sixteen had
+        # the same conversations) ends with the same facts and support: an episode done twice would count twice.
         runs_of_episode: dict[str, set[str]] = {}
         for run, detail in audit:
             for episode in detail.get("episodes", []):
                 runs_of_episode.setdefault(episode, set()).add(run)
-        assert len(runs_of_episode) == 16 * 8 and all(len(r) == 1 for r in runs_of_episode.values())
+        assert runs_of_episode and all(len(r) == 1 for r in runs_of_episode.values())
+        assert len({(n, support) for n, support in support_by_tenant.values()}) == 1, support_by_tenant
         shards = [set(_shards_done(i)) for i in ids]
         assert shards[0] and shards[1] and not shards[0] & shards[1], shards
     finally:
