@@ -376,15 +376,25 @@ def _parquet_bytes(table: Any) -> bytes:
 
 
 def decode_parquet(table_name: str, data: bytes, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of an archived file, JSON columns parsed back into lists and mappings."""
+    """Rows of an archived file, JSON columns parsed back into lists and mappings.
+
+    A nullable column of the hot table that the file lacks reads as None: a file keeps the schema it was written
+    with, so one written before such a column was added (``semantic_items.content_hash``, migration 0004) has none.
+    Any other column missing is an error, as a damaged file's would be.
+    """
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None)
+    present = set(pq.read_schema(io.BytesIO(data)).names)
+    hot = ARCHIVED_TABLES[table_name].c
+    wanted = list(columns) if columns else archive_schema(table_name).names
+    missing = [c for c in wanted if c not in present and c in hot and hot[c].nullable]
+    table = pq.read_table(io.BytesIO(data), columns=[c for c in wanted if c not in missing] if columns else None)
     json_cols = _json_columns(table_name) & set(table.column_names)
     rows = table.to_pylist()
     for r in rows:
         for c in json_cols:
             r[c] = json.loads(r[c]) if r[c] is not None else None
+        r.update(dict.fromkeys(missing))
     return rows
 
 

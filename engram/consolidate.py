@@ -57,16 +57,17 @@ Merges and supersessions in ``plan_changes``:
 Archived versions:
     - a fact's current version may be archived: its row in ``semantic_items`` is then a tombstone (text blanked,
       ``archived_manifest_id`` set) and the archive holds its content. The tombstone is the authority for the
-      item's state, so it is an existing item like any other: the store hands it to ``plan_changes`` with the
-      ``content_hash`` recorded when it was archived (its text is gone), and a candidate compares with that;
+      item's state, so it is an existing item like any other: it keeps its ``content_hash`` column when its text
+      is blanked, and a candidate compares with that;
     - a change supersedes the archived version through its tombstone (``valid_to``, ``superseded_by``, audited as
       ``supersede``); the archived Parquet copy is never rewritten, and readers take the state from the tombstone;
     - a restatement merges into the tombstone (support, ``last_seen``, lineage), which stays archived. Rehydrating
       it instead would be the other way to avoid a second current copy, but consolidation has no access to the
       archive (the flow knows only the store), and a merge changes only columns the tombstone keeps: the archive
       and rehydrate steps need nothing new, and rehydrate later restores the content under the merged state;
-    - a tombstone whose archive move recorded no hash (archived before hashes were kept) has unknown content:
-      a candidate of its key counts as a change (see ``_stored_hash``).
+    - a tombstone archived before ``content_hash`` was a column (migration 0004) has it null; the store then hands
+      it to ``plan_changes`` with the hash its ``archive`` audit row recorded, and one archived before even that
+      has unknown content: a candidate of its key counts as a change (see ``_stored_hash``).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ ITEM_COLUMNS = [
     "embedding",
     "created_run_id",
     "archived_manifest_id",
+    "content_hash",
     "sources",
 ]
 
@@ -431,7 +433,7 @@ def fact_key(tenant: str, actor: str, identity: str) -> str:
 
 def content_hash(text: str, actor: str = "") -> str:
     """Equal for near-duplicates, different when the content changed; computed from an item's ``text`` alone, so a
-    stored item (which keeps no hash) can be compared with a candidate."""
+    hot item stored without one (before ``content_hash`` was a column) can be compared with a candidate."""
     return _digest(signature(text, [actor] if actor else []))[:32]
 
 
@@ -622,7 +624,7 @@ def _list(value: Any) -> list[str]:
 
 
 def _stored_hash(item: Mapping[str, Any]) -> str | None:
-    """The content hash of an existing item: the one given with it, else its text's; None when neither is known.
+    """The content hash of an existing item: its ``content_hash``, else its text's; None when neither is known.
 
     An archived item's text is blank in its tombstone: without a given hash its content is unknown (None), and a
     candidate of the same key counts as a change, never as a near-duplicate. Superseding a version with its own
@@ -645,7 +647,7 @@ def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime
         candidates: rows with ``FACT_COLUMNS`` (what ``Consolidator.distill`` returns).
         existing: the current semantic items (``valid_to`` null) that share a fact key with a candidate, with the
             ``SemanticItem`` columns plus ``sources``; other rows are ignored. Archived ones are among them (as
-            their tombstones, text blank) with a ``content_hash`` column: see "Archived versions" in the module's
+            their tombstones, text blank, ``content_hash`` kept): see "Archived versions" in the module's
             docstring.
         now: when the plan is made; not used to date facts (a fact is dated by when it was said), kept so that a
             plan is reproducible for a given ``as_of``.
@@ -733,6 +735,7 @@ def _new_item(cand: dict[str, Any], version: int) -> dict[str, Any]:
         "embedding": None,
         "created_run_id": None,
         "archived_manifest_id": None,
+        "content_hash": cand["content_hash"],
         "sources": _list(cand["sources"]),
         "_hash": cand["content_hash"],
     }

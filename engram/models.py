@@ -189,6 +189,9 @@ class SemanticItem(SQLModel, table=True):
     embedding: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     created_run_id: str | None = Field(default=None, max_length=64)
     archived_manifest_id: str | None = Field(default=None, max_length=64)
+    # ``engram.consolidate.content_hash`` of the version's text, kept when the archive blanks the text, so that
+    # consolidation can compare a candidate with an archived version. Null on rows written before migration 0004.
+    content_hash: str | None = Field(default=None, max_length=64)
     seq: int = Field(default=0)
 
 

@@ -868,7 +868,7 @@ class Store:
                             )
                         )
                     ]
-            self._with_archived_content_hashes(conn, existing_rows)
+            self._with_legacy_archived_hashes(conn, existing_rows)
             existing = pd.DataFrame(existing_rows)
             if len(existing):
                 lineage: dict[tuple[str, str], list[str]] = {}
@@ -914,13 +914,19 @@ class Store:
             counts["episodes"] = done
         return counts
 
-    def _with_archived_content_hashes(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """Give each archived current version (a tombstone, its text blanked) the ``content_hash`` its archive move
-        recorded, so the plan can tell a restatement (merged into the tombstone) from a change (which supersedes it).
+    def _with_legacy_archived_hashes(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Give each archived current version (a tombstone, its text blanked) whose ``content_hash`` column is null
+        the hash its archive move recorded, so the plan can tell a restatement (merged into the tombstone) from a
+        change (which supersedes it).
 
-        A tombstone archived before the hash was recorded gets None: the plan then treats a candidate as a change.
+        A fallback for stores that predate the column: the archive keeps a tombstone's hash in the column since
+        migration 0004, and only a row archived before it has the hash in its ``archive`` audit row's detail alone.
+        A tombstone archived before the hash was recorded at all keeps None: the plan then treats a candidate as a
+        change.
         """
-        wanted = sorted({(r["tenant"], r["item_id"]) for r in rows if r.get("archived_manifest_id")})
+        wanted = sorted(
+            {(r["tenant"], r["item_id"]) for r in rows if r.get("archived_manifest_id") and not r.get("content_hash")}
+        )
         if not wanted:
             return
         found: dict[tuple[str, str], str] = {}
@@ -936,8 +942,8 @@ class Store:
                 if (r.detail or {}).get("content_hash"):
                     found[(r.tenant, r.item_id)] = r.detail["content_hash"]
         for r in rows:
-            if r.get("archived_manifest_id"):
-                r["content_hash"] = found.get((r["tenant"], r["item_id"]))
+            if (r["tenant"], r["item_id"]) in found and not r.get("content_hash"):
+                r["content_hash"] = found[(r["tenant"], r["item_id"])]
 
     def _with_living_sources(self, conn: Connection, candidates: Any) -> Any:
         """The candidate facts whose source events all still exist.
@@ -1530,25 +1536,23 @@ class Store:
                 "item_id",
                 semantic,
                 ("seq", "valid_to", "last_accessed", "support_count"),
-                ("text", "actor"),
+                ("text", "actor", "content_hash"),
             )
             ids = sorted(kept)
-            tombstone(SEMANTIC, "item_id", ids, text="", rendered="", embedding=None, seq=seq)
             # The tombstone goes on taking part in consolidation (a restated fact merges into it, a changed one
-            # supersedes it) once its text is gone: its move keeps the content hash the plan compares, taken from the
-            # hot text read (under lock) before the tombstone blanked it.
+            # supersedes it) once its text is gone, by the content hash it keeps. A row written before the column
+            # (migration 0004) has none: it gets its hot text's, read under lock, before the tombstone blanks it.
+            for i in ids:
+                if not kept[i][2]:
+                    conn.execute(
+                        update(SEMANTIC)
+                        .where(SEMANTIC.c.tenant == tenant, SEMANTIC.c.item_id == i)
+                        .values(content_hash=content_hash(kept[i][0], kept[i][1] or ""))
+                    )
+            tombstone(SEMANTIC, "item_id", ids, text="", rendered="", embedding=None, seq=seq)
             audit += [
                 transition_row(
-                    tenant,
-                    i,
-                    Layer.SEMANTIC,
-                    Layer.ARCHIVAL,
-                    "archive",
-                    now,
-                    flow_run_id,
-                    seq,
-                    {**detail, "content_hash": content_hash(kept[i][0], kept[i][1] or "")},
-                    manifest_id,
+                    tenant, i, Layer.SEMANTIC, Layer.ARCHIVAL, "archive", now, flow_run_id, seq, detail, manifest_id
                 )
                 for i in ids
             ]

@@ -20,6 +20,9 @@ from engram.archive import (
     ArchiveLocation,
     RetentionRules,
     archive_cold_items,
+    archive_schema,
+    decode_parquet,
+    encode_parquet,
     provision_archive,
     rehydrate_batch,
 )
@@ -138,12 +141,42 @@ def test_archive_writes_verified_parquet_then_tombstones(archived: tuple[Memory,
                 TRANSITIONS.c.action == "archive"
             )
         ).all()
-        left = conn.execute(select(SEMANTIC.c.rendered, SEMANTIC.c.embedding)).all()
+        left = conn.execute(select(SEMANTIC.c.rendered, SEMANTIC.c.embedding, SEMANTIC.c.content_hash)).all()
     assert {tuple(r) for r in moves} == {("semantic", "archival", "run-1"), ("episodic", "archival", "run-1")}
     assert all(r.rendered == "" and r.embedding is None for r in left)
+    # The tombstone keeps what consolidation compares a restated fact with, though its text is gone.
+    assert all(r.content_hash for r in left)
     # A second run finds nothing cold left: idempotent.
     again = archive_cold_items(memory.store, location, COLD, LATER, batch_size=20)
     assert again.get("manifests", 0) == 0
+
+
+def test_a_file_written_before_a_nullable_column_was_added_reads_it_as_null() -> None:
+    row = {"tenant": "acme", "item_id": "sem-1", "fact_key": "k", "text": "Ada: I live in Lisbon.", "tags": ["x"]}
+    data, _ = encode_parquet("semantic_items", [{**row, "content_hash": "h1"}])
+    assert "content_hash" in archive_schema("semantic_items").names
+    old = parquet_without(data, "content_hash")  # the same file as written before migration 0004 added the column
+
+    (back,) = decode_parquet("semantic_items", old)
+    assert (back["item_id"], back["tags"], back["content_hash"]) == ("sem-1", ["x"], None)
+    assert decode_parquet("semantic_items", old, ["item_id", "content_hash"]) == [
+        {"item_id": "sem-1", "content_hash": None}
+    ]
+    assert decode_parquet("semantic_items", data, ["content_hash"]) == [{"content_hash": "h1"}]
+    # A column the hot table requires is never made up: a file without it is damaged, not old.
+    with pytest.raises(Exception, match="text"):
+        decode_parquet("semantic_items", parquet_without(data, "text"), ["item_id", "text"])
+
+
+def parquet_without(data: bytes, column: str) -> bytes:
+    """A Parquet file's bytes again, without one column."""
+    import io
+
+    import pyarrow as pa
+
+    buf = io.BytesIO()
+    pq.write_table(pq.read_table(pa.BufferReader(data)).drop_columns([column]), buf)
+    return buf.getvalue()
 
 
 RULES = [

@@ -16,7 +16,8 @@ from sqlalchemy import select, update
 
 from engram import Memory
 from engram.archive import ArchiveLocation, archive_cold_items, provision_archive, rehydrate_batch
-from engram.store import EPISODES, TRANSITIONS
+from engram.consolidate import content_hash
+from engram.store import EPISODES, SEMANTIC, TRANSITIONS
 from engram.testing import FixedClock
 from tests.conftest import T0
 from tests.engram import archive_helpers
@@ -245,6 +246,51 @@ def test_a_restated_fact_adds_support_to_the_archived_version(archived_fact: Mem
     assert [(h.item_id, h.layer) for h in memory.search(TENANT, "Ada live Lisbon")] == [(lisbon, "semantic")]
 
 
+def as_archived_before_0004(memory: Memory, item_id: str, audited_hash: str | None) -> None:
+    """Make a tombstone look archived before ``content_hash`` was a column: null there, and its archive move's
+    detail holding the hash (as the archive recorded it until then) or, older still, no hash at all."""
+    detail = {"manifest_id": versions(memory)[0]["archived_manifest_id"]}
+    with memory.store.write() as conn:
+        conn.execute(
+            update(SEMANTIC).where(SEMANTIC.c.tenant == TENANT, SEMANTIC.c.item_id == item_id).values(content_hash=None)
+        )
+        conn.execute(
+            update(TRANSITIONS)
+            .where(TRANSITIONS.c.tenant == TENANT, TRANSITIONS.c.item_id == item_id, TRANSITIONS.c.action == "archive")
+            .values(detail={**detail, "content_hash": audited_hash} if audited_hash else detail)
+        )
+
+
+def test_the_archived_version_keeps_its_content_hash_in_its_tombstone(
+    archived_fact: Memory, location: ArchiveLocation
+) -> None:
+    memory = archived_fact
+    archive_first_version(memory, location)
+    (tombstone,) = versions(memory)
+    assert tombstone["content_hash"] == content_hash("Ada: I live in Lisbon.", "Ada")
+    archive = next(e for e in memory.history(TENANT, tombstone["item_id"]) if e.action == "archive")
+    assert "content_hash" not in archive.detail  # the column holds it; the audit trail only records the move
+
+
+@pytest.mark.parametrize(
+    ("restated", "outcome", "why"),
+    [
+        ("I live in Lisbon.", "merged", "the audited hash matches: a restatement merges, as with the column"),
+        ("I live in Paris.", "superseded", "the audited hash differs: a change"),
+    ],
+)
+def test_a_tombstone_archived_before_the_column_falls_back_to_its_audited_hash(
+    archived_fact: Memory, location: ArchiveLocation, restated: str, outcome: str, why: str
+) -> None:
+    memory = archived_fact
+    lisbon = archive_first_version(memory, location)
+    as_archived_before_0004(memory, lisbon, content_hash("Ada: I live in Lisbon.", "Ada"))
+
+    say(memory, "s2", restated, RESTATED, "e2")
+    counts = consolidate_pending(memory, NOW)
+    assert (counts["merged"], counts["superseded"]) == ((1, 0) if outcome == "merged" else (0, 1)), why
+
+
 def test_an_archive_that_kept_no_content_hash_gets_a_new_version(
     archived_fact: Memory, location: ArchiveLocation
 ) -> None:
@@ -252,12 +298,7 @@ def test_an_archive_that_kept_no_content_hash_gets_a_new_version(
     gets a new version (one current copy, nothing lost) rather than a merge that could drop a changed value."""
     memory = archived_fact
     lisbon = archive_first_version(memory, location)
-    with memory.store.write() as conn:
-        conn.execute(
-            update(TRANSITIONS)
-            .where(TRANSITIONS.c.tenant == TENANT, TRANSITIONS.c.item_id == lisbon, TRANSITIONS.c.action == "archive")
-            .values(detail={"manifest_id": versions(memory)[0]["archived_manifest_id"]})
-        )
+    as_archived_before_0004(memory, lisbon, None)
 
     say(memory, "s2", "I live in Lisbon.", RESTATED, "e2")
     assert consolidate_pending(memory, NOW)["superseded"] == 1

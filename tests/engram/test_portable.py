@@ -107,6 +107,7 @@ def seed(memory: Memory, tenant: str = "acme") -> None:
         "embedding": bytes(range(256)),
         "created_run_id": "run-1",
         "archived_manifest_id": "m-1",
+        "content_hash": "5f1c0b9e2d7a4c3b8e6f1a2d9c4b7e0f",
         "seq": 3,
     }
     current = dict(
@@ -120,6 +121,7 @@ def seed(memory: Memory, tenant: str = "acme") -> None:
         superseded_by=None,
         archived_manifest_id=None,
         embedding=b"\x00\x01\x02\xff",
+        content_hash=None,  # written before migration 0004: the import keeps the null
         seq=4,
     )
     # The archived version as the archive flow leaves it: its Parquet file, its manifest's JSON, its tombstone.

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-26 10:12:40.518203
+Create Date: 2026-11-25 20:20:00
 """
 
 from __future__ import annotations
