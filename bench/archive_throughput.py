@@ -43,6 +43,7 @@ TABLE_DATE = {"semantic_items": "last_seen", "episodes": "ended_at"}
 def fill_store(store_url: str, rows: int, tenants: int, days: int) -> dict[str, int]:
     """About ``rows`` cold rows over ``tenants`` tenants, written with the store's bulk insert: per tenant, half
     semantic items (short facts) and half turns of consolidated episodes (with their routed events)."""
+    from engram.consolidate import content_hash
     from engram.store import EPISODES, EVENTS, SEMANTIC, TURNS, Store
     from engram.text import render
 
@@ -80,6 +81,7 @@ def fill_store(store_url: str, rows: int, tenants: int, days: int) -> dict[str, 
                     "embedding": None,
                     "created_run_id": None,
                     "archived_manifest_id": None,
+                    "content_hash": content_hash(text, "user"),  # as consolidation writes it
                     "seq": 1,
                 }
             )

@@ -405,27 +405,6 @@ def new_manifest_id() -> str:
     return f"man-{uuid.uuid4().hex}"
 
 
-def write_manifest(
-    store: Store,
-    storage: StorageLike,
-    tenant: str,
-    layer: Layer,
-    ids: Sequence[str],
-    now: datetime,
-    flow_run_id: str | None,
-) -> dict[str, Any] | None:
-    """Write one tenant's batch of cold rows to the archive as Parquet plus a manifest (status ``written``).
-
-    Returns:
-        The manifest row, or None when none of the rows is hot any more.
-
-    Raises:
-        ArchiveError: when the storage fails; the manifest row stays ``written`` for the next run to settle.
-    """
-    written = archive_batch(store, storage, layer, [(tenant, i) for i in ids], now, flow_run_id)
-    return written[0] if written else None
-
-
 # Which column of each archived table puts a row in a ``date=`` partition; a turn goes with its episode.
 _DATE_COLUMN = {"semantic_items": "last_seen", "episodes": "ended_at"}
 
@@ -562,25 +541,15 @@ def read_manifest_rows(
     storage: StorageLike,
     manifest: Mapping[str, Any],
     columns: Mapping[str, Sequence[str]] | None = None,
-    count_only: bool = False,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every row of a manifest's files, by table, after checking each file's checksum and row count.
-
-    With ``count_only`` the rows are counted from the Parquet footer, not decoded, and the lists are empty.
-    """
-    import pyarrow.parquet as pq
-
+    """Every row of a manifest's files, by table, after checking each file's checksum and row count."""
     fs = storage.filesystem()
     out: dict[str, list[dict[str, Any]]] = {}
     for entry in manifest["files"]:
         data = read_file(storage, manifest, entry, fs)
         try:
-            if count_only:
-                rows: list[dict[str, Any]] = []
-                count = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-            else:
-                rows = decode_parquet(entry["table"], data, (columns or {}).get(entry["table"]))
-                count = len(rows)
+            rows = decode_parquet(entry["table"], data, (columns or {}).get(entry["table"]))
+            count = len(rows)
         except Exception as exc:  # a file with the right checksum but unreadable was written wrong
             raise ArchiveMismatch(manifest["manifest_id"], entry["path"], f"is not readable Parquet: {exc}") from exc
         if count != entry["rows"]:
@@ -678,13 +647,6 @@ def commit_manifests(
         now,
         flow_run_id,
     )
-
-
-def commit_manifest(
-    store: Store, storage: StorageLike, manifest: Mapping[str, Any], now: datetime, flow_run_id: str | None
-) -> dict[str, int]:
-    """Tombstone the hot rows of a verified manifest, in one transaction; the files are checked once more first."""
-    return commit_manifests(store, [_verify(storage, storage.filesystem(), manifest)], now, flow_run_id)
 
 
 def settle_unfinished(

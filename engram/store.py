@@ -21,7 +21,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, case, create_engine, event, func, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    case,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
@@ -1261,10 +1275,6 @@ class Store:
         with self.read() as conn:
             return [tuple(r) for r in conn.execute(query.order_by(table.c.tenant, key).limit(limit))]
 
-    def archive_rows(self, tenant: str, layer: Layer, ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-        """Whole hot rows of a batch, by table name: ``semantic_items``, or ``episodes`` and ``episode_turns``."""
-        return self.archive_rows_by_tenant(layer, [(tenant, i) for i in ids]).get(tenant, {})
-
     def archive_rows_by_tenant(
         self, layer: Layer, keys: Sequence[tuple[str, str]]
     ) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -1407,23 +1417,6 @@ class Store:
                 for r in conn.execute(query.order_by(MANIFESTS.c.created_at, MANIFESTS.c.manifest_id))
             ]
 
-    def commit_archive(
-        self,
-        tenant: str,
-        manifest_id: str,
-        archived: Mapping[str, Sequence[Mapping[str, Any]]],
-        now: datetime,
-        flow_run_id: str | None,
-    ) -> dict[str, int]:
-        """Swap hot rows for tombstones that point at a verified manifest, audit the moves, mark it committed.
-
-        One transaction; see ``commit_archives``, which does the same for several manifests at once.
-
-        Args:
-            archived: the rows as read back from the manifest's files, by table name.
-        """
-        return self.commit_archives([(tenant, manifest_id, archived)], now, flow_run_id)
-
     def commit_archives(
         self,
         verified: Sequence[tuple[str, str, Mapping[str, Sequence[Mapping[str, Any]]]]],
@@ -1542,13 +1535,16 @@ class Store:
             # The tombstone goes on taking part in consolidation (a restated fact merges into it, a changed one
             # supersedes it) once its text is gone, by the content hash it keeps. A row written before the column
             # (migration 0004) has none: it gets its hot text's, read under lock, before the tombstone blanks it.
-            for i in ids:
-                if not kept[i][2]:
-                    conn.execute(
-                        update(SEMANTIC)
-                        .where(SEMANTIC.c.tenant == tenant, SEMANTIC.c.item_id == i)
-                        .values(content_hash=content_hash(kept[i][0], kept[i][1] or ""))
-                    )
+            missing = [
+                {"_id": i, "_hash": content_hash(kept[i][0], kept[i][1] or "")} for i in ids if not kept[i][2]
+            ]
+            if missing:
+                conn.execute(
+                    update(SEMANTIC)
+                    .where(SEMANTIC.c.tenant == tenant, SEMANTIC.c.item_id == bindparam("_id"))
+                    .values(content_hash=bindparam("_hash")),
+                    missing,
+                )
             tombstone(SEMANTIC, "item_id", ids, text="", rendered="", embedding=None, seq=seq)
             audit += [
                 transition_row(

@@ -9,14 +9,7 @@ from prefect import flow
 
 from engram.policy import LifecyclePolicy
 from tasks.common import Stopwatch, resolve_as_of, worker_id
-from tasks.consolidation import (
-    claim_episodes,
-    commit_facts,
-    distill_facts,
-    embed_facts,
-    gate_facts,
-    load_consolidator,
-)
+from tasks.consolidation import claim_episodes, consolidate_batch, load_consolidator
 from tasks.reporting import publish_run_summary, publish_validation
 
 
@@ -44,12 +37,8 @@ def consolidate(
         episodes = claim_episodes(store_url, as_of, owner, policy.lease.total_seconds(), batch_size, tenant)
         if not episodes:
             break
-        candidates = distill_facts(store_url, episodes, consolidator)
-        gate = gate_facts(candidates, max_reject_fraction)
-        results.append(gate.result)
-        totals["rows_in"] += len(candidates)
-        totals["quarantined"] += len(gate.rejected)
-        vectors = embed_facts(gate.valid)
-        totals.update(commit_facts(store_url, episodes, gate.valid, owner, as_of, vectors))
+        counts, result = consolidate_batch(store_url, episodes, owner, as_of, max_reject_fraction, consolidator)
+        results.append(result)
+        totals.update(counts)
     publish_validation("episodic_to_semantic", results)
     return publish_run_summary("consolidate", dict(totals), clock.seconds)

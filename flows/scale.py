@@ -19,7 +19,7 @@ from engram.policy import LifecyclePolicy
 from engram.quality import prepare_gates
 from engram.service import ScalingPolicy, decide_parallelism
 from tasks.common import Stopwatch, resolve_as_of, worker_id
-from tasks.consolidation import claim_episodes, commit_facts, distill_facts, embed_facts, gate_facts
+from tasks.consolidation import claim_episodes, consolidate_batch
 from tasks.reporting import publish_run_summary
 from tasks.service import (
     CONSOLIDATE_LIMIT,
@@ -100,9 +100,8 @@ def consolidate_shards(
             # Batches span the shard's tenants: a shard of many small tenants costs as few task runs as one big one.
             tenants = [tenant] if tenant is not None else waiting[shard]
             while episodes := claim_episodes(store_url, as_of, owner, lease, batch_size, tenants):
-                gate = gate_facts(distill_facts(store_url, episodes), max_reject_fraction)
-                totals["quarantined"] += len(gate.rejected)
-                totals.update(commit_facts(store_url, episodes, gate.valid, owner, as_of, embed_facts(gate.valid)))
+                counts, _ = consolidate_batch(store_url, episodes, owner, as_of, max_reject_fraction)
+                totals.update(counts)
                 if not renew_shard(store_url, pool, shard, owner, lease, len(episodes)):
                     break
             release_shard(store_url, pool, shard, owner)

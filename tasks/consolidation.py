@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
@@ -92,3 +93,21 @@ def commit_facts(
     except LeaseLost as exc:
         get_run_logger().warning("batch of %d episodes skipped: %s", len(episodes), exc)
         return {"lease_lost": len(episodes)}
+
+
+def consolidate_batch(
+    store_url: str | None,
+    episodes: list[tuple[str, str]],
+    owner: str,
+    as_of: datetime,
+    max_reject_fraction: float,
+    consolidator: Consolidator | None = None,
+) -> tuple[dict[str, int], Any]:
+    """One leased batch through the tasks above: distil, gate, embed, commit. Called from a flow (the tasks run as
+    its task runs); returns the batch's counts (with ``rows_in`` and ``quarantined``) and the gate's result."""
+    candidates = distill_facts(store_url, episodes, consolidator)
+    gate = gate_facts(candidates, max_reject_fraction)
+    counts = dict(commit_facts(store_url, episodes, gate.valid, owner, as_of, embed_facts(gate.valid)))
+    counts["rows_in"] = counts.get("rows_in", 0) + len(candidates)
+    counts["quarantined"] = counts.get("quarantined", 0) + len(gate.rejected)
+    return counts, gate.result
