@@ -49,8 +49,8 @@ lint: $(STAMP)
 locomo: $(STAMP)
 	$(BIN)/python bench/locomo.py
 
-# Performance benchmarks (bench/perf.py): bench-quick takes a few minutes; bench runs every size that fits in about
-# 30 minutes. Both rewrite BENCHMARKS.md from the JSON they write under bench/results/.
+# Performance benchmarks (bench/perf.py): bench-quick takes a few minutes; bench runs every size that fits in about an
+# hour. Both rewrite BENCHMARKS.md from the JSON they write under bench/results/.
 bench-quick: $(STAMP)
 	$(BIN)/python bench/perf.py --quick
 	$(BIN)/python bench/report.py

@@ -20,6 +20,13 @@ What is measured (each size runs in a child process of its own, so its peak RSS 
 - hot search: p50/p95/p99 latency of ``Memory.search`` over one tenant whose items were written with
   ``observe_many`` into the sensory layer (the index then holds every event); the first search, which builds the
   index, is timed on its own.
+- archival search: ``bench/cold_search.py`` builds an archive of that many items over many tenants with engram's own
+  archive step and times ``Memory.search`` over the archival layer, each tenant's first search in a fresh process
+  (which loads the tenant's archive) apart from later ones.
+- rows stored per event: every table's row count after the lifecycle, over the events. Storing them at the raw
+  insert rate alone would take ``stored / raw rate`` seconds, which bounds the lifecycle's ratio to the raw insert
+  (``write_bound_ratio``): the audit trail (a transition row per item per move), lineage and the layers' own rows
+  are what the design writes for each event.
 - peak RSS: ``ru_maxrss`` of each child process, plus its RSS after each phase.
 - a pyinstrument profile of one pipeline run (observe_many and the lifecycle flow), as text and HTML.
 
@@ -55,15 +62,25 @@ if str(ROOT) not in sys.path:
 
 from bench.workload import Workload, event_rows  # noqa: E402
 
-QUICK = {"pipeline_sizes": [5_000, 10_000], "search_items": 100_000, "queries": 300}
+# The quick run measures its headline figures at 10^5 events, where the fixed cost of a run (imports, the first
+# flow run's client and settings) no longer dominates; its profile is of the smaller size.
+QUICK = {
+    "pipeline_sizes": [10_000, 100_000],
+    "search_items": 100_000,
+    "queries": 300,
+    "cold_items": 100_000,
+    "cold_tenants": 20,
+}
 FULL = {
     "pipeline_sizes": [10_000, 30_000, 100_000, 300_000, 1_000_000, 10_000_000],
     "search_items": 1_000_000,
     "queries": 1_000,
+    "cold_items": 10_000_000,
+    "cold_tenants": 100,
 }
 # Time kept for the profile run and the search run after the sizes.
-FULL_RESERVE_S = 12 * 60
-FULL_BUDGET_S = 30 * 60
+FULL_RESERVE_S = 20 * 60
+FULL_BUDGET_S = 60 * 60
 REPORTING_TASKS = {"publish_run_summary", "publish_validation"}
 
 
@@ -289,6 +306,7 @@ def job_pipeline(events: int, tenants: int, seed: int, batch_size: int, profile_
         phases["after_lifecycle"] = rss_mb()
         live_frames = live_dataframes()
         stats = memory.stats()
+        stored = stored_rows(url)
         archive_run = run_archive_flow(memory, as_of + timedelta(days=3650))
         memory.close()
         raw_s = raw_bulk_insert(url, workload)
@@ -314,6 +332,10 @@ def job_pipeline(events: int, tenants: int, seed: int, batch_size: int, profile_
         "pipeline_to_raw_ratio": round(raw_s / pipeline_s, 4),
         "flows": flows,
         "layers_after": stats,
+        "stored_rows_after": stored,
+        "stored_rows_per_event": round(sum(stored.values()) / events, 2),
+        # If the lifecycle did nothing but insert the rows it stores, at the raw rate: the most its ratio can be.
+        "write_bound_ratio": round(events / sum(stored.values()), 4),
         "task_seconds": {k: round(v, 3) for k, v in sorted(clock.seconds.items())},
         "task_calls": dict(sorted(clock.calls.items())),
         "engram_task_s": round(engram_s, 3),
@@ -337,6 +359,20 @@ def job_pipeline(events: int, tenants: int, seed: int, batch_size: int, profile_
             "rows_per_s": round(rows / archive_run["seconds"]) if rows and archive_run.get("seconds") else None,
         }
     return out
+
+
+def stored_rows(url: str) -> dict[str, int]:
+    """Rows in each of the store's tables: what the lifecycle wrote and kept (updates and deletes not counted)."""
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            names = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
+            counts = {t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one() for t in names}
+    finally:
+        engine.dispose()
+    return {t: n for t, n in sorted(counts.items()) if n}
 
 
 def live_dataframes() -> dict[str, int]:
@@ -486,7 +522,9 @@ def versions() -> dict[str, str]:
     return {p: version(p) for p in ("prefect", "sqlalchemy", "pyarrow", "pandas", "bm25s")}
 
 
-def summarise(pipelines: list[dict[str, Any]], search: dict[str, Any] | None) -> dict[str, Any]:
+def summarise(
+    pipelines: list[dict[str, Any]], search: dict[str, Any] | None, cold: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The headline keys, from the largest pipeline size and the search run."""
     top = pipelines[-1]
     notes: list[str] = []
@@ -501,9 +539,13 @@ def summarise(pipelines: list[dict[str, Any]], search: dict[str, Any] | None) ->
             "archive_rows_per_s: rows the archive flow verified in the archive (its summary's rows_verified) over its"
             " wall time, run with as_of ten years after the last event so that every item is cold"
         )
-    notes.append(
-        "search_cold_p95_ms: null, archival search is not measured by this suite yet (no 10^7-item archive built)"
-    )
+    if cold is None:
+        notes.append("search_cold_p95_ms: null, archival search was not measured in this run")
+    else:
+        notes.append(
+            "search_cold_p95_ms: p95 of each tenant's first archival search in a fresh process (which loads that"
+            " tenant's archive), the slower of first and later searches; search_cold_warm_p95_ms: the later ones"
+        )
     peaks = {str(p["events"]): p["peak_rss_mb"] for p in pipelines}
     return {
         "pipeline_events_per_s": top["pipeline_events_per_s"],
@@ -511,11 +553,18 @@ def summarise(pipelines: list[dict[str, Any]], search: dict[str, Any] | None) ->
         "pipeline_to_raw_ratio": top["pipeline_to_raw_ratio"],
         "archive_rows_per_s": archive_rate,
         "raw_parquet_rows_per_s": top["raw_parquet"]["rows_per_s"],
+        "archive_to_raw_parquet_ratio": round(archive_rate / top["raw_parquet"]["rows_per_s"], 4)
+        if archive_rate
+        else None,
+        "stored_rows_per_event": top.get("stored_rows_per_event"),
+        "write_bound_ratio": top.get("write_bound_ratio"),
         "search_hot_p50_ms": search["p50_ms"] if search else None,
         "search_hot_p95_ms": search["p95_ms"] if search else None,
         "search_hot_p99_ms": search["p99_ms"] if search else None,
         "search_hot_items": search["items"] if search else None,
-        "search_cold_p95_ms": None,
+        "search_cold_p95_ms": cold["first_search"]["p95_ms"] if cold else None,
+        "search_cold_warm_p95_ms": cold["warm_search"]["p95_ms"] if cold else None,
+        "search_cold_items": cold["items"] if cold else None,
         "peak_rss_mb": max(p["peak_rss_mb"] for p in pipelines),
         "peak_rss_mb_by_events": peaks,
         "orchestration_overhead_fraction": top["orchestration_overhead_fraction"],
@@ -549,7 +598,7 @@ def parent(
         home_path = Path(home)
         print(f"prefect server ready after {time.perf_counter() - started:.1f}s", flush=True)
         # The profile run is a separate child, so that the profiler's own cost stays out of the timed runs.
-        profile_size = plan["pipeline_sizes"][-1] if mode == "quick" else plan["pipeline_sizes"][1]
+        profile_size = plan["pipeline_sizes"][0] if mode == "quick" else plan["pipeline_sizes"][2]
         sizes = list(plan["pipeline_sizes"])
         for i, events in enumerate(sizes):
             if mode == "full" and pipelines:
@@ -579,13 +628,20 @@ def parent(
         args = ["search", "--events", str(plan["search_items"]), "--seed", str(seed)]
         args += ["--queries", str(plan["queries"]), "--batch-size", str(batch_size)]
         search = run_child(args, api_url, home_path, False, timeout=FULL_BUDGET_S)
-    print(f"search {search['items']}: p50 {search['p50_ms']} p95 {search['p95_ms']} p99 {search['p99_ms']} ms")
+        print(f"search {search['items']}: p50 {search['p50_ms']} p95 {search['p95_ms']} p99 {search['p99_ms']} ms")
+        args = ["cold", "--events", str(plan["cold_items"]), "--tenants", str(plan["cold_tenants"])]
+        args += ["--seed", str(seed), "--queries", str(plan["queries"])]
+        cold = run_child(args, api_url, home_path, False, timeout=FULL_BUDGET_S * 2)
+        print(
+            f"archival search {cold['items']}: first p95 {cold['first_search']['p95_ms']} ms, warm p95"
+            f" {cold['warm_search']['p95_ms']} ms"
+        )
     results["pipelines"] = pipelines
     results["sizes_run"] = [p["events"] for p in pipelines]
     results["sizes_skipped"] = skipped
     results["search_hot"] = search
-    results["search_cold"] = None
-    results.update(summarise(pipelines, search))
+    results["search_cold"] = cold
+    results.update(summarise(pipelines, search, cold))
     if skipped:
         results["notes"].append(
             f"sizes {skipped} not run: projected past the {budget_s / 60:.0f}-minute budget at the measured rate"
@@ -603,8 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="small sizes, a few minutes (the default)")
-    group.add_argument("--full", action="store_true", help="every size that fits in about 30 minutes")
-    group.add_argument("--child", choices=["pipeline", "search"], help=argparse.SUPPRESS)
+    group.add_argument("--full", action="store_true", help="every size that fits in about an hour")
+    group.add_argument("--child", choices=["pipeline", "search", "cold"], help=argparse.SUPPRESS)
     parser.add_argument("--events", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--queries", type=int, default=300, help=argparse.SUPPRESS)
     parser.add_argument("--profile-dir", type=Path, help=argparse.SUPPRESS)
@@ -618,8 +674,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         if args.child == "pipeline":
             result = job_pipeline(args.events, args.tenants, args.seed, args.batch_size, args.profile_dir)
-        else:
+        elif args.child == "search":
             result = job_search(args.events, args.seed, args.queries, args.batch_size)
+        else:
+            from bench.cold_search import job_cold_search
+
+            result = job_cold_search(args.events, args.tenants, args.seed, args.queries)
         args.out.write_text(json.dumps(result, default=str))
         return 0
     mode = "full" if args.full else "quick"

@@ -84,6 +84,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
+from engram.frames import records
 from engram.text import render_date
 
 FACT_COLUMNS = [
@@ -215,12 +216,18 @@ def _stemmer() -> Any:
 
 
 def _tokens(text: str) -> list[str]:
-    return [w.lower().replace("’", "'") for w in _WORD.findall(text.replace("’", "'"))]
+    return _WORD.findall(text.replace("’", "'").lower())
 
 
-def _is_vocative(token: str, names: Iterable[str]) -> bool:
-    """Whether a word is one of the speakers' names or a short form of one ("Mel" for "Melanie")."""
-    return any(n == token or (len(token) >= 3 and n.startswith(token)) for n in names)
+@lru_cache(maxsize=4_096)
+def _vocatives(low_names: tuple[str, ...]) -> frozenset[str]:
+    """Every word that names a speaker: each name, and each of its prefixes of three letters or more ("mel" for
+    "melanie")."""
+    return frozenset(n[:k] for n in low_names for k in range(min(3, len(n)), len(n) + 1))
+
+
+# A token that is a function word or small talk carries no fact; one set, so each token costs one lookup.
+_NOT_CONTENT = STOP_WORDS | SMALL_TALK_WORDS
 
 
 def content_words(text: str, names: Iterable[str] = ()) -> list[str]:
@@ -231,12 +238,8 @@ def content_words(text: str, names: Iterable[str] = ()) -> list[str]:
 @lru_cache(maxsize=65_536)
 def _content_words(text: str, names: tuple[str, ...]) -> tuple[str, ...]:
     # Memoised: a sentence is examined several times (informative? its signature, its hash, its salience).
-    low_names = [n.lower() for n in names if n]
-    return tuple(
-        t
-        for t in _tokens(text)
-        if t not in STOP_WORDS and t not in SMALL_TALK_WORDS and not _is_vocative(t, low_names) and len(t) > 1
-    )
+    vocatives = _vocatives(tuple(n.lower() for n in names if n))
+    return tuple(t for t in _tokens(text) if len(t) > 1 and t not in _NOT_CONTENT and t not in vocatives)
 
 
 def split_statements(text: str) -> list[str]:
@@ -550,7 +553,7 @@ class LocalConsolidator:
                 participants[(ep.tenant, ep.episode_id)] = list(ep.participants or [])
         # Plain dicts grouped by hand: a pandas group and itertuples per episode cost more than the distilling.
         by_episode: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for turn in turns.to_dict("records"):
+        for turn in records(turns):
             by_episode.setdefault((turn["tenant"], turn["episode_id"]), []).append(turn)
         for (tenant, episode_id), episode_turns in by_episode.items():
             names = participants.get((tenant, episode_id)) or sorted(
@@ -583,7 +586,7 @@ def summarize_episode(turns: pd.DataFrame | Sequence[Mapping[str, Any]], max_sen
     to is what the episode was about), per word, so long rambling sentences do not win by length alone. The chosen
     sentences keep their order and their speaker: ``Caroline: I went to a support group yesterday (7 May 2023).``
     """
-    rows = turns.to_dict("records") if isinstance(turns, pd.DataFrame) else list(turns)
+    rows = records(turns) if isinstance(turns, pd.DataFrame) else list(turns)
     if not rows or max_sentences <= 0:
         return ""
     names = sorted({str(r["actor"]) for r in rows if r["actor"]})
@@ -667,7 +670,7 @@ def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime
     existing_ids: set[str] = set()
     if existing is not None and not existing.empty:
         live = existing[existing["valid_to"].isna()] if "valid_to" in existing.columns else existing
-        for row in live.sort_values("version").to_dict("records"):
+        for row in records(live.sort_values("version")):
             item = dict(row)
             item["sources"] = _list(item.get("sources"))
             item["_hash"] = _stored_hash(item)
@@ -676,7 +679,7 @@ def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime
     if candidates is None or candidates.empty:
         return plan
     pending: dict[str, dict[str, Any]] = {}
-    for cand in candidates.sort_values("at", kind="stable").to_dict("records"):
+    for cand in records(candidates.sort_values("at", kind="stable")):
         tenant, key = cand["tenant"], cand["fact_key"]
         sources = _list(cand["sources"])
         item = current.get((tenant, key))

@@ -12,13 +12,16 @@ from tasks.common import Stopwatch, resolve_as_of, worker_id
 from tasks.consolidation import claim_episodes, consolidate_batch, load_consolidator
 from tasks.reporting import publish_run_summary, publish_validation
 
+LOCAL_BATCH = 1_000
+LLM_BATCH = 50
+
 
 @flow(name="consolidate")
 def consolidate(
     store_url: str | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
-    batch_size: int = 200,
+    batch_size: int | None = None,
     max_reject_fraction: float = 0.5,
     max_batches: int = 10_000,
     consolidator_block: str | None = None,
@@ -28,9 +31,15 @@ def consolidate(
 
     ``consolidator_block`` names an ``LLMConsolidatorEndpoint`` block to distil with a chat model instead of the
     local extractive consolidator.
+
+    ``batch_size`` is episodes per leased batch; by default 1,000 with the local consolidator (fewer batches, fewer
+    task runs and gate runs per episode) and 50 with a chat model, whose calls take seconds each and whose batch
+    must be committed within its lease.
     """
     clock, as_of, policy, owner = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings(), worker_id()
     consolidator = load_consolidator(consolidator_block)
+    if batch_size is None:
+        batch_size = LLM_BATCH if consolidator_block else LOCAL_BATCH
     totals: Counter[str] = Counter()
     results = []
     for _ in range(max_batches):

@@ -18,7 +18,7 @@ def ingest(
     store_url: str | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
-    batch_size: int = 5_000,
+    batch_size: int = 20_000,
     max_reject_fraction: float = 0.5,
     max_batches: int = 10_000,
 ) -> dict:

@@ -23,7 +23,7 @@ def close_sessions(
     store_url: str | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
-    batch_size: int = 500,
+    batch_size: int = 2_000,
     max_batches: int = 10_000,
 ) -> dict:
     """Turn every session that is idle past the policy's timeout, or closed explicitly, into an episode."""

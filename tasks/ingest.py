@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from engram.errors import QualityGateFailed
+from engram.frames import records
 from tasks.common import current_run_id, open_store
 from tasks.reporting import publish_gate_failure
 
@@ -34,25 +35,27 @@ def gate_sensory_batch(events: pd.DataFrame, max_reject_fraction: float):  # noq
 @task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
 def route_to_working(store_url: str | None, gate, as_of: datetime, working_ttl: timedelta) -> dict[str, int]:  # noqa: ANN001
     """Write the gate's valid rows to working memory and its rejects to quarantine, in one transaction."""
-    valid = gate.valid
     run_id = current_run_id()
-    working = [
-        {
-            "tenant": r.tenant,
-            "item_id": r.event_id,
-            "event_id": r.event_id,
-            "session_id": r.session_id,
-            "actor": r.actor,
-            "text": r.text,
-            "at": r.at.to_pydatetime() if hasattr(r.at, "to_pydatetime") else r.at,
-            "scope": (r.metadata or {}).get("scope", "session"),
-            "tags": list((r.metadata or {}).get("tags") or []),
-            "metadata": r.metadata or {},
-            "expires_at": (r.at.to_pydatetime() if hasattr(r.at, "to_pydatetime") else r.at) + working_ttl,
-            "created_run_id": run_id,
-        }
-        for r in valid.itertuples(index=False)
-    ]
+    working = []
+    for r in records(gate.valid):
+        at = r["at"].to_pydatetime() if hasattr(r["at"], "to_pydatetime") else r["at"]
+        metadata = r["metadata"] or {}
+        working.append(
+            {
+                "tenant": r["tenant"],
+                "item_id": r["event_id"],
+                "event_id": r["event_id"],
+                "session_id": r["session_id"],
+                "actor": r["actor"],
+                "text": r["text"],
+                "at": at,
+                "scope": metadata.get("scope", "session"),
+                "tags": list(metadata.get("tags") or []),
+                "metadata": metadata,
+                "expires_at": at + working_ttl,
+                "created_run_id": run_id,
+            }
+        )
     rejected = [
         {"tenant": r["tenant"], "event_id": r["key"], "field": r["field"], "reason": r["reason"]} for r in gate.rejected
     ]
