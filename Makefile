@@ -10,7 +10,7 @@ export ENGRAM_TEST_PG_URL ?= $(PG_URL)
 # The CPU build of torch lies on these machines' disk; pip looks there before the index.
 export PIP_FIND_LINKS ?= /opt/wheels
 
-.PHONY: install demo test test-fast soak test-sqlite test-postgres lint bench bench-quick bench-scale locomo serve up down provision deploy clean
+.PHONY: install demo test test-fast soak test-sqlite test-postgres lint bench bench-quick bench-scale bench-cold locomo serve up down provision deploy clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -63,6 +63,11 @@ bench: $(STAMP)
 bench-scale: $(STAMP)
 	bash infra/ensure-postgres.sh "$(PG_URL)"
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/report.py
+
+# Archival search over 10^7 archived items (bench/results/cold_search.json): the build alone takes most of an hour.
+bench-cold: $(STAMP)
+	$(BIN)/python bench/cold_search.py --items 10000000 --tenants 100 --out bench/results/cold_search.json
 	$(BIN)/python bench/report.py
 
 # Service models (infra/README.md): the monolith serves every deployment from one process; `up`/`down` run a Prefect

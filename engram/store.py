@@ -1280,7 +1280,8 @@ class Store:
         tenant: str | None,
         limit: int,
     ) -> list[tuple[str, str]]:
-        """Up to ``limit`` (tenant, id) keys of hot rows the retention rules send to the archive.
+        """Up to ``limit`` (tenant, id) keys of hot rows the retention rules send to the archive (for episodes: as
+        many as hold ``limit`` rows with their turns, and at least one).
 
         Semantic: item versions not accessed (or, never accessed, not seen) for ``rules.semantic_idle``, below
         ``rules.min_salience``, or superseded (when ``rules.archive_superseded``). Episodic: consolidated episodes
@@ -1299,12 +1300,30 @@ class Store:
             )
             table, key = SEMANTIC, SEMANTIC.c.item_id
         elif layer == Layer.EPISODIC:
-            query = select(EPISODES.c.tenant, EPISODES.c.episode_id).where(
+            cold_episodes = and_(
                 EPISODES.c.archived_manifest_id.is_(None),
                 EPISODES.c.consolidated_at.is_not(None),
                 EPISODES.c.ended_at < as_of - rules.episode_age,
             )
-            table, key = EPISODES, EPISODES.c.episode_id
+            if tenant is not None:
+                cold_episodes = and_(cold_episodes, EPISODES.c.tenant == tenant)
+            # An episode goes with its turns: ``limit`` bounds the rows (episodes and turns), so that a batch of
+            # long sessions holds as many rows as a batch of facts. The first episode is taken whatever its length.
+            query = (
+                select(EPISODES.c.tenant, EPISODES.c.episode_id, EPISODES.c.turn_count)
+                .where(cold_episodes)
+                .order_by(EPISODES.c.tenant, EPISODES.c.episode_id)
+                .limit(limit)
+            )
+            keys: list[tuple[str, str]] = []
+            rows = 0
+            with self.read() as conn:
+                for t, episode_id, turns in conn.execute(query):
+                    rows += 1 + int(turns or 0)
+                    if keys and rows > limit:
+                        break
+                    keys.append((t, episode_id))
+            return keys
         else:
             raise ValueError(f"layer: only semantic and episodic rows are archived, not {layer!r}")
         if tenant is not None:

@@ -29,7 +29,7 @@ def archive(
     archive_url: str | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
-    batch_size: int = 5_000,
+    batch_size: int = 20_000,
     max_batches: int = 10_000,
     archive_block: str | None = None,
     retention_block: str | None = None,
@@ -39,6 +39,7 @@ def archive(
 
     First finishes what an interrupted run left. ``archive_block`` names an ``ArchiveStorage`` block (else
     ``archive_url`` or ``ENGRAM_ARCHIVE_URL``); ``retention_block`` a ``RetentionPolicy`` block (else defaults).
+    ``batch_size`` bounds the hot rows of a batch, an episode's turns counted with it.
     """
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
     tenant = check_tenant(tenant) if tenant is not None else None  # before any object is touched

@@ -28,7 +28,7 @@ from engram.archive import (
 )
 from engram.layers import Layer
 from engram.models import ALL_TABLES
-from engram.store import SEMANTIC, TRANSITIONS
+from engram.store import EPISODES, SEMANTIC, TRANSITIONS
 from engram.testing import FixedClock
 from tests.conftest import T0
 from tests.engram.archive_helpers import COLD, LATER, contents, fill
@@ -211,6 +211,27 @@ def test_only_consolidated_episodes_are_archived(sqlite_memory: Memory, tmp_path
     location = ArchiveLocation((tmp_path / "archive").as_uri())
     totals = archive_cold_items(sqlite_memory.store, location, COLD, LATER)
     assert totals.get("episodes", 0) == 0
+
+
+def test_an_episodic_batch_is_bounded_by_rows_turns_included(sqlite_memory: Memory, tmp_path: Path) -> None:
+    fill(sqlite_memory)
+    store = sqlite_memory.store
+    with store.read() as conn:
+        sizes = dict(conn.execute(select(EPISODES.c.episode_id, EPISODES.c.turn_count)).all())
+    assert len(sizes) >= 3 and all(n > 1 for n in sizes.values())
+    every = store.archive_candidates(Layer.EPISODIC, LATER, COLD, "acme", 10_000)
+    assert len(every) == len(sizes)
+    # Room for the first two episodes and their turns, not for the third: two keys, in key order.
+    first_two = sum(1 + sizes[e] for _, e in every[:2])
+    assert store.archive_candidates(Layer.EPISODIC, LATER, COLD, "acme", first_two) == every[:2]
+    assert store.archive_candidates(Layer.EPISODIC, LATER, COLD, "acme", first_two + sizes[every[2][1]]) == every[:2]
+    # A limit smaller than one episode still moves that episode, so that a long session is archived too.
+    assert store.archive_candidates(Layer.EPISODIC, LATER, COLD, "acme", 1) == every[:1]
+    # Archived batch by batch at that bound, every episode and every turn still ends up in the archive once.
+    location = ArchiveLocation((tmp_path / "archive").as_uri())
+    totals = archive_cold_items(store, location, COLD, LATER, batch_size=first_two)
+    assert totals["episodes"] == len(sizes)
+    assert totals["episode_turns"] == sum(sizes.values())
 
 
 # -- search over the archive --------------------------------------------------------------------------------------
