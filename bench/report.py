@@ -137,9 +137,10 @@ def goals(result: dict[str, Any]) -> list[str]:
     for label, key, ok in GOALS:
         value = result.get(key)
         met = "not measured" if value is None else ("yes" if ok(value) else "no")
-        if key == "search_hot_p95_ms" and value is not None and (result.get("search_hot_items") or 0) < 1_000_000:
+        # A workload of N events gives a little under N items (a session's last turns may fall past the end).
+        if key == "search_hot_p95_ms" and value is not None and (result.get("search_hot_items") or 0) < 950_000:
             met += f" (at {fmt(result.get('search_hot_items'))} items, not 10^6)"
-        if key == "search_cold_p95_ms" and value is not None and (result.get("search_cold_items") or 0) < 10_000_000:
+        if key == "search_cold_p95_ms" and value is not None and (result.get("search_cold_items") or 0) < 9_500_000:
             met += f" (at {fmt(result.get('search_cold_items'))} items, not 10^7)"
         lines.append(f"| {label} | {fmt(value)} | {met} |")
     peaks = result.get("peak_rss_mb_by_events") or {}
@@ -155,6 +156,38 @@ def goals(result: dict[str, Any]) -> list[str]:
             + ", ".join(f"{fmt(int(k))}: {fmt(v)} MB" for k, v in peaks.items())
             + " | not measured at two sizes >= 10^5 |"
         )
+    return lines
+
+
+def write_bound_section(pipeline: dict[str, Any]) -> list[str]:
+    """What the lifecycle stores per event, and the ratio to the raw insert that storing it alone allows."""
+    stored = pipeline.get("stored_rows_after")
+    if not stored:
+        return []
+    events = pipeline["events"]
+    lines = [
+        f"### What the lifecycle writes per event ({fmt(events)} events)",
+        "",
+        "The raw reference inserts one narrow row per event into a table with a primary key only. The lifecycle "
+        "stores the rows below (row counts after the run), each into a table with its secondary indexes, and on top "
+        "of them updates each event once (routed), inserts and deletes each working item, and upserts sessions. Were "
+        "storing these rows at the raw rate all it did, its ratio to the raw insert would be the write bound; the "
+        "rest of the gap is validation, distilling, planning and orchestration.",
+        "",
+        "| table | rows | per event |",
+        "| --- | ---: | ---: |",
+    ]
+    for table, n in sorted(stored.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {table} | {fmt(n)} | {n / events:.2f} |")
+    lines += [
+        f"| all | {fmt(sum(stored.values()))} | {pipeline.get('stored_rows_per_event')} |",
+        "",
+        f"Write bound: {fmt(pipeline.get('write_bound_ratio'))} of the raw insert rate; measured: "
+        f"{fmt(pipeline.get('pipeline_to_raw_ratio'))}. The audit trail (a `transitions` row per item per move, as "
+        "the architecture asks), lineage and each layer's own copy are what a quarter of the raw rate has no room "
+        "for: even at the raw rate per row, the design's writes alone keep the lifecycle under that goal.",
+        "",
+    ]
     return lines
 
 
@@ -286,15 +319,18 @@ def cold_section(results: Path) -> list[str]:
         "| later searches p50 / p95 / p99 ms | peak RSS MB |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for _, r in sorted(data.items(), key=lambda kv: int(kv[0])):
+    runs = sorted((int(k), "", r) for k, r in data.items() if k.isdigit())
+    runs += [(int(k.rsplit("_", 1)[1]), " (before)", r) for k, r in data.items() if k.startswith("before_change_")]
+    for _, label, r in sorted(runs, key=lambda run: (run[0], run[1] == "")):
         first, warm = r["first_search"], r["warm_search"]
         lines.append(
-            f"| {fmt(r['items'])} | {fmt(r['tenants'])} | {fmt(r.get('largest_tenant_items'))} | {fmt(r['files'])} "
+            f"| {fmt(r['items'])}{label} | {fmt(r['tenants'])} | {fmt(r.get('largest_tenant_items'))} "
+            f"| {fmt(r['files'])} "
             f"| {fmt(r.get('parquet_mb'))} | {fmt(r.get('build_s'))} "
             f"| {fmt(first['p50_ms'])} / {fmt(first['p95_ms'])} / {fmt(first['p99_ms'])} "
             f"| {fmt(warm['p50_ms'])} / {fmt(warm['p95_ms'])} / {fmt(warm['p99_ms'])} | {fmt(r.get('peak_rss_mb'))} |"
         )
-    return lines + [""]
+    return lines + [""] + [f"- {n}" for n in data.get("notes", [])] + [""]
 
 
 def scale_section(results: Path) -> list[str]:
@@ -395,7 +431,7 @@ def refresh(result: dict[str, Any] | None) -> dict[str, Any] | None:
 def with_largest_cold_search(result: dict[str, Any], results: Path) -> dict[str, Any]:
     """The run's figures, its archival search replaced by ``cold_search.json``'s largest size when that is larger
     (the 10^7-item archive is built by ``make bench-cold``, not within ``make bench``)."""
-    sizes = list((load(results / "cold_search.json") or {}).values())
+    sizes = [r for k, r in (load(results / "cold_search.json") or {}).items() if k.isdigit()]
     if not sizes:
         return result
     largest = max(sizes, key=lambda r: r["items"])
@@ -475,6 +511,7 @@ def render(results: Path) -> str:
             "",
         ]
         out += task_table(top) + [""]
+        out += write_bound_section(top)
         prof = target.get("profile") or {}
         if prof.get("files"):
             out += [

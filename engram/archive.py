@@ -32,10 +32,13 @@ Errors of fsspec, s3fs, botocore and the MinIO client are translated into ``Arch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import threading
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,8 +56,12 @@ ARCHIVED_TABLES = {"semantic_items": SEMANTIC, "episodes": EPISODES, "episode_tu
 LAYER_OF_TABLE = {"semantic_items": Layer.SEMANTIC, "episodes": Layer.EPISODIC, "episode_turns": Layer.EPISODIC}
 # The hot rows' own bookkeeping, which means nothing once archived.
 _DROPPED_COLUMNS = {"archived_manifest_id", "lease_owner", "lease_expires_at"}
-# Archived turns carry the rendering their hot search document had, so an archived hit reads the same.
-_EXTRA_COLUMNS = {"episode_turns": {"rendered"}}
+# Archived turns carry the rendering their hot search document had, so an archived hit reads the same. Searchable
+# rows carry their index terms (``engram.search.search_terms`` of text and actor), so that loading a file for search
+# tokenises nothing; a file written before that column was added is tokenised when it is loaded.
+_EXTRA_COLUMNS = {"episode_turns": {"rendered", "terms"}, "semantic_items": {"terms"}}
+# Columns that exist for search alone: not part of an archived row as ``decode_parquet`` returns it.
+_SEARCH_ONLY_COLUMNS = {"terms"}
 _S3_CONFIG = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2, "mode": "standard"}}
 
 
@@ -329,7 +336,10 @@ def archive_schema(table_name: str) -> Any:
 
     table = ARCHIVED_TABLES[table_name]
     fields = [pa.field(c.name, _arrow_type(c)) for c in table.columns if c.name not in _DROPPED_COLUMNS]
-    fields += [pa.field(name, pa.string()) for name in sorted(_EXTRA_COLUMNS.get(table_name, ()))]
+    fields += [
+        pa.field(name, pa.list_(pa.string()) if name == "terms" else pa.string())
+        for name in sorted(_EXTRA_COLUMNS.get(table_name, ()))
+    ]
     return pa.schema(fields)
 
 
@@ -355,6 +365,8 @@ def _arrow_table(table_name: str, rows: Sequence[Mapping[str, Any]]) -> Any:
     for n in schema.names:
         if n == "rendered" and table_name == "episode_turns":
             columns[n] = [render(r["text"], r["actor"], r["at"]) for r in rows]
+        elif n == "terms":
+            columns[n] = _index_terms([r["text"] for r in rows], [r.get("actor") for r in rows])
         elif n in json_cols:
             columns[n] = [json.dumps(r.get(n), ensure_ascii=False, sort_keys=True) for r in rows]
         else:
@@ -384,11 +396,12 @@ def decode_parquet(table_name: str, data: bytes, columns: Sequence[str] | None =
     """
     import pyarrow.parquet as pq
 
-    present = set(pq.read_schema(io.BytesIO(data)).names)
+    present = pq.read_schema(io.BytesIO(data)).names
     hot = ARCHIVED_TABLES[table_name].c
     wanted = list(columns) if columns else archive_schema(table_name).names
     missing = [c for c in wanted if c not in present and c in hot and hot[c].nullable]
-    table = pq.read_table(io.BytesIO(data), columns=[c for c in wanted if c not in missing] if columns else None)
+    read = [c for c in wanted if c not in missing] if columns else [c for c in present if c not in _SEARCH_ONLY_COLUMNS]
+    table = pq.read_table(io.BytesIO(data), columns=read)
     json_cols = _json_columns(table_name) & set(table.column_names)
     rows = table.to_pylist()
     for r in rows:
@@ -739,55 +752,256 @@ def purge_tenant(storage: StorageLike, tenant: str) -> int:
 
 # -- search and rehydrate -----------------------------------------------------------------------------------------
 
+# What loading a manifest for search reads of each file (``terms`` may be missing from a file written before it was
+# added, and is then made from the text and actor); the texts are read from the same checked bytes for hits only.
 _SEARCH_COLUMNS = {
-    "semantic_items": ["item_id", "text", "rendered", "actor", "tags", "embedding"],
-    "episode_turns": ["item_id", "text", "rendered", "actor", "at", "tags"],
+    "semantic_items": ["item_id", "embedding", "terms"],
+    "episode_turns": ["item_id", "at", "terms"],
 }
+_SEARCH_OPTIONAL = {"terms", "embedding"}
+_CONTENT_COLUMNS = ("text", "rendered", "actor", "tags")
 # What a semantic tombstone blanks and its archived copy holds. Every other column of the hot row (validity,
 # supersession, support, last seen) goes on changing after the archive, and the tombstone's value is the true one.
 ARCHIVED_CONTENT = ("text", "rendered", "embedding")
 
 
-def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The search documents of a committed manifest's rows that are still archived (not rehydrated since).
+def _index_terms(texts: Sequence[str], actors: Sequence[str | None]) -> list[list[str]]:
+    """The search index's terms of each row, from its text and actor as the hot index tokenises them."""
+    from engram.search import search_terms
+
+    return search_terms([f"{text} {actor or ''}" for text, actor in zip(texts, actors, strict=True)])
+
+
+@dataclass
+class _Tombstones:
+    """What the hot store says of a tenant's archived rows, by manifest, read in one pass: the current semantic
+    tombstones (``item_id -> (seq, last_seen)``) and how many turn tombstones point at each manifest."""
+
+    seq: int
+    epoch: int
+    facts: dict[str, dict[str, tuple[int, datetime]]]
+    turns: dict[str, int]
+
+
+# The summary of the tenant last loaded, per store (weakly: it goes with its store).
+_TOMBSTONES: weakref.WeakKeyDictionary[Store, tuple[str, _Tombstones]] = weakref.WeakKeyDictionary()
+_TOMBSTONES_LOCK = threading.Lock()
+
+
+def _tombstones(store: Store, tenant: str) -> _Tombstones:
+    """The tenant's tombstone summary, read again only when the tenant's change counter moved (every archive commit,
+    supersede and rehydrate moves it): loading a tenant's manifests one after another reads the tombstones once."""
+    from sqlalchemy import func, select
+
+    from engram.store import TENANTS
+
+    with store.read() as conn:
+        state = conn.execute(select(TENANTS.c.seq, TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).first()
+        seq, epoch = (state.seq, state.epoch) if state else (0, 0)
+        with _TOMBSTONES_LOCK:
+            cached_tenant, cached = _TOMBSTONES.get(store, ("", None))
+        if cached is not None and cached_tenant == tenant and (cached.seq, cached.epoch) == (seq, epoch):
+            return cached
+        facts: dict[str, dict[str, tuple[int, datetime]]] = {}
+        for r in conn.execute(
+            select(SEMANTIC.c.archived_manifest_id, SEMANTIC.c.item_id, SEMANTIC.c.seq, SEMANTIC.c.last_seen).where(
+                SEMANTIC.c.tenant == tenant,
+                SEMANTIC.c.valid_to.is_(None),
+                SEMANTIC.c.archived_manifest_id.is_not(None),
+            )
+        ):
+            facts.setdefault(r[0], {})[r[1]] = (r[2], r[3])
+        turns = {
+            r[0]: r[1]
+            for r in conn.execute(
+                select(TURNS.c.archived_manifest_id, func.count())
+                .where(TURNS.c.tenant == tenant, TURNS.c.archived_manifest_id.is_not(None))
+                .group_by(TURNS.c.archived_manifest_id)
+            )
+        }
+    summary = _Tombstones(seq, epoch, facts, turns)
+    with _TOMBSTONES_LOCK:
+        # One tenant's summary per store: the tenant being loaded; others are read again when their turn comes.
+        _TOMBSTONES[store] = (tenant, summary)
+    return summary
+
+
+def _archived_turn_ids(store: Store, tenant: str, manifest_id: str) -> set[str]:
+    from sqlalchemy import select
+
+    with store.read() as conn:
+        return set(
+            conn.execute(
+                select(TURNS.c.item_id).where(TURNS.c.tenant == tenant, TURNS.c.archived_manifest_id == manifest_id)
+            ).scalars()
+        )
+
+
+@functools.cache
+def _search_schemas() -> dict[str, Any]:
+    """The archive schema of each searchable table (built once: a tenant's first search loads hundreds of files)."""
+    return {name: archive_schema(name) for name in _SEARCH_COLUMNS}
+
+
+def _read_search_tables(storage: StorageLike, manifest: Mapping[str, Any]) -> dict[str, tuple[Any, list[Any]]]:
+    """The ``_SEARCH_COLUMNS`` of a manifest's files, one Arrow table per archived table, after checking each file's
+    sha256 and row count, with a reader of each file's ``_CONTENT_COLUMNS`` (from the same checked bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs = storage.filesystem()
+    schema = _search_schemas()
+    parts: dict[str, list[Any]] = {}
+    contents: dict[str, list[Any]] = {}
+    for entry, data in zip(manifest["files"], _read_many(storage, fs, manifest), strict=True):
+        name = entry["table"]
+        wanted = _SEARCH_COLUMNS[name]
+        try:
+            parquet = pq.ParquetFile(pa.BufferReader(data))
+            present = set(parquet.schema_arrow.names)
+            lacking = [c for c in wanted if c not in present]
+            if any(c not in _SEARCH_OPTIONAL for c in lacking) or not {"text", "actor", "tags"} <= present:
+                raise ValueError(f"lacks some of the columns {[*wanted, 'text', 'actor', 'tags']}")
+            table = parquet.read(columns=[c for c in wanted if c in present])
+        except Exception as exc:  # a file with the right checksum but unreadable was written wrong
+            raise ArchiveMismatch(manifest["manifest_id"], entry["path"], f"is not readable Parquet: {exc}") from exc
+        if table.num_rows != entry["rows"]:
+            raise ArchiveMismatch(
+                manifest["manifest_id"], entry["path"], f"has {table.num_rows} rows, the manifest says {entry['rows']}"
+            )
+        for c in lacking:
+            if c == "terms":
+                texts = parquet.read(columns=["text", "actor"])
+                column = pa.array(
+                    _index_terms(texts["text"].to_pylist(), texts["actor"].to_pylist()), type=schema[name].field(c).type
+                )
+            else:
+                column = pa.nulls(table.num_rows, type=schema[name].field(c).type)
+            table = table.append_column(schema[name].field(c), column)
+        parts.setdefault(name, []).append(table.select(wanted).cast(pa.schema([schema[name].field(c) for c in wanted])))
+        contents.setdefault(name, []).append(
+            (table.num_rows, functools.partial(_file_contents, data, "rendered" in present))
+        )
+    return {name: (pa.concat_tables(tables), contents[name]) for name, tables in parts.items()}
+
+
+def _file_contents(data: bytes, has_rendered: bool) -> tuple[Any, Any, Any, Any]:
+    """The ``_CONTENT_COLUMNS`` of an archived file's bytes (checked when it was loaded)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(pa.BufferReader(data)).read(
+        columns=[c for c in _CONTENT_COLUMNS if c != "rendered" or has_rendered]
+    )
+    rendered = table["rendered"] if has_rendered else pa.nulls(table.num_rows, pa.string())
+    return table["text"], rendered, table["actor"], table["tags"]
+
+
+def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, Any]) -> Any:
+    """The search documents of a committed manifest's rows that are still archived (not rehydrated since), as an
+    ``engram.search.ArchiveSegment`` (an empty list when the manifest holds nothing searchable).
 
     Facts are documents like their hot selves, with layer ``archival``; an archived episode's turns are searched
     only when the archival layer is asked for by name, as a consolidated episode's turns are in the hot layers.
     Which facts are current, when each was last seen and its change stamp come from the tombstones, not from the
     archived copies: a version superseded since it was archived is left out, as a superseded hot version is.
+
+    Loading is column-wise: the files' index terms, timestamps and texts stay Arrow and numpy arrays, and only the
+    facts (a small share of the rows) are matched with their tombstones one by one; the turns of a manifest are
+    all searchable when as many turn tombstones point at it as its files hold turns, and only otherwise are their
+    ids read.
+
+    Raises:
+        ArchiveMismatch: a file is missing, differs from the manifest or is not readable.
+        ArchiveError: the storage failed.
     """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from engram.search import ArchiveSegment, RowContents
+
     files = [e for e in manifest["files"] if e["table"] in _SEARCH_COLUMNS]
     if not files:
         return []
-    pointers = store.archived_pointers(manifest["tenant"], manifest["manifest_id"])
-    rows = read_manifest_rows(storage, {**manifest, "files": files}, _SEARCH_COLUMNS)
-    docs: list[dict[str, Any]] = []
-    for table_name, table_rows in rows.items():
-        alive = pointers[table_name]
-        for r in table_rows:
-            hot = alive.get(r["item_id"])
-            if hot is None:
-                continue
-            at = hot.get("last_seen") or r.get("at")
-            doc = {
-                # The tombstone's stamp: a later supersede or rehydrate of the item (audited at a later stamp) drops
-                # this document from an index that read it before.
-                "seq": hot.get("seq", 0),
-                "layer": Layer.ARCHIVAL.value,
-                "item_id": r["item_id"],
-                "text": r["text"],
-                "actor": r["actor"] or "",
-                "at": at,
-                "tags": list(r.get("tags") or []),
-                "rendered": r["rendered"] or render(r["text"], r["actor"] or "", at),
-                "shadowed": table_name == "episode_turns",
+    tenant, manifest_id = manifest["tenant"], manifest["manifest_id"]
+    tables = _read_search_tables(storage, {**manifest, "files": files})
+    tombstones = _tombstones(store, tenant)
+    pieces: list[dict[str, Any]] = []
+    contents: list[Any] = []
+    facts, fact_contents = tables.get("semantic_items", (None, []))
+    if facts is not None and facts.num_rows:
+        contents += fact_contents
+        current = tombstones.facts.get(manifest_id, {})
+        states = [current.get(i) for i in facts["item_id"].to_pylist()]
+        vectors: list[tuple[int, Any]] = []
+        for row, blob in enumerate(facts["embedding"].to_pylist()):
+            if blob and states[row] is not None:
+                vectors.append((row, np.frombuffer(blob, dtype=np.float32)))
+        pieces.append(
+            {
+                "table": facts,
+                "alive": np.array([s is not None for s in states], dtype=bool),
+                "seq": np.array([s[0] if s else 0 for s in states], dtype=np.int64),
+                "at": np.array([s[1].timestamp() if s else 0.0 for s in states], dtype=np.float64),
+                "shadowed": np.zeros(facts.num_rows, dtype=bool),
+                "vectors": vectors,
             }
-            if r.get("embedding"):
-                import numpy as np
+        )
+    turns, turn_contents = tables.get("episode_turns", (None, []))
+    if turns is not None and turns.num_rows:
+        contents += turn_contents
+        if tombstones.turns.get(manifest_id, 0) == turns.num_rows:
+            alive = np.ones(turns.num_rows, dtype=bool)
+        else:
+            pointed = _archived_turn_ids(store, tenant, manifest_id)
+            alive = (
+                pc.is_in(turns["item_id"], value_set=pa.array(sorted(pointed), pa.string()))
+                .combine_chunks()
+                .to_numpy(zero_copy_only=False)
+            )
+        pieces.append(
+            {
+                "table": turns,
+                "alive": alive,
+                "seq": np.zeros(turns.num_rows, dtype=np.int64),
+                "at": pc.cast(turns["at"], pa.int64()).combine_chunks().to_numpy(zero_copy_only=False) / 1e6,
+                "shadowed": np.ones(turns.num_rows, dtype=bool),
+                "vectors": [],
+            }
+        )
+    if not pieces:
+        return []
 
-                doc["vector"] = np.frombuffer(r["embedding"], dtype=np.float32)
-            docs.append(doc)
-    return docs
+    terms = pa.chunked_array([c for p in pieces for c in p["table"]["terms"].chunks], pa.list_(pa.string()))
+    lengths = pc.fill_null(pc.list_value_length(terms), 0).combine_chunks().to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths.astype(np.int64))])
+    encoded = pc.dictionary_encode(pc.list_flatten(terms).combine_chunks())
+    vectors, rows = [], []
+    base = 0
+    for p in pieces:
+        for row, vector in p["vectors"]:
+            rows.append(base + row)
+            vectors.append(vector)
+        base += p["table"].num_rows
+    dense = None
+    if vectors:
+        dim = len(vectors[0])
+        keep = [i for i, v in enumerate(vectors) if len(v) == dim]  # a vector of another model stays lexical-only
+        dense = (np.stack([vectors[i] for i in keep]), np.array([rows[i] for i in keep], dtype=np.int64))
+    return ArchiveSegment(
+        manifest_id,
+        item_ids=pa.chunked_array([c for p in pieces for c in p["table"]["item_id"].chunks], pa.string()),
+        contents=RowContents(contents),
+        at=np.concatenate([p["at"] for p in pieces]),
+        seq=np.concatenate([p["seq"] for p in pieces]),
+        shadowed=np.concatenate([p["shadowed"] for p in pieces]),
+        alive=np.concatenate([p["alive"] for p in pieces]),
+        token_offsets=offsets,
+        token_terms=encoded.indices.to_numpy(zero_copy_only=False),
+        terms=encoded.dictionary,
+        vectors=dense,
+    )
 
 
 def archived_record(

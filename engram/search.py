@@ -5,15 +5,20 @@ The index tokenises with bm25s's tokenizer (English stop words, PyStemmer's Engl
 costs its own tokens, removing one flips a bit and adjusts the collection statistics, and neither rebuilds anything.
 The index follows the store's per-tenant change counter (see ``engram.store``): before a search it asks the store
 for what changed since the counter it last saw, which is one indexed query when nothing did.
+
+Archived documents are not added one by one: each committed manifest becomes an ``ArchiveSegment``, flat numpy and
+Arrow arrays built from the index terms its files carry, merged into one segment before a search. Scores use the
+collection statistics of the hot and archived documents together, so a document ranks the same in either form.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -60,6 +65,22 @@ def _tokenizer() -> Any:
     return Tokenizer(stemmer=Stemmer.Stemmer("english"), stopwords="en")
 
 
+_STEMMER_LOCK = threading.Lock()
+_STEMMER: Any = None
+
+
+def search_terms(texts: Sequence[str]) -> list[list[str]]:
+    """The index terms of each text (lower-cased words, English stop words dropped, stemmed) as ``TenantIndex``
+    tokenises them, as strings: what an archived file keeps so that loading it for search tokenises nothing."""
+    global _STEMMER
+    with _STEMMER_LOCK:
+        if _STEMMER is None:
+            _STEMMER = _tokenizer()
+        if len(_STEMMER.word_to_id) > 2_000_000:  # the word cache only speeds things up; keep it bounded
+            _STEMMER = _tokenizer()
+        return _STEMMER.tokenize(list(texts), update_vocab=True, return_as="string", show_progress=False)
+
+
 @dataclass
 class _Postings:
     docs: list[int] = field(default_factory=list)
@@ -70,6 +91,257 @@ class _Postings:
         if self._frozen is None or len(self._frozen[0]) != len(self.docs):
             self._frozen = (np.asarray(self.docs, dtype=np.int64), np.asarray(self.tfs, dtype=np.float32))
         return self._frozen
+
+
+class RowContents:
+    """The stored columns of a segment's rows (text, rendering, actor, tags as JSON text), in parts that are each
+    read the first time one of their rows is asked for: a search reads the texts of its hits' files only.
+
+    Args:
+        parts: (rows, read) in row order; ``read()`` returns the part's four columns (indexable, Arrow or lists).
+    """
+
+    def __init__(self, parts: Sequence[tuple[int, Callable[[], Sequence[Any]]]]):
+        self._counts = [rows for rows, _ in parts]
+        self._reads = [read for _, read in parts]
+        self._starts = np.cumsum([0, *self._counts])[:-1].tolist()
+        self._loaded: dict[int, Sequence[Any]] = {}
+
+    def __len__(self) -> int:
+        return sum(self._counts)
+
+    @classmethod
+    def concat(cls, contents: Sequence[RowContents]) -> RowContents:
+        """The rows of ``contents`` one after another; what was read stays read."""
+        out = cls([(n, read) for c in contents for n, read in zip(c._counts, c._reads, strict=True)])
+        k = 0
+        for c in contents:
+            for j in range(len(c._reads)):
+                if j in c._loaded:
+                    out._loaded[k + j] = c._loaded[j]
+            k += len(c._reads)
+        return out
+
+    def row(self, row: int) -> tuple[Any, Any, Any, Any]:
+        """The text, rendering, actor and tags of one row."""
+        k = bisect.bisect_right(self._starts, row) - 1
+        columns = self._loaded.get(k)
+        if columns is None:
+            columns = self._loaded[k] = self._reads[k]()
+        i = row - self._starts[k]
+        text, rendered, actor, tags = (_value(column, i) for column in columns)
+        return text, rendered, actor, tags
+
+
+class ArchiveSegment:
+    """The search documents of one archive manifest, held column-wise: what ``TenantIndex`` searches beside its hot
+    documents without turning each archived row into Python objects.
+
+    Loading one costs no tokenising and no per-row Python: the terms come from the files (see
+    ``engram.archive.search_documents``), and the postings of a term are gathered from the flat token arrays the
+    first time a query asks for it. A hit's document is built when it is returned.
+
+    Args:
+        manifest_id: the manifest whose rows these are.
+        item_ids: one entry per row.
+        contents: each row's text, rendering, actor and tags (JSON text), read when the row is a hit.
+        at: when each item happened, as POSIX seconds.
+        seq: each row's change stamp (its tombstone's); a later removal drops only rows stamped before it.
+        shadowed: whether each row is an archived episode's turn (searched only when the archival layer is named).
+        alive: which rows are searchable (still archived, current).
+        token_offsets: ``len(rows) + 1`` offsets into ``token_terms``: row ``i``'s terms are
+            ``terms[token_terms[token_offsets[i]:token_offsets[i + 1]]]``.
+        token_terms: term numbers into ``terms``.
+        terms: the distinct terms (stems).
+        vectors: ``(rows with an embedding, dim)`` float32 and the row of each, or None.
+    """
+
+    def __init__(
+        self,
+        manifest_id: str,
+        item_ids: Sequence[str],
+        contents: RowContents,
+        at: np.ndarray,
+        seq: np.ndarray,
+        shadowed: np.ndarray,
+        alive: np.ndarray,
+        token_offsets: np.ndarray,
+        token_terms: np.ndarray,
+        terms: Sequence[str],
+        vectors: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
+        self.manifest_id = manifest_id
+        self._item_ids = item_ids
+        self._contents = contents
+        self.at = np.asarray(at, dtype=np.float64)
+        self.seq = np.asarray(seq, dtype=np.int64)
+        self.layer = np.where(shadowed, _SHADOWED_ARCHIVAL, _LAYER_CODE[Layer.ARCHIVAL.value]).astype(np.int8)
+        self.alive = np.asarray(alive, dtype=bool).copy()
+        offsets = np.asarray(token_offsets, dtype=np.int64)
+        self.length = np.diff(offsets).astype(np.float32)
+        self._token_terms = np.asarray(token_terms, dtype=np.int32)
+        self._token_rows = np.repeat(np.arange(len(self.length), dtype=np.int32), np.diff(offsets))
+        self._terms = terms
+        self._term_no = {t: i for i, t in enumerate(terms.to_pylist() if hasattr(terms, "to_pylist") else terms)}
+        self._postings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._row_of: dict[str, int] | None = None
+        self._docs: dict[int, dict[str, Any]] = {}
+        self.vectors = vectors
+        self.n_alive = int(self.alive.sum())
+        self.total_len = float(self.length[self.alive].sum())
+
+    def __len__(self) -> int:
+        return self.n_alive
+
+    @classmethod
+    def merge(cls, segments: Sequence[ArchiveSegment]) -> ArchiveSegment:
+        """One segment holding the rows of ``segments`` as they stand (removed rows stay removed): a search then
+        costs one pass over arrays however many manifests a tenant's archive has."""
+        import pyarrow as pa
+
+        def strings(name: str) -> Any:
+            # Chunked, not copied: a row's value is read only when it is a hit.
+            return pa.chunked_array([c for seg in segments for c in _chunks(getattr(seg, name))], pa.string())
+
+        tokens = pa.chunked_array(
+            [
+                pa.DictionaryArray.from_arrays(pa.array(seg._token_terms, pa.int32()), _arrow(seg._terms))
+                for seg in segments
+            ],
+            type=pa.dictionary(pa.int32(), pa.string()),
+        ).unify_dictionaries()
+        terms = tokens.chunk(0).dictionary if tokens.num_chunks else pa.array([], pa.string())
+        token_terms = np.concatenate(
+            [np.zeros(0, dtype=np.int32)] + [c.indices.to_numpy(zero_copy_only=False) for c in tokens.chunks]
+        )
+        lengths = np.concatenate([seg.length for seg in segments]).astype(np.int64)
+        vectors = None
+        with_vectors = [(k, seg.vectors) for k, seg in enumerate(segments) if seg.vectors is not None]
+        if with_vectors:
+            dim = with_vectors[0][1][0].shape[1]
+            starts = np.cumsum([0] + [len(seg.length) for seg in segments])
+            kept = [(starts[k], v) for k, v in with_vectors if v[0].shape[1] == dim]
+            vectors = (np.concatenate([v[0] for _, v in kept]), np.concatenate([start + v[1] for start, v in kept]))
+        return cls(
+            ",".join(seg.manifest_id for seg in segments),
+            item_ids=strings("_item_ids"),
+            contents=RowContents.concat([seg._contents for seg in segments]),
+            at=np.concatenate([seg.at for seg in segments]),
+            seq=np.concatenate([seg.seq for seg in segments]),
+            shadowed=np.concatenate([seg.layer == _SHADOWED_ARCHIVAL for seg in segments]),
+            alive=np.concatenate([seg.alive for seg in segments]),
+            token_offsets=np.concatenate([[0], np.cumsum(lengths)]),
+            token_terms=token_terms,
+            terms=terms,
+            vectors=vectors,
+        )
+
+    def postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
+        """The rows holding ``term`` (ascending) and its count in each; dead rows included, as in the hot index."""
+        found = self._postings.get(term)
+        if found is None:
+            no = self._term_no.get(term)
+            if no is None:
+                found = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+            else:
+                rows = self._token_rows[self._token_terms == no]  # ascending: tokens are stored row by row
+                docs, tfs = np.unique(rows, return_counts=True)
+                found = (docs.astype(np.int64), tfs.astype(np.float32))
+            self._postings[term] = found
+        return found
+
+    def df(self, term: str) -> int:
+        docs, _ = self.postings(term)
+        return int(self.alive[docs].sum())
+
+    def mask(self, codes: Sequence[int] | None, since: float | None, until: float | None) -> np.ndarray:
+        mask = self.alive.copy()
+        if codes is not None:
+            mask &= np.isin(self.layer, codes)
+        if since is not None:
+            mask &= self.at >= since
+        if until is not None:
+            mask &= self.at < until
+        return mask
+
+    def remove(self, item_id: str, before_seq: int | None) -> bool:
+        """Drop a row by item id (only if stamped before ``before_seq``, when given); returns whether it did."""
+        if self._row_of is None:
+            ids = self._item_ids.to_pylist() if hasattr(self._item_ids, "to_pylist") else list(self._item_ids)
+            self._row_of = {x: i for i, x in enumerate(ids)}
+        row = self._row_of.get(item_id)
+        if row is None or not self.alive[row]:
+            return False
+        if before_seq is not None and self.seq[row] >= before_seq:
+            return False
+        self.alive[row] = False
+        self.n_alive -= 1
+        self.total_len -= float(self.length[row])
+        return True
+
+    def documents(self) -> list[dict[str, Any]]:
+        """The searchable rows as the documents ``TenantIndex.add`` takes one by one (which cost far more to hold)."""
+        return [
+            {
+                "layer": Layer.ARCHIVAL.value,
+                "item_id": doc["item_id"],
+                "text": doc["text"],
+                "actor": self._contents.row(row)[2] or "",
+                "at": doc["at"],
+                "tags": list(doc["tags"]),
+                "rendered": doc["rendered"],
+                "shadowed": bool(self.layer[row] == _SHADOWED_ARCHIVAL),
+                "seq": int(self.seq[row]),
+            }
+            for row in np.flatnonzero(self.alive).tolist()
+            for doc in (self.doc(row),)
+        ]
+
+    def key(self, row: int) -> tuple[str, str]:
+        return Layer.ARCHIVAL.value, _value(self._item_ids, row)
+
+    def doc(self, row: int) -> dict[str, Any]:
+        """The document of a row, as ``TenantIndex`` keeps its hot ones."""
+        doc = self._docs.get(row)
+        if doc is None:
+            import json
+
+            from engram.text import render
+
+            text, rendered, actor, tags = self._contents.row(row)
+            text, actor = text or "", actor or ""
+            at = datetime.fromtimestamp(float(self.at[row]), tz=UTC)
+            doc = self._docs[row] = {
+                "rendered": rendered or render(text, actor, at),
+                "text": text,
+                "content_words": frozenset(content_words(text)),
+                "at": at,
+                "tags": tuple(json.loads(tags) or ()) if tags else (),
+                "item_id": _value(self._item_ids, row),
+            }
+        return doc
+
+
+def _arrow(column: Any) -> Any:
+    """A sequence of strings as an Arrow array."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks()
+    return column if isinstance(column, pa.Array) else pa.array(list(column), pa.string())
+
+
+def _chunks(column: Any) -> list[Any]:
+    """A sequence of strings as a list of Arrow arrays."""
+    import pyarrow as pa
+
+    return list(column.chunks) if isinstance(column, pa.ChunkedArray) else [_arrow(column)]
+
+
+def _value(column: Any, row: int) -> Any:
+    """One value of a Python sequence or an Arrow array."""
+    value = column[row]
+    return value.as_py() if hasattr(value, "as_py") else value
 
 
 class TenantIndex:
@@ -99,10 +371,12 @@ class TenantIndex:
         self._vecs: np.ndarray | None = None
         self._vec_doc = np.zeros(0, dtype=np.int64)
         self._n_vecs = 0
+        # Archived documents, one segment per manifest, searched beside the hot ones (see ``ArchiveSegment``).
+        self._segments: list[ArchiveSegment] = []
         self.lock = threading.Lock()
 
     def __len__(self) -> int:
-        return self._n_alive
+        return self._n_alive + sum(seg.n_alive for seg in self._segments)
 
     # -- maintenance -------------------------------------------------------------------------------------------
 
@@ -117,8 +391,11 @@ class TenantIndex:
             new[: len(old)] = old
             setattr(self, name, new)
 
-    def add(self, docs: Sequence[dict[str, Any]]) -> None:
-        """Add documents (replacing any with the same layer and item id)."""
+    def add(self, docs: Sequence[dict[str, Any]] | ArchiveSegment) -> None:
+        """Add documents (replacing any with the same layer and item id), or an archive manifest's segment."""
+        if isinstance(docs, ArchiveSegment):
+            self._segments.append(docs)
+            return
         if not docs:
             return
         for d in docs:
@@ -173,6 +450,10 @@ class TenantIndex:
         """Drop documents; with ``before_seq``, only those written before that change."""
         for key in keys:
             idx = self._pos.get(key)
+            if idx is None and key[0] == Layer.ARCHIVAL.value:
+                for seg in self._segments:
+                    seg.remove(key[1], before_seq)
+                continue
             if idx is None or not self._alive[idx]:
                 continue
             if before_seq is not None and self._seqs[idx] >= before_seq:
@@ -188,12 +469,17 @@ class TenantIndex:
     def apply(self, seq: int, added: Sequence[dict[str, Any]], removed: Sequence[tuple[str, str, int]]) -> None:
         """Apply a change set from ``Store.index_changes``; removals older than a re-add are ignored."""
         self.add(added)
+        # Most removals name nothing the index holds (an item archived before the index read it): those are
+        # skipped without a call.
+        semantic, archival = Layer.SEMANTIC.value, Layer.ARCHIVAL.value
+        pos, segments = self._pos, self._segments
         for layer, item_id, at_seq in removed:
-            self.remove([(layer, item_id)], before_seq=at_seq)
-            if layer == Layer.SEMANTIC.value:
+            if (layer, item_id) in pos:
+                self.remove([(layer, item_id)], before_seq=at_seq)
+            if layer == semantic and (segments or (archival, item_id) in pos):
                 # An archived fact's tombstone is a semantic row: superseding it is audited from the semantic layer,
                 # and its archived document (stamped with the tombstone's seq) must go with it.
-                self.remove([(Layer.ARCHIVAL.value, item_id)], before_seq=at_seq)
+                self.remove([(archival, item_id)], before_seq=at_seq)
         self.seq = max(self.seq, seq)
 
     # -- dense vectors ---------------------------------------------------------------------------------------
@@ -218,55 +504,99 @@ class TenantIndex:
 
     @property
     def has_vectors(self) -> bool:
-        return self._n_vecs > 0
+        return self._n_vecs > 0 or any(seg.vectors is not None for seg in self._segments)
 
     # -- query -------------------------------------------------------------------------------------------------
 
-    def _mask(self, layers: Sequence[str] | None, since: datetime | None, until: datetime | None) -> np.ndarray:
+    @staticmethod
+    def _codes(layers: Sequence[str] | None) -> list[int]:
+        """The layer codes a search covers."""
+        if not layers:
+            return [
+                code for code in range(_SHADOWED_ARCHIVAL + 1) if code not in (_SHADOWED_EPISODIC, _SHADOWED_ARCHIVAL)
+            ]
+        codes = [_LAYER_CODE[x] for x in layers]
+        if Layer.EPISODIC.value in layers:
+            codes.append(_SHADOWED_EPISODIC)
+        if Layer.ARCHIVAL.value in layers:
+            codes.append(_SHADOWED_ARCHIVAL)
+        return codes
+
+    def _mask(self, codes: Sequence[int], since: float | None, until: float | None) -> np.ndarray:
         n_docs = len(self._keys)
-        mask = self._alive[:n_docs].copy()
-        if layers:
-            codes = [_LAYER_CODE[x] for x in layers]
-            if Layer.EPISODIC.value in layers:
-                codes.append(_SHADOWED_EPISODIC)
-            if Layer.ARCHIVAL.value in layers:
-                codes.append(_SHADOWED_ARCHIVAL)
-            mask &= np.isin(self._layer[:n_docs], codes)
-        else:
-            mask &= ~np.isin(self._layer[:n_docs], [_SHADOWED_EPISODIC, _SHADOWED_ARCHIVAL])
+        mask = self._alive[:n_docs] & np.isin(self._layer[:n_docs], codes)
         if since is not None:
-            mask &= self._at[:n_docs] >= since.timestamp()
+            mask &= self._at[:n_docs] >= since
         if until is not None:
-            mask &= self._at[:n_docs] < until.timestamp()
+            mask &= self._at[:n_docs] < until
         return mask
 
-    def _bm25(self, query: str, mask: np.ndarray, pool: int) -> tuple[np.ndarray, np.ndarray]:
-        """Doc indexes of the ``pool`` best BM25 matches within ``mask``, best first, and their scores."""
-        n_docs = len(self._keys)
-        q_ids = self._tok.tokenize([query], update_vocab=False, return_as="ids", show_progress=False)[0]
-        q_terms = [t for t in dict.fromkeys(q_ids) if t in self._postings and self._df.get(t, 0) > 0]
-        if not q_terms:
+    def _bm25(self, query: str, masks: Sequence[np.ndarray], pool: int) -> tuple[np.ndarray, np.ndarray]:
+        """Document ids (see ``_doc_id``) of the ``pool`` best BM25 matches within ``masks`` (the hot documents',
+        then each segment's), best first, and their scores. The collection statistics (document count, average
+        length, document frequencies) are those of the hot and archived documents together."""
+        terms = list(dict.fromkeys(search_terms([query])[0]))
+        n_alive = self._n_alive + sum(seg.n_alive for seg in self._segments)
+        if not terms or n_alive == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        avgdl = self._total_len / max(self._n_alive, 1)
-        scores = np.zeros(n_docs, dtype=np.float32)
-        lengths = self._len[:n_docs]
-        for t in q_terms:
-            docs, tfs = self._postings[t].arrays()
-            df = self._df[t]
-            idf = math.log(1.0 + (self._n_alive - df + 0.5) / (df + 0.5))
-            scores[docs] += idf * tfs * (K1 + 1.0) / (tfs + K1 * (1.0 - B + B * lengths[docs] / avgdl))
-        candidates = np.flatnonzero(mask & (scores > 0))
-        return _top(candidates, scores[candidates], pool)
+        avgdl = (self._total_len + sum(seg.total_len for seg in self._segments)) / max(n_alive, 1)
+        hot_scores = np.zeros(len(self._keys), dtype=np.float32)
+        seg_scores = [np.zeros(len(seg.length), dtype=np.float32) for seg in self._segments]
+        hot_lengths = self._len[: len(self._keys)]
+        for term in terms:
+            t = self._tok.stem_to_sid.get(term)
+            hot = self._postings.get(t) if t is not None and self._df.get(t, 0) > 0 else None
+            df = self._df[t] if hot is not None else 0
+            df += sum(seg.df(term) for seg in self._segments)
+            if df == 0:
+                continue
+            idf = math.log(1.0 + (n_alive - df + 0.5) / (df + 0.5))
+            if hot is not None:
+                docs, tfs = hot.arrays()
+                hot_scores[docs] += idf * tfs * (K1 + 1.0) / (tfs + K1 * (1.0 - B + B * hot_lengths[docs] / avgdl))
+            for seg, scores in zip(self._segments, seg_scores, strict=True):
+                docs, tfs = seg.postings(term)
+                if len(docs):
+                    scores[docs] += idf * tfs * (K1 + 1.0) / (tfs + K1 * (1.0 - B + B * seg.length[docs] / avgdl))
+        ids = [np.flatnonzero(masks[0] & (hot_scores > 0))]
+        values = [hot_scores[ids[0]]]
+        for k, scores in enumerate(seg_scores, start=1):
+            rows = np.flatnonzero(masks[k] & (scores > 0))
+            ids.append(_doc_id(k, rows))
+            values.append(scores[rows])
+        return _top(np.concatenate(ids), np.concatenate(values), pool)
 
-    def _dense(self, vector: np.ndarray, mask: np.ndarray, pool: int) -> tuple[np.ndarray, np.ndarray]:
-        """Doc indexes of the ``pool`` nearest vectors within ``mask``, nearest first, and their cosines."""
+    def _dense(self, vector: np.ndarray, masks: Sequence[np.ndarray], pool: int) -> tuple[np.ndarray, np.ndarray]:
+        """Document ids of the ``pool`` nearest vectors within ``masks``, nearest first, and their cosines."""
+        query = vector.astype(np.float32)
+        ids: list[np.ndarray] = []
+        sims: list[np.ndarray] = []
         m = self._n_vecs
-        docs = self._vec_doc[:m]
-        keep = mask[docs]
-        if not keep.any():
+        if m:
+            docs = self._vec_doc[:m]
+            keep = masks[0][docs]
+            ids.append(docs[keep])
+            sims.append(self._vecs[:m][keep] @ query)
+        for k, seg in enumerate(self._segments, start=1):
+            if seg.vectors is None or seg.vectors[0].shape[1] != len(query):
+                continue
+            vecs, rows = seg.vectors
+            keep = masks[k][rows]
+            ids.append(_doc_id(k, rows[keep]))
+            sims.append(vecs[keep] @ query)
+        if not ids or not sum(len(i) for i in ids):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        sims = self._vecs[:m][keep] @ vector.astype(np.float32)
-        return _top(docs[keep], sims, pool)
+        return _top(np.concatenate(ids), np.concatenate(sims), pool)
+
+    def _entry(self, doc_id: int) -> tuple[str, str, dict[str, Any]]:
+        """(layer, item_id, document) of a document id."""
+        k, row = doc_id >> _SEGMENT_SHIFT, doc_id & _ROW_MASK
+        if k == 0:
+            layer, item_id = self._keys[row]
+            return layer, item_id, self._docs[row]
+        seg = self._segments[k - 1]
+        layer, item_id = seg.key(row)
+        return layer, item_id, seg.doc(row)
 
     def search(
         self,
@@ -283,14 +613,19 @@ class TenantIndex:
         With ``query_vector`` and stored vectors, BM25 and cosine rankings are fused by reciprocal rank (k=60):
         a document near the top of either list ranks high, and scores of different scales never mix.
         """
-        if not self._keys or self._n_alive == 0:
+        if len(self) == 0:
             return []
+        if len(self._segments) > 1:
+            self._segments = [ArchiveSegment.merge(self._segments)]
         want = set(tags or ())
         pool = limit * (8 if want else 2) + 32  # over-fetch: tag filtering and near-duplicate removal follow
-        mask = self._mask(layers, since, until)
-        lexical, lex_scores = self._bm25(query, mask, pool)
-        if query_vector is not None and self._n_vecs:
-            dense, _ = self._dense(query_vector, mask, pool)
+        codes = self._codes(layers)
+        lo = since.timestamp() if since is not None else None
+        hi = until.timestamp() if until is not None else None
+        masks = [self._mask(codes, lo, hi), *(seg.mask(codes, lo, hi) for seg in self._segments)]
+        lexical, lex_scores = self._bm25(query, masks, pool)
+        if query_vector is not None and self.has_vectors:
+            dense, _ = self._dense(query_vector, masks, pool)
             fused: dict[int, float] = {}
             for ranking in (lexical, dense):
                 for rank, idx in enumerate(ranking.tolist()):
@@ -300,12 +635,20 @@ class TenantIndex:
             order = list(zip(lexical.tolist(), lex_scores.tolist(), strict=True))
         out: list[tuple[float, str, str, dict[str, Any]]] = []
         for idx, score in order:
-            doc = self._docs[idx]
+            layer, item_id, doc = self._entry(idx)
             if want and not want.issubset(doc["tags"]):
                 continue
-            layer, item_id = self._keys[idx]
             out.append((float(score), layer, item_id, doc))
         return out
+
+
+# A document id: the hot document's index, or the segment's number (from 1) shifted above its row.
+_SEGMENT_SHIFT = 40
+_ROW_MASK = (1 << _SEGMENT_SHIFT) - 1
+
+
+def _doc_id(segment: int, rows: np.ndarray) -> np.ndarray:
+    return (np.int64(segment) << _SEGMENT_SHIFT) | rows.astype(np.int64)
 
 
 def _top(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

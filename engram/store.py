@@ -1959,16 +1959,23 @@ class Store:
 
                     doc["vector"] = np.frombuffer(r.embedding, dtype=np.float32)
                 added.append(doc)
-            removed = [
-                (r.from_layer, r.item_id, r.seq)
-                for r in conn.execute(
-                    select(TRANSITIONS.c.from_layer, TRANSITIONS.c.item_id, TRANSITIONS.c.seq).where(
-                        window(TRANSITIONS),
-                        TRANSITIONS.c.from_layer.is_not(None),
-                        TRANSITIONS.c.action.in_(sorted(LEAVES_SOURCE_LAYER)),
+            # From nothing (a new index), what is added is already what is there now: a departure cannot remove
+            # anything from it, and reading every departure the tenant ever had (one per archived item, say) would
+            # be most of a first search's cost.
+            removed = (
+                [
+                    (r.from_layer, r.item_id, r.seq)
+                    for r in conn.execute(
+                        select(TRANSITIONS.c.from_layer, TRANSITIONS.c.item_id, TRANSITIONS.c.seq).where(
+                            window(TRANSITIONS),
+                            TRANSITIONS.c.from_layer.is_not(None),
+                            TRANSITIONS.c.action.in_(sorted(LEAVES_SOURCE_LAYER)),
+                        )
                     )
-                )
-            ]
+                ]
+                if since_seq > 0
+                else []
+            )
         return seq, epoch, added, removed
 
     # -- reads -------------------------------------------------------------------------------------------------
