@@ -176,7 +176,7 @@ class Memory:
         self.store = Store(self.store_url)
         if migrate:
             self.store.migrate()
-        self._indexes = IndexRegistry()
+        self._indexes = IndexRegistry(self.settings.search_max_tenants)
         # Search hits update ``last_accessed`` (the retention policy reads it) in batches, not with a write per
         # search: a pending access is at most ACCESS_FLUSH_SECONDS old, and close() writes the rest.
         self._accessed: dict[tuple[str, str], datetime] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -661,23 +662,42 @@ def _top(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 class IndexRegistry:
-    """The indexes of the tenants a process has searched, each brought up to date before use."""
+    """The indexes of the tenants a process has searched, each brought up to date before use.
 
-    def __init__(self) -> None:
-        self._indexes: dict[str, TenantIndex] = {}
+    At most ``max_tenants`` are kept, the least recently searched dropped first: a process that serves many tenants
+    holds the busy ones, and a tenant dropped is read again from the store (and its archive) on its next search.
+    """
+
+    def __init__(self, max_tenants: int = 64) -> None:
+        if max_tenants < 1:
+            raise ValueError(f"max_tenants must be at least 1, got {max_tenants!r}")
+        self.max_tenants = max_tenants
+        self._indexes: OrderedDict[str, TenantIndex] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._indexes)
 
     def get(self, tenant: str) -> TenantIndex:
         with self._lock:
             index = self._indexes.get(tenant)
             if index is None:
                 index = self._indexes[tenant] = TenantIndex(tenant)
+            self._indexes.move_to_end(tenant)
+            self._evict()
             return index
 
     def reset(self, tenant: str) -> TenantIndex:
         with self._lock:
             index = self._indexes[tenant] = TenantIndex(tenant)
+            self._indexes.move_to_end(tenant)
+            self._evict()
             return index
+
+    def _evict(self) -> None:
+        # A search still holding an evicted index finishes with it; only the registry forgets it.
+        while len(self._indexes) > self.max_tenants:
+            self._indexes.popitem(last=False)
 
     def drop(self, tenant: str) -> None:
         with self._lock:

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         default=True, description="Use dense embeddings when the embeddings extra is installed (fused with BM25)."
     )
     lease_seconds: float = Field(default=300.0, gt=0, description="How long a claimed batch stays reserved.")
+    search_max_tenants: int = Field(
+        default=64,
+        gt=0,
+        description="Tenants whose search index a process keeps in memory; the least recently searched goes first.",
+    )
 
     def resolved_store_url(self) -> str:
         if self.store_url:

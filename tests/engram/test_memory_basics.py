@@ -43,6 +43,26 @@ def test_search_sees_writes_made_after_the_index_was_built(memory: Memory) -> No
     assert {h.item_id for h in memory.search("acme", "kayaks")} == {"e1", "e2"}
 
 
+def test_search_keeps_the_indexes_of_the_most_recent_tenants_only(memory: Memory) -> None:
+    from engram.search import IndexRegistry
+
+    memory._indexes = IndexRegistry(max_tenants=2)
+    for tenant in ("t1", "t2", "t3"):
+        memory.observe(tenant, "s1", "A", f"a note about kayaks from {tenant}", T0, event_id="e1")
+    assert [h.text for h in memory.search("t1", "kayaks")] == ["(1 March 2024) A: a note about kayaks from t1"]
+    memory.search("t2", "kayaks")
+    first = memory._indexes.get("t1")  # t1 is now the most recent, t2 the least
+    memory.search("t3", "kayaks")
+    assert len(memory._indexes) == 2
+    assert memory._indexes.get("t1") is first  # kept
+    # t2 was dropped: its next search builds its index again from the store, writes made meanwhile included.
+    memory.observe("t2", "s1", "A", "another note about kayaks", T0, event_id="e2")
+    assert {h.item_id for h in memory.search("t2", "kayaks")} == {"e1", "e2"}
+    assert len(memory._indexes) == 2
+    with pytest.raises(ValueError, match="max_tenants"):
+        IndexRegistry(max_tenants=0)
+
+
 def test_search_filters_by_time_and_tags(memory: Memory) -> None:
     memory.observe("acme", "s1", "A", "paris trip planning", T0, event_id="old", metadata={"tags": ["travel"]})
     memory.observe(
