@@ -31,7 +31,7 @@ HEADLINE = (
     ("search_cold_items", "archival search: archived items"),
     ("search_cold_p95_ms", "archival search p95, ms (each tenant's first search: loads its archive)"),
     ("search_cold_warm_p95_ms", "archival search p95, ms (later searches)"),
-    ("peak_rss_mb", "peak RSS of a pipeline child, MB (largest size)"),
+    ("peak_rss_mb", "peak RSS of engram's phases (observe_many, lifecycle, archive), MB, largest over the sizes"),
     ("orchestration_overhead_fraction", "orchestration overhead (share of lifecycle wall time)"),
     ("measured_at_events", "pipeline figures measured at, events"),
 )
@@ -98,7 +98,7 @@ def size_table(result: dict[str, Any]) -> list[str]:
                     f.get("close_sessions", {}).get("events_per_s"),
                     f.get("consolidate", {}).get("events_per_s"),
                     p["orchestration_overhead_fraction"],
-                    p["peak_rss_mb"],
+                    p.get("peak_rss_mb_engram", p["peak_rss_mb"]),
                     p["layers_after"].get("semantic"),
                     p.get("stored_rows_per_event"),
                 )
@@ -119,14 +119,18 @@ def task_table(pipeline: dict[str, Any]) -> list[str]:
 
 
 def rss_table(result: dict[str, Any]) -> list[str]:
-    phases = list(result["pipelines"][0]["rss_mb_by_phase"])
-    lines = ["| events | " + " | ".join(phases) + " | peak | DataFrames alive after lifecycle |"]
+    phases = list(result["pipelines"][0].get("peak_rss_mb_by_phase") or {})
+    lines = [
+        "| events | "
+        + " | ".join(f"peak in {k}" for k in phases)
+        + " | whole child (ru_maxrss) | DataFrames alive after lifecycle |"
+    ]
     lines.append("| ---: |" + " ---: |" * (len(phases) + 2))
     for p in result["pipelines"]:
         live = p.get("live_dataframes_after_lifecycle") or {}
         lines.append(
             f"| {fmt(p['events'])} | "
-            + " | ".join(fmt(p["rss_mb_by_phase"].get(k)) for k in phases)
+            + " | ".join(fmt((p.get("peak_rss_mb_by_phase") or {}).get(k)) for k in phases)
             + f" | {fmt(p['peak_rss_mb'])} | {fmt(live.get('count'))} ({fmt(live.get('rows'))} rows) |"
         )
     return lines
@@ -404,7 +408,15 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax1.set_title("throughput")
     ax1.grid(True, which="both", alpha=0.3)
     ax1.legend()
-    ax2.plot(sizes, [p["peak_rss_mb"] for p in result["pipelines"]], "o-", color="tab:red")
+    ax2.plot(
+        sizes,
+        [p.get("peak_rss_mb_engram", p["peak_rss_mb"]) for p in result["pipelines"]],
+        "o-",
+        color="tab:red",
+        label="engram's phases",
+    )
+    ax2.plot(sizes, [p["peak_rss_mb"] for p in result["pipelines"]], "s--", color="tab:gray", label="whole child")
+    ax2.legend()
     ax2.set_xscale("log")
     ax2.set_ylim(bottom=0)
     ax2.set_xlabel("events")
@@ -494,7 +506,7 @@ def render(results: Path) -> str:
         out += ["", ""] + headline_table([("full", full)]) + [""]
         out += ["### Per size", ""] + size_table(full) + [""]
         out += ["![throughput and memory against size](bench/results/full.png)", ""]
-        out += ["### Memory by phase (RSS, MB)", ""] + rss_table(full) + [""]
+        out += ["### Peak memory by phase (RSS, MB)", ""] + rss_table(full) + [""]
         out += [f"- {n}" for n in full.get("notes", [])] + [""]
     # The goals are judged on the full run, else on quick.json (what ``make bench-quick`` last wrote).
     newest = dict(quick_runs).get("quick") or (quick_runs[-1][1] if quick_runs else None)
