@@ -826,6 +826,13 @@ def _tombstones(store: Store, tenant: str) -> _Tombstones:
     return summary
 
 
+def release_tombstones(store: Store) -> None:
+    """Forget the tombstone summary read for a loading pass (a large tenant's holds every archived fact's stamp):
+    call when a pass over a tenant's manifests is done."""
+    with _TOMBSTONES_LOCK:
+        _TOMBSTONES.pop(store, None)
+
+
 def _archived_turn_ids(store: Store, tenant: str, manifest_id: str) -> set[str]:
     from sqlalchemy import select
 

@@ -216,7 +216,7 @@ def _stemmer() -> Any:
 
 
 def _tokens(text: str) -> list[str]:
-    return _WORD.findall(text.replace("’", "'").lower())
+    return [w.lower() for w in _WORD.findall(text.replace("’", "'"))]
 
 
 @lru_cache(maxsize=4_096)

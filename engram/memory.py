@@ -368,19 +368,22 @@ class Memory:
     def _add_archived(self, tenant: str, index: TenantIndex) -> None:
         """Add the documents of archive manifests committed since the index last looked (a commit moves the
         tenant's counter, so an unchanged counter means nothing new)."""
-        from engram.archive import search_documents
+        from engram.archive import release_tombstones, search_documents
 
-        for manifest in self.store.manifests(tenant, ["committed"]):
-            if manifest["manifest_id"] not in index.manifests:
-                try:
-                    docs = search_documents(self.store, self.archive, manifest)
-                except ArchiveError as exc:
-                    # An unreadable or damaged archive file must not take search down with it: the hot layers and
-                    # the other manifests still answer, and this manifest is tried again on the next search.
-                    LOG.warning("archive manifest %s left out of search: %s", manifest["manifest_id"], exc)
-                    continue
-                index.add(docs)
-                index.manifests.add(manifest["manifest_id"])
+        try:
+            for manifest in self.store.manifests(tenant, ["committed"]):
+                if manifest["manifest_id"] not in index.manifests:
+                    try:
+                        docs = search_documents(self.store, self.archive, manifest)
+                    except ArchiveError as exc:
+                        # An unreadable or damaged archive file must not take search down with it: the hot layers
+                        # and the other manifests still answer, and this manifest is tried again on the next search.
+                        LOG.warning("archive manifest %s left out of search: %s", manifest["manifest_id"], exc)
+                        continue
+                    index.add(docs)
+                    index.manifests.add(manifest["manifest_id"])
+        finally:
+            release_tombstones(self.store)
 
     def search(
         self,

@@ -14,6 +14,7 @@ collection statistics of the hot and archived documents together, so a document 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import threading
 from collections import OrderedDict
@@ -68,6 +69,9 @@ def _tokenizer() -> Any:
 
 _STEMMER_LOCK = threading.Lock()
 _STEMMER: Any = None
+# The stem of each of the shared tokenizer's stem ids, grown as its vocabulary grows: asking bm25s for strings would
+# rebuild the reverse of its whole vocabulary on every call, a cost that grows with everything ever tokenised.
+_STEMS: dict[int, str] = {}
 
 
 def search_terms(texts: Sequence[str]) -> list[list[str]]:
@@ -75,11 +79,16 @@ def search_terms(texts: Sequence[str]) -> list[list[str]]:
     tokenises them, as strings: what an archived file keeps so that loading it for search tokenises nothing."""
     global _STEMMER
     with _STEMMER_LOCK:
-        if _STEMMER is None:
+        if _STEMMER is None or len(_STEMMER.word_to_id) > 2_000_000:
+            # The word cache only speeds things up; keep it bounded.
             _STEMMER = _tokenizer()
-        if len(_STEMMER.word_to_id) > 2_000_000:  # the word cache only speeds things up; keep it bounded
-            _STEMMER = _tokenizer()
-        return _STEMMER.tokenize(list(texts), update_vocab=True, return_as="string", show_progress=False)
+            _STEMS.clear()
+        ids = _STEMMER.tokenize(list(texts), update_vocab=True, return_as="ids", show_progress=False)
+        vocabulary = _STEMMER.stem_to_sid
+        if len(vocabulary) > len(_STEMS):
+            # New stems are appended to the vocabulary: only those past the ones already known are read.
+            _STEMS.update((sid, stem) for stem, sid in itertools.islice(vocabulary.items(), len(_STEMS), None))
+        return [[_STEMS[i] for i in row] for row in ids]
 
 
 @dataclass
@@ -147,7 +156,8 @@ class ArchiveSegment:
         item_ids: one entry per row.
         contents: each row's text, rendering, actor and tags (JSON text), read when the row is a hit.
         at: when each item happened, as POSIX seconds.
-        seq: each row's change stamp (its tombstone's); a later removal drops only rows stamped before it.
+        seq: each row's change stamp: a fact's is its tombstone's, a turn's 0 (a turn's tombstone does not change
+            after the archive); a later removal drops only rows stamped before it.
         shadowed: whether each row is an archived episode's turn (searched only when the archival layer is named).
         alive: which rows are searchable (still archived, current).
         token_offsets: ``len(rows) + 1`` offsets into ``token_terms``: row ``i``'s terms are
@@ -475,7 +485,9 @@ class TenantIndex:
         semantic, archival = Layer.SEMANTIC.value, Layer.ARCHIVAL.value
         pos, segments = self._pos, self._segments
         for layer, item_id, at_seq in removed:
-            if (layer, item_id) in pos:
+            # An archived document loaded as part of a segment is not in ``pos``: a departure from the archival
+            # layer (a rehydrate) must still reach it.
+            if (layer, item_id) in pos or (layer == archival and segments):
                 self.remove([(layer, item_id)], before_seq=at_seq)
             if layer == semantic and (segments or (archival, item_id) in pos):
                 # An archived fact's tombstone is a semantic row: superseding it is audited from the semantic layer,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -79,10 +80,16 @@ FORGET_INTENTS: Table = ForgetIntent.__table__  # type: ignore[attr-defined]
 INSERT_CHUNK = 2_000
 
 
+# A run of 19 digits or more may be an integer past 64 bits, which orjson reads as a float without a word.
+_LONG_NUMBER = re.compile(r"\d{19,}")
+
+
 def _json_loads(text: str | bytes) -> Any:
     """JSON columns as Python values: orjson (several times faster than ``json``, and every row read of tags and
-    metadata pays it), falling back to ``json`` for what orjson refuses and ``json.dumps`` writes (NaN, integers
-    past 64 bits)."""
+    metadata pays it), except for text orjson would read otherwise than ``json``: a long run of digits (an integer
+    past 64 bits, which orjson turns into a float) and what it refuses (NaN, which ``json.dumps`` writes)."""
+    if _LONG_NUMBER.search(text if isinstance(text, str) else text.decode("utf-8", "replace")):
+        return json.loads(text)
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -1888,7 +1895,8 @@ class Store:
         Returns:
             (seq, epoch, added, removed): the tenant's counter and epoch now; the searchable documents written after
             ``since_seq`` (each with ``layer``, ``item_id``, ``text``, ``actor``, ``at``, ``tags``, ``rendered``,
-            ``seq``); and (layer, item_id, seq) for each item that left a hot layer since then.
+            ``seq``); and (layer, item_id, seq) for each item that left a hot layer since then (none when
+            ``since_seq`` is 0: an index built from nothing holds only what ``added`` brings, which is current).
         """
         with self.read() as conn:
             state = conn.execute(select(TENANTS.c.seq, TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).first()

@@ -132,3 +132,23 @@ def test_an_archive_location_is_not_needed_for_an_empty_manifest_list(tmp_path: 
     manifest = {"tenant": "acme", "manifest_id": "man-x", "files": [{"table": "episodes", "path": "x"}]}
     # A manifest of episodes alone holds nothing searchable: nothing is read.
     assert search_documents(None, location, manifest) == []  # type: ignore[arg-type]
+
+
+def test_an_index_that_loaded_the_archive_drops_what_is_rehydrated(archived: Memory, tmp_path: Path) -> None:
+    from engram.archive import rehydrate_batch
+
+    query = "moving to Lisbon as a nurse"
+    # A default search loads the segments and finds archived facts (turns answer only when asked for by name).
+    (hit, *_) = [h for h in archived.search("acme", query, limit=50) if h.layer == "archival"]
+    moved = rehydrate_batch(archived.store, archived.archive, "acme", [hit.item_id], LATER, None, 10)
+    assert moved["rehydrated"] == 1
+    fresh = Memory(archived.store_url, archived.archive_url, clock=FixedClock(LATER))
+    try:
+        for layers in LAYER_CHOICES:
+            # The warm index (segments loaded before the rehydrate) answers as one built after it.
+            assert _ranking(archived, query, layers) == _ranking(fresh, query, layers), layers
+        assert hit.item_id not in {h.item_id for h in archived.search("acme", query, limit=50, layers=["archival"])}
+        assert hit.item_id in {h.item_id for h in archived.search("acme", query, limit=50, layers=["semantic"])}
+        assert len(archived._index("acme")) == len(fresh._index("acme"))
+    finally:
+        fresh.close()

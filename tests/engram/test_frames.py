@@ -40,7 +40,14 @@ def test_records_of_empty_frames() -> None:
 def test_json_columns_read_what_json_dumps_wrote() -> None:
     import json
 
-    for value in ({"n": 2**70}, {"x": float("nan")}, {"tags": ["a", "é"], "nested": {"k": [1, 2.5, None]}}, []):
+    values = (
+        {"n": 2**70 + 1},
+        {"n": -(2**64) - 3, "m": [10**30]},
+        {"x": float("nan")},
+        {"tags": ["a", "é"], "nested": {"k": [1, 2.5, None]}},
+        [],
+    )
+    for value in values:
         text = json.dumps(value)
         got = _json_loads(text)
         if isinstance(value, dict) and "x" in value:
