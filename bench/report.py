@@ -397,7 +397,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = [p["events"] for p in result["pipelines"]]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(15, 4.2))
     ax1.plot(sizes, [p["pipeline_events_per_s"] for p in result["pipelines"]], "o-", label="lifecycle (end to end)")
     ax1.plot(sizes, [p["raw_bulk_insert_rows_per_s"] for p in result["pipelines"]], "s--", label="raw bulk insert")
     ax1.plot(sizes, [p["observe_many_rows_per_s"] for p in result["pipelines"]], "^:", label="observe_many alone")
@@ -408,6 +408,19 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax1.set_title("throughput")
     ax1.grid(True, which="both", alpha=0.3)
     ax1.legend()
+    # Linear cost is a flat line here: seconds per 1,000 events that do not change with the number of events.
+    for key, label, style in (
+        ("pipeline_s", "lifecycle (end to end)", "o-"),
+        ("raw_bulk_insert_s", "raw bulk insert", "s--"),
+    ):
+        ax3.plot(sizes, [p[key] / p["events"] * 1000 for p in result["pipelines"]], style, label=label)
+    ax3.set_xscale("log")
+    ax3.set_yscale("log")
+    ax3.set_xlabel("events")
+    ax3.set_ylabel("seconds per 1,000 events")
+    ax3.set_title("cost per event (flat = linear in events)")
+    ax3.grid(True, which="both", alpha=0.3)
+    ax3.legend()
     ax2.plot(
         sizes,
         [p.get("peak_rss_mb_engram", p["peak_rss_mb"]) for p in result["pipelines"]],
