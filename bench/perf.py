@@ -589,9 +589,19 @@ def summarise(
     if cold is None:
         notes.append("search_cold_p95_ms: null, archival search was not measured in this run")
     else:
+        from engram.settings import get_settings
+
+        kept = get_settings().search_max_tenants
         notes.append(
             "search_cold_p95_ms: p95 of each tenant's first archival search in a fresh process (which loads that"
             " tenant's archive), the slower of first and later searches; search_cold_warm_p95_ms: the later ones"
+            + (
+                f", among them searches of tenants dropped from memory meanwhile ({cold['tenants']} tenants searched,"
+                f" the indexes of the {kept} most recent kept: ENGRAM_SEARCH_MAX_TENANTS), which load their archive"
+                " again"
+                if cold["tenants"] > kept
+                else ""
+            )
         )
     peaks = {str(p["events"]): p.get("peak_rss_mb_engram", p["peak_rss_mb"]) for p in pipelines}
     return {
