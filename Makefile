@@ -67,7 +67,7 @@ bench-scale: $(STAMP)
 
 # Archival search over 10^7 archived items (bench/results/cold_search.json): the build alone takes most of an hour.
 bench-cold: $(STAMP)
-	$(BIN)/python bench/cold_search.py --items 10000000 --tenants 100 --out bench/results/cold_search.json
+	$(BIN)/python bench/cold_search.py --items 10000000 --tenants 100 --compact --out bench/results/cold_search.json
 	$(BIN)/python bench/report.py
 
 # Service models (infra/README.md): the monolith serves every deployment from one process; `up`/`down` run a Prefect

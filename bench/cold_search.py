@@ -205,11 +205,95 @@ def build_archive(memory: Any, items: int, tenants: int, seed: int) -> dict[str,
 # -- measure -----------------------------------------------------------------------------------------------------
 
 
-def job_cold_search(items: int, tenants: int, seed: int, queries: int, workdir: Path | None = None) -> dict[str, Any]:
+def compact_all(memory: Any, as_of: Any) -> dict[str, Any]:
+    """``engram.compaction.compact_tenant`` over every tenant, as the ``compact_archive`` flow runs it; timed."""
+    from engram.compaction import compact_tenant
+
+    started = time.perf_counter()
+    totals: dict[str, int] = {}
+    for tenant in sorted({m["tenant"] for m in memory.store.manifests(None, ["committed"])}):
+        for k, v in compact_tenant(memory.store, memory.archive, tenant, as_of).items():
+            totals[k] = totals.get(k, 0) + v
+    return {**totals, "compact_s": round(time.perf_counter() - started, 1)}
+
+
+def measure_searches(db: str, archive: str, per_tenant: dict[str, int], texts: list[str], seed: int) -> dict[str, Any]:
+    """Each tenant's first search (in shuffled order) in a fresh ``Memory``, then weighted later searches."""
+    from engram import Memory
+
+    memory = Memory(db, archive)
+    # What a running service has loaded before its first search: the modules search and Parquet use (pyarrow
+    # imports pandas the first time it converts a time zone, which takes about half a second).
+    import pandas  # noqa: F401
+    import pyarrow.compute
+    import pyarrow.parquet  # noqa: F401
+
+    memory.search("warm-up", "modules loaded", layers=["archival"])
+    # Timed apart, not changed: the store's change feed, which a fresh index reads from the tenant's first change.
+    feed = {"s": 0.0}
+    index_changes = memory.store.index_changes
+
+    def timed_index_changes(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return index_changes(*args, **kwargs)
+        finally:
+            feed["s"] += time.perf_counter() - t0
+
+    memory.store.index_changes = timed_index_changes  # type: ignore[method-assign]
+    first: dict[str, float] = {}
+    first_feed: dict[str, float] = {}
+    hits_first = 0
+    order = sorted(per_tenant)
+    random.Random(seed + 3).shuffle(order)  # the largest tenants are not all searched first
+    for i, tenant in enumerate(order):
+        feed["s"] = 0.0
+        t0 = time.perf_counter()
+        found = memory.search(tenant, texts[i], limit=20, layers=["archival"])
+        first[tenant] = (time.perf_counter() - t0) * 1000
+        first_feed[tenant] = feed["s"] * 1000
+        hits_first += bool(found)
+    rng = random.Random(seed + 2)
+    names = sorted(per_tenant)
+    weights = [per_tenant[t] for t in names]
+    warm: list[float] = []
+    hits_warm = 0
+    for q in texts[len(per_tenant) :]:
+        tenant = rng.choices(names, weights)[0]
+        t0 = time.perf_counter()
+        found = memory.search(tenant, q, limit=20, layers=["archival"])
+        warm.append((time.perf_counter() - t0) * 1000)
+        hits_warm += bool(found)
+    manifests = memory.store.manifests(None, ["committed"])
+    memory.close()
+    largest = max(per_tenant, key=per_tenant.get)
+    return {
+        "manifests": len(manifests),
+        "files": sum(len(m["files"]) for m in manifests),
+        "parquet_mb": round(sum(f["bytes"] for m in manifests for f in m["files"]) / 2**20, 1),
+        "first_search": {
+            **latency_summary(list(first.values())),
+            "largest_tenant_ms": round(first[largest], 2),
+            "with_hits": hits_first,
+            "of_which_store_index_changes": {
+                **latency_summary(list(first_feed.values())),
+                "largest_tenant_ms": round(first_feed[largest], 2),
+            },
+            "without_store_index_changes": latency_summary([first[t] - first_feed[t] for t in first]),
+        },
+        "warm_search": {**latency_summary(warm), "with_hits": hits_warm},
+    }
+
+
+def job_cold_search(
+    items: int, tenants: int, seed: int, queries: int, workdir: Path | None = None, compact: bool = False
+) -> dict[str, Any]:
     """Build an archive of about ``items`` archived items over ``tenants`` tenants and time archival searches.
 
-    With ``workdir``, the store and archive are kept there, and a later call with the same arguments searches them
-    again instead of rebuilding (for profiling the searches alone).
+    With ``compact``, the searches are timed again after every tenant's archive was compacted (the weekly
+    ``compact_archive`` flow), under ``compacted``. With ``workdir``, the store and archive are kept there, and a
+    later call with the same arguments searches them again instead of rebuilding (for profiling the searches alone;
+    a compacted build stays compacted).
     """
     from engram import Memory
 
@@ -230,59 +314,19 @@ def job_cold_search(items: int, tenants: int, seed: int, queries: int, workdir: 
             build_s = time.perf_counter() - started
             marker.write_text(json.dumps({"key": key, "built": built, "build_s": build_s}))
         counts = builder.store.count_by_layer()
-        manifests = builder.store.manifests(None, ["committed"])
         builder.close()
         rss_after_build = peak_rss_mb()
-        files = sum(len(m["files"]) for m in manifests)
-        parquet_bytes = sum(f["bytes"] for m in manifests for f in m["files"])
         per_tenant = built["per_tenant"]
         workload = Workload(max(1, int(items / 1.05)), tenants=tenants, seed=seed)
         texts = search_queries(workload, queries + len(per_tenant), seed + 1)
-
-        memory = Memory(db, archive)
-        # What a running service has loaded before its first search: the modules search and Parquet use (pyarrow
-        # imports pandas the first time it converts a time zone, which takes about half a second).
-        import pandas  # noqa: F401
-        import pyarrow.compute
-        import pyarrow.parquet  # noqa: F401
-
-        memory.search("warm-up", "modules loaded", layers=["archival"])
-        # Timed apart, not changed: the store's change feed, which a fresh index reads from the tenant's first change.
-        feed = {"s": 0.0}
-        index_changes = memory.store.index_changes
-
-        def timed_index_changes(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return index_changes(*args, **kwargs)
-            finally:
-                feed["s"] += time.perf_counter() - t0
-
-        memory.store.index_changes = timed_index_changes  # type: ignore[method-assign]
-        first: dict[str, float] = {}
-        first_feed: dict[str, float] = {}
-        hits_first = 0
-        order = sorted(per_tenant)
-        random.Random(seed + 3).shuffle(order)  # the largest tenants are not all searched first
-        for i, tenant in enumerate(order):
-            feed["s"] = 0.0
-            t0 = time.perf_counter()
-            found = memory.search(tenant, texts[i], limit=20, layers=["archival"])
-            first[tenant] = (time.perf_counter() - t0) * 1000
-            first_feed[tenant] = feed["s"] * 1000
-            hits_first += bool(found)
-        rng = random.Random(seed + 2)
-        names = sorted(per_tenant)
-        weights = [per_tenant[t] for t in names]
-        warm: list[float] = []
-        hits_warm = 0
-        for q in texts[len(per_tenant) :]:
-            tenant = rng.choices(names, weights)[0]
-            t0 = time.perf_counter()
-            found = memory.search(tenant, q, limit=20, layers=["archival"])
-            warm.append((time.perf_counter() - t0) * 1000)
-            hits_warm += bool(found)
-        memory.close()
+        searched = measure_searches(db, archive, per_tenant, texts, seed)
+        rss_after_search = peak_rss_mb()
+        compacted = None
+        if compact:
+            compactor = Memory(db, archive)
+            compaction = compact_all(compactor, START + timedelta(days=400))
+            compactor.close()
+            compacted = {"compaction": compaction, **measure_searches(db, archive, per_tenant, texts, seed)}
         largest = max(per_tenant, key=per_tenant.get)
     return {
         "items": sum(per_tenant.values()),
@@ -290,9 +334,7 @@ def job_cold_search(items: int, tenants: int, seed: int, queries: int, workdir: 
         "tenants": len(per_tenant),
         "largest_tenant_items": per_tenant[largest],
         "archived": {"tombstones": counts.get("archival", 0), **built["written"]},
-        "manifests": len(manifests),
-        "files": files,
-        "parquet_mb": round(parquet_bytes / 2**20, 1),
+        **searched,
         "build_s": round(build_s, 1),
         "build_write_hot_s": built["write_hot_s"],
         "build_archive_s": built["archive_s"],
@@ -301,19 +343,9 @@ def job_cold_search(items: int, tenants: int, seed: int, queries: int, workdir: 
             f"{WRITE_BATCH} rows a round, each round archived by engram.archive.archive_cold_items "
             f"(batch_size={ARCHIVE_BATCH})"
         ),
-        "first_search": {
-            **latency_summary(list(first.values())),
-            "largest_tenant_ms": round(first[largest], 2),
-            "with_hits": hits_first,
-            "of_which_store_index_changes": {
-                **latency_summary(list(first_feed.values())),
-                "largest_tenant_ms": round(first_feed[largest], 2),
-            },
-            "without_store_index_changes": latency_summary([first[t] - first_feed[t] for t in first]),
-        },
-        "warm_search": {**latency_summary(warm), "with_hits": hits_warm},
         "peak_rss_mb_build": round(rss_after_build, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": round(rss_after_search, 1),
+        **({"compacted": {**compacted, "peak_rss_mb": round(peak_rss_mb(), 1)}} if compacted else {}),
     }
 
 
@@ -325,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--out", type=Path, default=None, help="merge the result into this JSON file, by size")
     parser.add_argument("--workdir", type=Path, default=None, help="build here and reuse a build found here")
+    parser.add_argument("--compact", action="store_true", help="also time the searches after compaction")
     args = parser.parse_args(argv)
-    result = job_cold_search(args.items, args.tenants, args.seed, args.queries, args.workdir)
+    result = job_cold_search(args.items, args.tenants, args.seed, args.queries, args.workdir, args.compact)
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,8 @@ def goals(result: dict[str, Any]) -> list[str]:
             met += f" (at {fmt(result.get('search_hot_items'))} items, not 10^6)"
         if key == "search_cold_p95_ms" and value is not None and (result.get("search_cold_items") or 0) < 9_500_000:
             met += f" (at {fmt(result.get('search_cold_items'))} items, not 10^7)"
+        if key == "search_cold_p95_ms" and result.get("search_cold_compacted"):
+            met += f" (compacted archive; {fmt(result.get('search_cold_uncompacted_p95_ms'))} ms before compaction)"
         lines.append(f"| {label} | {fmt(value)} | {met} |")
     peaks = result.get("peak_rss_mb_by_events") or {}
     big = {int(k): v for k, v in peaks.items() if int(k) >= 100_000}
@@ -321,21 +323,26 @@ def cold_section(results: Path) -> list[str]:
         "batch), then `Memory.search(..., layers=['archival'])` in a fresh process: each tenant's first search (which "
         "loads that tenant's archive) timed apart from the later ones.",
         "",
-        "| archived items | tenants | largest tenant | files | Parquet MB | build s | first search p50 / p95 / p99 ms "
-        "| later searches p50 / p95 / p99 ms | peak RSS MB |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| archived items | tenants | largest tenant | manifests | files | Parquet MB | build (compaction) s "
+        "| first search p50 / p95 / p99 ms | later searches p50 / p95 / p99 ms | peak RSS MB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     runs = sorted((int(k), "", r) for k, r in data.items() if k.isdigit())
     runs += [(int(k.rsplit("_", 1)[1]), " (before)", r) for k, r in data.items() if k.startswith("before_change_")]
     for _, label, r in sorted(runs, key=lambda run: (run[0], run[1] == "")):
-        first, warm = r["first_search"], r["warm_search"]
-        lines.append(
-            f"| {fmt(r['items'])}{label} | {fmt(r['tenants'])} | {fmt(r.get('largest_tenant_items'))} "
-            f"| {fmt(r['files'])} "
-            f"| {fmt(r.get('parquet_mb'))} | {fmt(r.get('build_s'))} "
-            f"| {fmt(first['p50_ms'])} / {fmt(first['p95_ms'])} / {fmt(first['p99_ms'])} "
-            f"| {fmt(warm['p50_ms'])} / {fmt(warm['p95_ms'])} / {fmt(warm['p99_ms'])} | {fmt(r.get('peak_rss_mb'))} |"
-        )
+        compacted = r.get("compacted")
+        rows = [(label, r, fmt(r.get("build_s")))]
+        if compacted:
+            rows.append((f"{label} compacted", {**r, **compacted}, f"({fmt(compacted['compaction']['compact_s'])})"))
+        for name, run, seconds in rows:
+            first, warm = run["first_search"], run["warm_search"]
+            lines.append(
+                f"| {fmt(run['items'])}{name} | {fmt(run['tenants'])} | {fmt(run.get('largest_tenant_items'))} "
+                f"| {fmt(run.get('manifests'))} | {fmt(run['files'])} | {fmt(run.get('parquet_mb'))} | {seconds} "
+                f"| {fmt(first['p50_ms'])} / {fmt(first['p95_ms'])} / {fmt(first['p99_ms'])} "
+                f"| {fmt(warm['p50_ms'])} / {fmt(warm['p95_ms'])} / {fmt(warm['p99_ms'])} "
+                f"| {fmt(run.get('peak_rss_mb'))} |"
+            )
     return lines + [""] + [f"- {n}" for n in data.get("notes", [])] + [""]
 
 
@@ -464,7 +471,15 @@ def with_largest_cold_search(result: dict[str, Any], results: Path) -> dict[str,
     largest = max(sizes, key=lambda r: r["items"])
     if largest["items"] <= (result.get("search_cold_items") or 0):
         return result
-    return {**result, "search_cold_p95_ms": largest["first_search"]["p95_ms"], "search_cold_items": largest["items"]}
+    # An archive as the weekly ``compact_archive`` flow keeps it, when that was measured.
+    searched = largest.get("compacted") or largest
+    return {
+        **result,
+        "search_cold_p95_ms": searched["first_search"]["p95_ms"],
+        "search_cold_items": largest["items"],
+        "search_cold_compacted": "compacted" in largest,
+        "search_cold_uncompacted_p95_ms": largest["first_search"]["p95_ms"],
+    }
 
 
 def render(results: Path) -> str:

@@ -22,6 +22,10 @@ A crash or an outage at any step leaves each row hot or tombstoned over a verifi
 manifest left ``written`` or ``verified``: it verifies and commits it, or, when a file is missing or differs,
 removes the manifest's objects and lets the rows be archived again.
 
+Compaction (``engram.compaction``) merges a tenant's many small manifests of a layer into one, in the same layout;
+like a forget, it writes new objects first and deletes the old ones only after one transaction moved the
+tombstones to the new manifest.
+
 A forget never overwrites an object a manifest points at: it writes the rewritten files under new names, swaps the
 manifest's file list in one transaction, then deletes the old objects; what a crash leaves is unreferenced and swept
 by the rerun, which also finds the ids the first run recorded (see ``forget_in_archive``).
@@ -36,9 +40,7 @@ import functools
 import hashlib
 import io
 import json
-import threading
 import uuid
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -377,13 +379,20 @@ def _arrow_table(table_name: str, rows: Sequence[Mapping[str, Any]]) -> Any:
 # Below this many rows a file is compressed with snappy: zstd makes a file of a few dozen rows no smaller and takes
 # twice as long (its per-column setup dominates), and a busy tenant-and-date partition holds only that many.
 _ZSTD_FROM_ROWS = 64
+# Rows per Parquet row group: a search reads a hit's text from its row group, not from the whole file.
+ROW_GROUP_ROWS = 4_096
 
 
 def _parquet_bytes(table: Any) -> bytes:
     import pyarrow.parquet as pq
 
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd" if table.num_rows >= _ZSTD_FROM_ROWS else "snappy")
+    pq.write_table(
+        table,
+        buf,
+        compression="zstd" if table.num_rows >= _ZSTD_FROM_ROWS else "snappy",
+        row_group_size=ROW_GROUP_ROWS,
+    )
     return buf.getvalue()
 
 
@@ -498,6 +507,8 @@ def manifest_json(row: Mapping[str, Any]) -> bytes:
     """The manifest as the JSON object kept next to its files."""
     doc = {k: row[k] for k in ("tenant", "manifest_id", "layer", "files", "row_count", "flow_run_id")}
     doc["created_at"] = row["created_at"].isoformat()
+    if row.get("compacted_from"):  # the manifests a compaction merged into this one
+        doc["compacted_from"] = list(row["compacted_from"])
     return json.dumps(doc, indent=2, sort_keys=True).encode("utf-8")
 
 
@@ -773,35 +784,20 @@ def _index_terms(texts: Sequence[str], actors: Sequence[str | None]) -> list[lis
 
 
 @dataclass
-class _Tombstones:
+class Tombstones:
     """What the hot store says of a tenant's archived rows, by manifest, read in one pass: the current semantic
     tombstones (``item_id -> (seq, last_seen)``) and how many turn tombstones point at each manifest."""
 
-    seq: int
-    epoch: int
     facts: dict[str, dict[str, tuple[int, datetime]]]
     turns: dict[str, int]
 
 
-# The summary of the tenant last loaded, per store (weakly: it goes with its store).
-_TOMBSTONES: weakref.WeakKeyDictionary[Store, tuple[str, _Tombstones]] = weakref.WeakKeyDictionary()
-_TOMBSTONES_LOCK = threading.Lock()
-
-
-def _tombstones(store: Store, tenant: str) -> _Tombstones:
-    """The tenant's tombstone summary, read again only when the tenant's change counter moved (every archive commit,
-    supersede and rehydrate moves it): loading a tenant's manifests one after another reads the tombstones once."""
+def tenant_tombstones(store: Store, tenant: str) -> Tombstones:
+    """The tenant's tombstone summary, read once for a pass that loads many manifests. Read it after listing the
+    manifests to load: every manifest committed by then has its tombstones in it."""
     from sqlalchemy import func, select
 
-    from engram.store import TENANTS
-
     with store.read() as conn:
-        state = conn.execute(select(TENANTS.c.seq, TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).first()
-        seq, epoch = (state.seq, state.epoch) if state else (0, 0)
-        with _TOMBSTONES_LOCK:
-            cached_tenant, cached = _TOMBSTONES.get(store, ("", None))
-        if cached is not None and cached_tenant == tenant and (cached.seq, cached.epoch) == (seq, epoch):
-            return cached
         facts: dict[str, dict[str, tuple[int, datetime]]] = {}
         for r in conn.execute(
             select(SEMANTIC.c.archived_manifest_id, SEMANTIC.c.item_id, SEMANTIC.c.seq, SEMANTIC.c.last_seen).where(
@@ -819,18 +815,7 @@ def _tombstones(store: Store, tenant: str) -> _Tombstones:
                 .group_by(TURNS.c.archived_manifest_id)
             )
         }
-    summary = _Tombstones(seq, epoch, facts, turns)
-    with _TOMBSTONES_LOCK:
-        # One tenant's summary per store: the tenant being loaded; others are read again when their turn comes.
-        _TOMBSTONES[store] = (tenant, summary)
-    return summary
-
-
-def release_tombstones(store: Store) -> None:
-    """Forget the tombstone summary read for a loading pass (a large tenant's holds every archived fact's stamp):
-    call when a pass over a tenant's manifests is done."""
-    with _TOMBSTONES_LOCK:
-        _TOMBSTONES.pop(store, None)
+    return Tombstones(facts, turns)
 
 
 def _archived_turn_ids(store: Store, tenant: str, manifest_id: str) -> set[str]:
@@ -850,21 +835,57 @@ def _search_schemas() -> dict[str, Any]:
     return {name: archive_schema(name) for name in _SEARCH_COLUMNS}
 
 
-def _read_search_tables(storage: StorageLike, manifest: Mapping[str, Any]) -> dict[str, tuple[Any, list[Any]]]:
-    """The ``_SEARCH_COLUMNS`` of a manifest's files, one Arrow table per archived table, after checking each file's
-    sha256 and row count, with a reader of each file's ``_CONTENT_COLUMNS`` (from the same checked bytes)."""
+# The terms column is read dictionary-encoded: a file's distinct stems are decoded once, not once per row.
+_TERMS_AS_DICTIONARY = ["terms.list.element"]
+
+
+@dataclass(frozen=True)
+class SearchTable:
+    """One archived table's searchable rows of a manifest, as loaded from its checked files: the ``_SEARCH_COLUMNS``
+    but the terms as one Arrow table, each row's terms (list arrays, one or more per file; dictionary-encoded
+    strings, or plain strings for a file written before the terms column) and a reader of each file's
+    ``_CONTENT_COLUMNS`` from the same checked bytes, called when one of its rows is a hit."""
+
+    columns: Any
+    terms: list[Any]
+    contents: list[tuple[int, Any]]
+
+
+@dataclass(frozen=True)
+class SearchTables:
+    """A committed manifest's searchable files as loaded, before the hot store is asked which of their rows are
+    still archived (see ``search_segment``)."""
+
+    manifest: Mapping[str, Any]
+    tables: dict[str, SearchTable]
+
+
+def load_search_tables(storage: StorageLike, manifest: Mapping[str, Any]) -> SearchTables | None:
+    """Read and check a manifest's searchable files (sha256, row count, columns); None when it has none.
+
+    Touches the storage only, never the hot store, so that a tenant's manifests can be loaded on several threads.
+
+    Raises:
+        ArchiveMismatch: a file is missing, differs from the manifest or is not readable.
+        ArchiveError: the storage failed.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    files = [e for e in manifest["files"] if e["table"] in _SEARCH_COLUMNS]
+    if not files:
+        return None
     fs = storage.filesystem()
     schema = _search_schemas()
-    parts: dict[str, list[Any]] = {}
-    contents: dict[str, list[Any]] = {}
-    for entry, data in zip(manifest["files"], _read_many(storage, fs, manifest), strict=True):
+    parts: dict[str, list[tuple[Any, list[Any], list[tuple[int, Any]]]]] = {}
+    for entry, data in zip(files, _read_many(storage, fs, {**manifest, "files": files}), strict=True):
         name = entry["table"]
         wanted = _SEARCH_COLUMNS[name]
         try:
-            parquet = pq.ParquetFile(pa.BufferReader(data))
+            try:
+                parquet = pq.ParquetFile(pa.BufferReader(data), read_dictionary=_TERMS_AS_DICTIONARY)
+            except KeyError:  # a file written before the terms column
+                parquet = pq.ParquetFile(pa.BufferReader(data))
             present = set(parquet.schema_arrow.names)
             lacking = [c for c in wanted if c not in present]
             if any(c not in _SEARCH_OPTIONAL for c in lacking) or not {"text", "actor", "tags"} <= present:
@@ -876,51 +897,117 @@ def _read_search_tables(storage: StorageLike, manifest: Mapping[str, Any]) -> di
             raise ArchiveMismatch(
                 manifest["manifest_id"], entry["path"], f"has {table.num_rows} rows, the manifest says {entry['rows']}"
             )
-        for c in lacking:
-            if c == "terms":
-                texts = parquet.read(columns=["text", "actor"])
-                column = pa.array(
-                    _index_terms(texts["text"].to_pylist(), texts["actor"].to_pylist()), type=schema[name].field(c).type
-                )
-            else:
-                column = pa.nulls(table.num_rows, type=schema[name].field(c).type)
-            table = table.append_column(schema[name].field(c), column)
-        parts.setdefault(name, []).append(table.select(wanted).cast(pa.schema([schema[name].field(c) for c in wanted])))
-        contents.setdefault(name, []).append(
-            (table.num_rows, functools.partial(_file_contents, data, "rendered" in present))
+        if "terms" in present:
+            terms = table["terms"].chunks
+        else:  # a file written before the terms column: tokenised now, as the archive step does
+            texts = parquet.read(columns=["text", "actor"])
+            stems = _index_terms(texts["text"].to_pylist(), texts["actor"].to_pylist())
+            terms = [pa.array(stems, pa.list_(pa.string()))]
+        fields = [schema[name].field(c) for c in wanted if c != "terms"]
+        columns = pa.table(
+            [table[f.name].cast(f.type) if f.name in present else pa.nulls(table.num_rows, f.type) for f in fields],
+            schema=pa.schema(fields),
         )
-    return {name: (pa.concat_tables(tables), contents[name]) for name, tables in parts.items()}
+        # A hit's text is read from its row group only.
+        readers = [
+            (parquet.metadata.row_group(i).num_rows, functools.partial(_file_contents, data, i, "rendered" in present))
+            for i in range(parquet.num_row_groups)
+        ]
+        parts.setdefault(name, []).append((columns, terms, readers))
+    return SearchTables(
+        manifest,
+        {
+            name: SearchTable(
+                columns=pa.concat_tables([columns for columns, _, _ in pieces]),
+                terms=[chunk for _, terms, _ in pieces for chunk in terms],
+                contents=[reader for _, _, readers in pieces for reader in readers],
+            )
+            for name, pieces in parts.items()
+        },
+    )
 
 
-def _file_contents(data: bytes, has_rendered: bool) -> tuple[Any, Any, Any, Any]:
-    """The ``_CONTENT_COLUMNS`` of an archived file's bytes (checked when it was loaded)."""
+def search_parts(manifest: Mapping[str, Any], files_per_part: int) -> list[dict[str, Any]]:
+    """A manifest cut into parts of at most ``files_per_part`` searchable files each (at least one part), for
+    ``load_search_tables`` to load on several threads; ``merge_search_tables`` joins what they load."""
+    files = [e for e in manifest["files"] if e["table"] in _SEARCH_COLUMNS]
+    step = max(1, files_per_part)
+    return [{**manifest, "files": files[i : i + step]} for i in range(0, len(files), step)] or [
+        {**manifest, "files": []}
+    ]
+
+
+def merge_search_tables(manifest: Mapping[str, Any], parts: Sequence[SearchTables | None]) -> SearchTables | None:
+    """One manifest's ``SearchTables`` from those of its parts, in order (see ``search_parts``)."""
+    import pyarrow as pa
+
+    loaded = [p for p in parts if p is not None]
+    if not loaded:
+        return None
+    if len(loaded) == 1:
+        return SearchTables(manifest, loaded[0].tables)
+    tables: dict[str, SearchTable] = {}
+    for name in sorted({name for p in loaded for name in p.tables}):
+        pieces = [p.tables[name] for p in loaded if name in p.tables]
+        tables[name] = SearchTable(
+            columns=pa.concat_tables([t.columns for t in pieces]),
+            terms=[chunk for t in pieces for chunk in t.terms],
+            contents=[content for t in pieces for content in t.contents],
+        )
+    return SearchTables(manifest, tables)
+
+
+def _file_contents(data: bytes, row_group: int, has_rendered: bool) -> tuple[Any, Any, Any, Any]:
+    """The ``_CONTENT_COLUMNS`` of a row group of an archived file's bytes (checked when it was loaded)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(pa.BufferReader(data)).read(
-        columns=[c for c in _CONTENT_COLUMNS if c != "rendered" or has_rendered]
+    table = pq.ParquetFile(pa.BufferReader(data)).read_row_group(
+        row_group, columns=[c for c in _CONTENT_COLUMNS if c != "rendered" or has_rendered]
     )
     rendered = table["rendered"] if has_rendered else pa.nulls(table.num_rows, pa.string())
     return table["text"], rendered, table["actor"], table["tags"]
 
 
-def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, Any]) -> Any:
-    """The search documents of a committed manifest's rows that are still archived (not rehydrated since), as an
+def _term_codes(chunks: Sequence[Any]) -> tuple[Any, Any, Any]:
+    """Each row's number of terms, every term as a number, and the distinct terms those numbers index, from list
+    arrays of terms (dictionary-encoded per file, or plain strings)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = pa.list_(pa.dictionary(pa.int32(), pa.string()))
+    lists = []
+    for chunk in chunks:
+        if chunk.type != kind:  # plain strings (a file written before the terms column): encoded here
+            lengths = pc.fill_null(pc.list_value_length(chunk), 0).to_numpy(zero_copy_only=False)
+            offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
+            values = pc.dictionary_encode(pc.list_flatten(chunk)).cast(kind.value_type)
+            chunk = pa.ListArray.from_arrays(offsets, values, type=kind)
+        lists.append(chunk)
+    if not lists:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32), pa.array([], pa.string())
+    terms = pa.chunked_array(lists, kind)
+    lengths = pc.fill_null(pc.list_value_length(terms), 0).to_numpy().astype(np.int64)
+    flat = pc.list_flatten(terms).unify_dictionaries()
+    codes = pa.chunked_array([c.indices for c in flat.chunks], pa.int32()).to_numpy()
+    return lengths, codes, flat.chunk(0).dictionary if flat.num_chunks else pa.array([], pa.string())
+
+
+def search_segment(store: Store, loaded: SearchTables, tombstones: Tombstones) -> Any:
+    """The search documents of a loaded manifest's rows that are still archived (not rehydrated since), as an
     ``engram.search.ArchiveSegment`` (an empty list when the manifest holds nothing searchable).
 
     Facts are documents like their hot selves, with layer ``archival``; an archived episode's turns are searched
     only when the archival layer is asked for by name, as a consolidated episode's turns are in the hot layers.
-    Which facts are current, when each was last seen and its change stamp come from the tombstones, not from the
-    archived copies: a version superseded since it was archived is left out, as a superseded hot version is.
+    Which facts are current, when each was last seen and its change stamp come from ``tombstones`` (read after the
+    manifest was committed), not from the archived copies: a version superseded since it was archived is left out,
+    as a superseded hot version is.
 
-    Loading is column-wise: the files' index terms, timestamps and texts stay Arrow and numpy arrays, and only the
-    facts (a small share of the rows) are matched with their tombstones one by one; the turns of a manifest are
-    all searchable when as many turn tombstones point at it as its files hold turns, and only otherwise are their
-    ids read.
-
-    Raises:
-        ArchiveMismatch: a file is missing, differs from the manifest or is not readable.
-        ArchiveError: the storage failed.
+    Column-wise: the files' index terms, timestamps and texts stay Arrow and numpy arrays, and only the facts (a
+    small share of the rows) are matched with their tombstones one by one; the turns of a manifest are all
+    searchable when as many turn tombstones point at it as its files hold turns, and only otherwise are their ids
+    read.
     """
     import numpy as np
     import pyarrow as pa
@@ -928,21 +1015,14 @@ def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, 
 
     from engram.search import ArchiveSegment, RowContents
 
-    files = [e for e in manifest["files"] if e["table"] in _SEARCH_COLUMNS]
-    if not files:
-        return []
-    tenant, manifest_id = manifest["tenant"], manifest["manifest_id"]
-    tables = _read_search_tables(storage, {**manifest, "files": files})
-    tombstones = _tombstones(store, tenant)
+    tenant, manifest_id = loaded.manifest["tenant"], loaded.manifest["manifest_id"]
     pieces: list[dict[str, Any]] = []
-    contents: list[Any] = []
-    facts, fact_contents = tables.get("semantic_items", (None, []))
-    if facts is not None and facts.num_rows:
-        contents += fact_contents
+    facts = loaded.tables.get("semantic_items")
+    if facts is not None and facts.columns.num_rows:
         current = tombstones.facts.get(manifest_id, {})
-        states = [current.get(i) for i in facts["item_id"].to_pylist()]
+        states = [current.get(i) for i in facts.columns["item_id"].to_pylist()]
         vectors: list[tuple[int, Any]] = []
-        for row, blob in enumerate(facts["embedding"].to_pylist()):
+        for row, blob in enumerate(facts.columns["embedding"].to_pylist()):
             if blob and states[row] is not None:
                 vectors.append((row, np.frombuffer(blob, dtype=np.float32)))
         pieces.append(
@@ -951,19 +1031,19 @@ def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, 
                 "alive": np.array([s is not None for s in states], dtype=bool),
                 "seq": np.array([s[0] if s else 0 for s in states], dtype=np.int64),
                 "at": np.array([s[1].timestamp() if s else 0.0 for s in states], dtype=np.float64),
-                "shadowed": np.zeros(facts.num_rows, dtype=bool),
+                "shadowed": np.zeros(facts.columns.num_rows, dtype=bool),
                 "vectors": vectors,
             }
         )
-    turns, turn_contents = tables.get("episode_turns", (None, []))
-    if turns is not None and turns.num_rows:
-        contents += turn_contents
-        if tombstones.turns.get(manifest_id, 0) == turns.num_rows:
-            alive = np.ones(turns.num_rows, dtype=bool)
+    turns = loaded.tables.get("episode_turns")
+    if turns is not None and turns.columns.num_rows:
+        n = turns.columns.num_rows
+        if tombstones.turns.get(manifest_id, 0) == n:
+            alive = np.ones(n, dtype=bool)
         else:
             pointed = _archived_turn_ids(store, tenant, manifest_id)
             alive = (
-                pc.is_in(turns["item_id"], value_set=pa.array(sorted(pointed), pa.string()))
+                pc.is_in(turns.columns["item_id"], value_set=pa.array(sorted(pointed), pa.string()))
                 .combine_chunks()
                 .to_numpy(zero_copy_only=False)
             )
@@ -971,26 +1051,23 @@ def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, 
             {
                 "table": turns,
                 "alive": alive,
-                "seq": np.zeros(turns.num_rows, dtype=np.int64),
-                "at": pc.cast(turns["at"], pa.int64()).combine_chunks().to_numpy(zero_copy_only=False) / 1e6,
-                "shadowed": np.ones(turns.num_rows, dtype=bool),
+                "seq": np.zeros(n, dtype=np.int64),
+                "at": pc.cast(turns.columns["at"], pa.int64()).combine_chunks().to_numpy(zero_copy_only=False) / 1e6,
+                "shadowed": np.ones(n, dtype=bool),
                 "vectors": [],
             }
         )
     if not pieces:
         return []
 
-    terms = pa.chunked_array([c for p in pieces for c in p["table"]["terms"].chunks], pa.list_(pa.string()))
-    lengths = pc.fill_null(pc.list_value_length(terms), 0).combine_chunks().to_numpy(zero_copy_only=False)
-    offsets = np.concatenate([[0], np.cumsum(lengths.astype(np.int64))])
-    encoded = pc.dictionary_encode(pc.list_flatten(terms).combine_chunks())
+    lengths, codes, terms = _term_codes([c for p in pieces for c in p["table"].terms])
     vectors, rows = [], []
     base = 0
     for p in pieces:
         for row, vector in p["vectors"]:
             rows.append(base + row)
             vectors.append(vector)
-        base += p["table"].num_rows
+        base += p["table"].columns.num_rows
     dense = None
     if vectors:
         dim = len(vectors[0])
@@ -998,17 +1075,33 @@ def search_documents(store: Store, storage: StorageLike, manifest: Mapping[str, 
         dense = (np.stack([vectors[i] for i in keep]), np.array([rows[i] for i in keep], dtype=np.int64))
     return ArchiveSegment(
         manifest_id,
-        item_ids=pa.chunked_array([c for p in pieces for c in p["table"]["item_id"].chunks], pa.string()),
-        contents=RowContents(contents),
+        item_ids=pa.chunked_array([c for p in pieces for c in p["table"].columns["item_id"].chunks], pa.string()),
+        contents=RowContents([content for p in pieces for content in p["table"].contents]),
         at=np.concatenate([p["at"] for p in pieces]),
         seq=np.concatenate([p["seq"] for p in pieces]),
         shadowed=np.concatenate([p["shadowed"] for p in pieces]),
         alive=np.concatenate([p["alive"] for p in pieces]),
-        token_offsets=offsets,
-        token_terms=encoded.indices.to_numpy(zero_copy_only=False),
-        terms=encoded.dictionary,
+        token_offsets=np.concatenate([[0], np.cumsum(lengths)]),
+        token_terms=codes,
+        terms=terms,
         vectors=dense,
     )
+
+
+def search_documents(
+    store: Store, storage: StorageLike, manifest: Mapping[str, Any], tombstones: Tombstones | None = None
+) -> Any:
+    """``search_segment`` of one committed manifest, loaded now (with the tenant's tombstones read now unless
+    given): an ``engram.search.ArchiveSegment``, or an empty list when the manifest holds nothing searchable.
+
+    Raises:
+        ArchiveMismatch: a file is missing, differs from the manifest or is not readable.
+        ArchiveError: the storage failed.
+    """
+    loaded = load_search_tables(storage, manifest)
+    if loaded is None:
+        return []
+    return search_segment(store, loaded, tombstones or tenant_tombstones(store, manifest["tenant"]))
 
 
 def archived_record(
@@ -1114,14 +1207,16 @@ def forget_in_archive(store: Store, storage: StorageLike, tenant: str, subject: 
     if not manifests:
         return counts
     if subject is None:
-        counts["archive_rows"] = sum(m["row_count"] for m in manifests)
+        # A manifest an interrupted compaction left holds copies of committed rows, not rows of its own.
+        counts["archive_rows"] = sum(m["row_count"] for m in manifests if m["status"] != "compacting")
         counts["archive_object_versions_deleted"] = purge_tenant(storage, tenant)
         return counts
     fs = storage.filesystem()
     # Settle unfinished writes first: their rows are hot and the hot forget removes them there.
     # The row goes before its objects (see ``settle_unfinished``); one an archive run committed meanwhile is not
     # dropped (StoreError) and a rerun of the forget takes it as committed.
-    for manifest in store.manifests(tenant, ["written", "verified"]):
+    # So is what an interrupted compaction left (``engram.compaction``): copies, pointed at by no tombstone.
+    for manifest in store.manifests(tenant, ["written", "verified", "compacting"]):
         store.drop_manifest(tenant, manifest["manifest_id"])
         counts["archive_object_versions_deleted"] += remove_manifest_objects(storage, manifest)
     subject_sha256 = hashlib.sha256(subject.encode()).hexdigest()

@@ -38,6 +38,9 @@ MAX_QUERY_CHARS = 4_096
 ACCESS_FLUSH_ITEMS = 5_000
 ACCESS_FLUSH_SECONDS = 30.0
 MAX_LIMIT = 1_000
+# Threads that read and decode a tenant's archive manifests when its search index loads them.
+ARCHIVE_LOAD_THREADS = 4
+ARCHIVE_LOAD_FILES = 32
 
 
 def utc_now() -> datetime:
@@ -367,23 +370,50 @@ class Memory:
 
     def _add_archived(self, tenant: str, index: TenantIndex) -> None:
         """Add the documents of archive manifests committed since the index last looked (a commit moves the
-        tenant's counter, so an unchanged counter means nothing new)."""
-        from engram.archive import release_tombstones, search_documents
+        tenant's counter, so an unchanged counter means nothing new).
 
-        try:
-            for manifest in self.store.manifests(tenant, ["committed"]):
-                if manifest["manifest_id"] not in index.manifests:
-                    try:
-                        docs = search_documents(self.store, self.archive, manifest)
-                    except ArchiveError as exc:
-                        # An unreadable or damaged archive file must not take search down with it: the hot layers
-                        # and the other manifests still answer, and this manifest is tried again on the next search.
-                        LOG.warning("archive manifest %s left out of search: %s", manifest["manifest_id"], exc)
-                        continue
-                    index.add(docs)
-                    index.manifests.add(manifest["manifest_id"])
-        finally:
-            release_tombstones(self.store)
+        The manifests' files are read and decoded on ``ARCHIVE_LOAD_THREADS`` threads, ``ARCHIVE_LOAD_FILES`` files
+        a job (Parquet decoding and checksums release the GIL), while this thread matches each manifest with the
+        tenant's tombstones, read once after the manifests are listed so that every listed manifest's are in it.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from engram.archive import (
+            load_search_tables,
+            merge_search_tables,
+            search_parts,
+            search_segment,
+            tenant_tombstones,
+        )
+
+        pending = [m for m in self.store.manifests(tenant, ["committed"]) if m["manifest_id"] not in index.manifests]
+        if not pending:
+            return
+
+        def load(part: dict[str, Any]) -> Any:
+            try:
+                return load_search_tables(self.archive, part)
+            except ArchiveError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=ARCHIVE_LOAD_THREADS, thread_name_prefix="engram-archive-load") as pool:
+            jobs = [[pool.submit(load, part) for part in search_parts(m, ARCHIVE_LOAD_FILES)] for m in pending]
+            tombstones = tenant_tombstones(self.store, tenant)
+            for manifest, parts in zip(pending, jobs, strict=True):
+                try:
+                    loaded = [job.result() for job in parts]
+                    failed = next((x for x in loaded if isinstance(x, ArchiveError)), None)
+                    if failed is not None:
+                        raise failed
+                    tables = merge_search_tables(manifest, loaded)
+                    if tables is not None:
+                        index.add(search_segment(self.store, tables, tombstones))
+                except ArchiveError as exc:
+                    # An unreadable or damaged archive file must not take search down with it: the hot layers and
+                    # the other manifests still answer, and this manifest is tried again on the next search.
+                    LOG.warning("archive manifest %s left out of search: %s", manifest["manifest_id"], exc)
+                    continue
+                index.manifests.add(manifest["manifest_id"])
 
     def search(
         self,

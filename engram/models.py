@@ -18,11 +18,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, Text
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, text
 from sqlmodel import Field, SQLModel
 
 # Names of the tables, for code that speaks SQL through SQLAlchemy Core.
 TENANT_ID_MAX = 64
+# The conditions of the partial indexes on rows that are hot (not archived) and on archive tombstones.
+HOT = text("archived_manifest_id IS NULL")
+ARCHIVED = text("archived_manifest_id IS NOT NULL")
 
 
 class TenantState(SQLModel, table=True):
@@ -139,7 +142,10 @@ class EpisodeTurn(SQLModel, table=True):
     __tablename__ = "episode_turns"
     __table_args__ = (
         Index("ix_turns_event", "tenant", "event_id"),
-        Index("ix_turns_seq", "tenant", "seq"),
+        # The search feed reads hot turns by change stamp; archived ones (most, in time) stay out of the index.
+        Index("ix_turns_hot_seq", "tenant", "seq", sqlite_where=HOT, postgresql_where=HOT),
+        # Tombstones by manifest: what a search's loading pass counts and what compaction and forget move.
+        Index("ix_turns_archived", "tenant", "archived_manifest_id", sqlite_where=ARCHIVED, postgresql_where=ARCHIVED),
     )
 
     tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)
@@ -167,7 +173,7 @@ class SemanticItem(SQLModel, table=True):
     __table_args__ = (
         Index("ix_semantic_fact", "tenant", "fact_key", "version"),
         Index("ix_semantic_current", "tenant", "valid_to"),
-        Index("ix_semantic_seq", "tenant", "seq"),
+        Index("ix_semantic_hot_seq", "tenant", "seq", sqlite_where=HOT, postgresql_where=HOT),
     )
 
     tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)

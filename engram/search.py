@@ -193,7 +193,7 @@ class ArchiveSegment:
         self._token_terms = np.asarray(token_terms, dtype=np.int32)
         self._token_rows = np.repeat(np.arange(len(self.length), dtype=np.int32), np.diff(offsets))
         self._terms = terms
-        self._term_no = {t: i for i, t in enumerate(terms.to_pylist() if hasattr(terms, "to_pylist") else terms)}
+        self._term_no: dict[str, int] | None = None  # built by the first query: a merged-away segment never needs it
         self._postings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._row_of: dict[str, int] | None = None
         self._docs: dict[int, dict[str, Any]] = {}
@@ -251,6 +251,9 @@ class ArchiveSegment:
         """The rows holding ``term`` (ascending) and its count in each; dead rows included, as in the hot index."""
         found = self._postings.get(term)
         if found is None:
+            if self._term_no is None:
+                terms = self._terms.to_pylist() if hasattr(self._terms, "to_pylist") else self._terms
+                self._term_no = {t: i for i, t in enumerate(terms)}
             no = self._term_no.get(term)
             if no is None:
                 found = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))

@@ -148,6 +148,10 @@ def _sqlite_url_with_dirs(url: str) -> str:
     return url
 
 
+class _Changed(Exception):
+    """A compaction's commit found its manifests changed: the transaction is rolled back."""
+
+
 class Store:
     """The hot store behind one database URL.
 
@@ -1465,6 +1469,67 @@ class Store:
                 raise StoreError(f"manifest {manifest_id} still holds archived rows of tenant {tenant!r}")
             return conn.execute(MANIFESTS.delete().where(key)).rowcount or 0
 
+    def commit_compaction(
+        self,
+        tenant: str,
+        manifest_id: str,
+        old: Sequence[tuple[str, Sequence[Mapping[str, Any]]]],
+        now: datetime,
+    ) -> bool:
+        """A compaction's commit point (see ``engram.compaction``): if every (manifest id, files) of ``old`` is still
+        committed with those files and the ``compacting`` manifest is still there, point the old manifests'
+        tombstones at it, delete their rows, mark it ``committed`` and move the tenant's epoch, in one transaction;
+        returns whether it did.
+
+        The tenant's row is locked first (as every archive commit and forget does), then the manifest rows; the
+        epoch makes every search index of the tenant load its archive again.
+        """
+        old_ids = sorted(manifest_id_ for manifest_id_, _ in old)
+        expected = {manifest_id_: [dict(f) for f in files] for manifest_id_, files in old}
+        try:
+            with self.write() as conn:
+                self._commit_compaction(conn, tenant, manifest_id, old_ids, expected, now)
+        except _Changed:
+            return False
+        return True
+
+    def _commit_compaction(
+        self,
+        conn: Connection,
+        tenant: str,
+        manifest_id: str,
+        old_ids: list[str],
+        expected: dict[str, list[dict[str, Any]]],
+        now: datetime,
+    ) -> None:
+        self.bump_seq(conn, [tenant], now)
+        query = select(MANIFESTS.c.manifest_id, MANIFESTS.c.files, MANIFESTS.c.status).where(
+            MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id.in_([*old_ids, manifest_id])
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update()
+        found = {r.manifest_id: r for r in conn.execute(query)}
+        new = found.pop(manifest_id, None)
+        if new is None or new.status != "compacting":
+            raise _Changed  # dropped by a forget or by another compaction's clean-up
+        if set(found) != set(old_ids) or any(
+            r.status != "committed" or r.files != expected[i] for i, r in found.items()
+        ):
+            raise _Changed  # a forget rewrote one of them, or another compaction merged it
+        for table in (SEMANTIC, EPISODES, TURNS):
+            conn.execute(
+                update(table)
+                .where(table.c.tenant == tenant, table.c.archived_manifest_id.in_(old_ids))
+                .values(archived_manifest_id=manifest_id)
+            )
+        conn.execute(MANIFESTS.delete().where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id.in_(old_ids)))
+        conn.execute(
+            update(MANIFESTS)
+            .where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id == manifest_id)
+            .values(status="committed")
+        )
+        conn.execute(update(TENANTS).where(TENANTS.c.tenant == tenant).values(epoch=TENANTS.c.epoch + 1))
+
     def manifests(self, tenant: str | None, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Manifest rows, oldest first; for one tenant or all, in the given statuses or any."""
         query = select(MANIFESTS)
@@ -1473,9 +1538,7 @@ class Store:
         if statuses is not None:
             query = query.where(MANIFESTS.c.status.in_(list(statuses)))
         with self.read() as conn:
-            return [
-                dict(r._mapping) for r in conn.execute(query.order_by(MANIFESTS.c.created_at, MANIFESTS.c.manifest_id))
-            ]
+            return _dicts(conn.execute(query.order_by(MANIFESTS.c.created_at, MANIFESTS.c.manifest_id)))
 
     def commit_archives(
         self,

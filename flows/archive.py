@@ -9,12 +9,14 @@ from prefect import flow
 
 from engram.validation import check_tenant
 from tasks.archive import (
+    compact_tenant_archives,
     find_archived_items,
     load_archive_storage,
     load_retention_rules,
     rehydrate_archived_items,
     select_cold_items,
     settle_unfinished_manifests,
+    tenants_to_compact,
     tombstone_archived_rows,
     verify_archive_files,
     write_archive_files,
@@ -93,3 +95,31 @@ def rehydrate(
         if ids is None and not counts["candidates"]:
             break
     return publish_run_summary("rehydrate", dict(totals), clock.seconds)
+
+
+@flow(name="compact_archive")
+def compact_archive(
+    store_url: str | None = None,
+    archive_url: str | None = None,
+    as_of: datetime | None = None,
+    tenant: str | None = None,
+    target_rows: int = 250_000,
+    batch_size: int = 50,
+    archive_block: str | None = None,
+) -> dict:
+    """Merge each tenant's small archive manifests into manifests of up to ``target_rows`` rows, in the same
+    tenant/layer/date layout: a search then loads a few files per date instead of one per archive run.
+
+    Nothing is deleted before the merged copy is read back, compared row id by row id, and committed in one
+    transaction; what an interrupted run wrote is dropped by the next (see ``engram.compaction``). ``batch_size``
+    is the number of tenants one task compacts.
+    """
+    clock, as_of = Stopwatch(), resolve_as_of(as_of)
+    tenant = check_tenant(tenant) if tenant is not None else None  # before any object is touched
+    storage = load_archive_storage(archive_url, archive_block)
+    names = tenants_to_compact(store_url, tenant)
+    totals: Counter[str] = Counter({"tenants": len(names)})
+    for start in range(0, len(names), max(1, batch_size)):
+        chunk = names[start : start + max(1, batch_size)]
+        totals.update(compact_tenant_archives(store_url, storage, chunk, as_of, target_rows))
+    return publish_run_summary("compact_archive", dict(totals), clock.seconds)

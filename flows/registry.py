@@ -51,6 +51,13 @@ FLOWS: tuple[FlowSpec, ...] = (
         "archive", "flows/archive.py:archive", "engram-archival", 86400, description="semantic, episodic -> archival"
     ),
     FlowSpec("rehydrate", "flows/archive.py:rehydrate", "engram-archival", description="archival -> semantic"),
+    FlowSpec(
+        "compact_archive",
+        "flows/archive.py:compact_archive",
+        "engram-archival",
+        604800,
+        description="merge each tenant's small archive manifests",
+    ),
     FlowSpec("forget", "flows/forget.py:forget", "engram-service", description="remove a subject everywhere"),
     # The service lifecycle: provisioning, monitoring, scaling, decommissioning.
     FlowSpec("provision", "flows/provision.py:provision", "engram-service", description="create what engram needs"),

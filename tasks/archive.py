@@ -101,3 +101,29 @@ def rehydrate_archived_items(
 ) -> dict[str, int]:
     """Bring a batch of archived facts back to the semantic layer, audited."""
     return arc.rehydrate_batch(open_store(store_url), storage, tenant, item_ids, as_of, current_run_id(), batch_size)
+
+
+@task(cache_policy=NO_CACHE)
+def tenants_to_compact(store_url: str | None, tenant: str | None) -> list[str]:
+    """The tenants with committed archive manifests (or just ``tenant``)."""
+    if tenant is not None:
+        return [tenant]
+    return sorted({m["tenant"] for m in open_store(store_url).manifests(None, ["committed", "compacting"])})
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def compact_tenant_archives(
+    store_url: str | None, storage: arc.StorageLike, tenants: list[str], as_of: datetime, target_rows: int
+) -> dict[str, int]:
+    """Merge the small archive manifests of a batch of tenants, tenant by tenant (see ``engram.compaction``).
+
+    A retry starts over safely: a group merged before the failure is committed, and what a failed group wrote is
+    dropped by the next attempt."""
+    from engram.compaction import compact_tenant
+
+    store = open_store(store_url)
+    totals: dict[str, int] = {}
+    for tenant in tenants:
+        for k, v in compact_tenant(store, storage, tenant, as_of, current_run_id(), target_rows).items():
+            totals[k] = totals.get(k, 0) + v
+    return totals

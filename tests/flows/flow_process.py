@@ -8,7 +8,17 @@ from __future__ import annotations
 import argparse
 from datetime import datetime
 
-FLOWS = ["ingest", "close_sessions", "expire_working", "consolidate", "lifecycle", "archive", "rehydrate", "forget"]
+FLOWS = [
+    "ingest",
+    "close_sessions",
+    "expire_working",
+    "consolidate",
+    "lifecycle",
+    "archive",
+    "rehydrate",
+    "compact_archive",
+    "forget",
+]
 
 
 def main() -> None:
@@ -53,6 +63,11 @@ def main() -> None:
 
         print("ready", flush=True)
         rehydrate(store_url=args.store_url, as_of=as_of, tenant=args.tenant, batch_size=batch_size)
+    elif args.flow == "compact_archive":
+        from flows.archive import compact_archive
+
+        print("ready", flush=True)
+        compact_archive(store_url=args.store_url, as_of=as_of, tenant=args.tenant, batch_size=batch_size)
     elif args.flow == "forget":
         from flows.forget import forget
 

@@ -12,6 +12,7 @@ import os
 import random
 import time
 import zlib
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,11 @@ import pytest
 from sqlalchemy import func, select
 
 from engram import Memory
-from engram.archive import ArchiveLocation
+from engram.archive import ArchiveLocation, manifest_path
 from engram.store import EPISODES, SEMANTIC
 from engram.text import mentions
 from tests.conftest import T0, fresh_store
-from tests.engram.archive_helpers import contents
+from tests.engram.archive_helpers import archive_objects, contents
 from tests.reliability import figures
 from tests.reliability.invariants import check_invariants
 from tests.reliability.scenario import (
@@ -76,6 +77,7 @@ CASES = {
     "lifecycle": Case("lifecycle", None, 8, 14.0),
     "archive": Case("archive", "archive", 1, 8.0, archive=True),
     "rehydrate": Case("rehydrate", "rehydrate", 1, 6.0, archive=True),
+    "compact_archive": Case("compact_archive", "compact_archive", 1, 6.0, archive=True),
     "forget": Case("forget", "forget", 1, 5.0, archive=True),
 }
 
@@ -93,6 +95,12 @@ def _prepare(case: Case, memory: Memory) -> None:
     elif case.prepare_upto == "rehydrate":
         run_flows_upto(url, "archive")
         archive(store_url=url, as_of=LATER)
+    elif case.prepare_upto == "compact_archive":
+        # One archived row per archive batch: many small manifests per layer, for the compaction to merge.
+        run_flows_upto(url, "archive")
+        archive(store_url=url, as_of=LATER, batch_size=1)
+        layers = Counter(m["layer"] for m in memory.store.manifests(TENANT, ["committed"]))
+        assert min(layers.values()) >= 8, layers
     elif case.prepare_upto == "forget":
         run_flows_upto(url, "archive")
         archive(store_url=url, as_of=FORGET_ARCHIVE_AS_OF)
@@ -100,7 +108,7 @@ def _prepare(case: Case, memory: Memory) -> None:
 
 def _args(case: Case) -> tuple[str, ...]:
     args = ("--batch-size", str(case.batch_size))
-    if case.flow == "rehydrate":
+    if case.flow in ("rehydrate", "compact_archive"):
         args += ("--tenant", TENANT)
     if case.flow == "forget":
         args += ("--tenant", TENANT, "--subject", SUBJECT)
@@ -108,12 +116,12 @@ def _args(case: Case) -> tuple[str, ...]:
 
 
 def _as_of(case: Case) -> Any:
-    return LATER if case.flow in ("archive", "rehydrate") else AS_OF
+    return LATER if case.flow in ("archive", "rehydrate", "compact_archive") else AS_OF
 
 
 def _rerun(case: Case, url: str) -> None:
     """The interrupted flow again, in process, after its leases expired."""
-    from flows.archive import archive, rehydrate
+    from flows.archive import archive, compact_archive, rehydrate
     from flows.consolidate import consolidate
     from flows.forget import forget
     from flows.ingest import ingest
@@ -129,6 +137,7 @@ def _rerun(case: Case, url: str) -> None:
         "lifecycle": lambda: lifecycle(store_url=url, as_of=AS_OF),
         "archive": lambda: archive(store_url=url, as_of=LATER),
         "rehydrate": lambda: rehydrate(store_url=url, as_of=LATER, tenant=TENANT),
+        "compact_archive": lambda: compact_archive(store_url=url, as_of=LATER, tenant=TENANT),
         "forget": lambda: forget(tenant=TENANT, subject=SUBJECT, store_url=url, as_of=AS_OF),
     }
     runs[case.flow]()
@@ -160,6 +169,16 @@ def _check_finished(case: Case, memory: Memory, location: ArchiveLocation | None
         archived = select(func.count()).select_from(SEMANTIC).where(SEMANTIC.c.archived_manifest_id.is_not(None))
         assert _count(memory, archived) == 0
         assert contents(memory.store, location, TENANT) == before
+    if case.flow == "compact_archive":
+        manifests = memory.store.manifests(TENANT)
+        assert {m["status"] for m in manifests} == {"committed"}, "a compaction's copy was left behind"
+        layers = Counter(m["layer"] for m in manifests)
+        assert set(layers.values()) == {1}, f"each layer's small manifests were not merged into one: {layers}"
+        assert contents(memory.store, location, TENANT) == before
+        referenced = {e["path"] for m in manifests for e in m["files"]}
+        referenced |= {manifest_path(TENANT, m["manifest_id"]) for m in manifests}
+        stored = {path for path, _, _ in archive_objects(location)}
+        assert stored == referenced, f"objects no manifest references: {sorted(stored - referenced)[:5]}"
     if case.flow == "forget":
         left = subject_left(memory, location, TENANT, SUBJECT)
         assert not left, f"{SUBJECT!r} is still in {left[:10]}"
