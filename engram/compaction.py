@@ -7,7 +7,9 @@ file. Compaction merges a tenant's small committed manifests of one layer, oldes
 
 It never overwrites an object a manifest points at, and it deletes nothing before the merged copy is committed:
 
-1. read every file of the group and check it against its manifest (sha256, row count);
+1. read every file of the group and check it against its manifest (sha256, row count), keeping the rows that
+   tombstones point at: a stale copy (of an item rehydrated since, which may have been archived again elsewhere) is
+   left out and counted, and a manifest lacking a row its tombstones point at stops the compaction;
 2. record the new manifest (status ``compacting``), then upload its files and JSON under new names;
 3. read the upload back: every file's sha256 and row count, and the same ids, table by table, as the group held;
 4. commit, in one transaction: if every manifest of the group is still committed with the files it was read with,
@@ -18,7 +20,8 @@ It never overwrites an object a manifest points at, and it deletes nothing befor
 
 A crash before 4 leaves a ``compacting`` manifest, which the next compaction of the tenant (or a forget) drops with
 its objects; a crash after 4 leaves unreferenced old objects, which the next compaction's sweep deletes. A forget
-that rewrote one of the manifests meanwhile makes the commit find different files, and the compaction drops its copy.
+that rewrote one of the manifests meanwhile makes the compaction leave the group alone: found before its files are
+read, when a read fails, or at the commit, which then finds different files (the compaction drops its copy).
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ def compact_tenant(
         "manifests_merged": 0,
         "manifests_written": 0,
         "rows_compacted": 0,
+        "stale_rows_dropped": 0,
         "files_before": 0,
         "files_after": 0,
         "groups_abandoned": 0,
@@ -129,6 +133,7 @@ def compact_tenant(
         counts["manifests_merged"] += len(group)
         counts["manifests_written"] += 1
         counts["rows_compacted"] += merged["row_count"]
+        counts["stale_rows_dropped"] += merged["stale_rows"]
         counts["files_before"] += sum(len(m["files"]) for m in group)
         counts["files_after"] += len(merged["files"])
         for manifest in group:
@@ -149,15 +154,27 @@ def drop_leftovers(store: Store, storage: StorageLike, tenant: str) -> int:
     return dropped
 
 
-def _read_group(storage: StorageLike, fs: Any, group: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Any]]:
-    """Every file of the group, checked and read whole, as Arrow tables in the archive schema of its table, by
-    (table, date) in the group's order. A file written before the terms column gets them, as the archive step would
-    have written them."""
+def _read_group(
+    storage: StorageLike, fs: Any, group: Sequence[Mapping[str, Any]], pointed: Mapping[str, Mapping[str, set[str]]]
+) -> tuple[dict[tuple[str, str], list[Any]], int]:
+    """The rows of the group's files that the tombstones point at (``pointed``: by table, manifest id), each file
+    checked and read whole, as Arrow tables in the archive schema of its table, by (table, date) in the group's
+    order; and how many rows were stale copies (of an item rehydrated since, say, whose tombstone, if it was
+    archived again, points at another manifest). A file written before the terms column gets them, as the archive
+    step would have written them.
+
+    Raises:
+        ArchiveMismatch: a file is missing, differs from its manifest, has columns the archive schema lacks, or a
+            manifest lacks a row its tombstones point at.
+    """
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     out: dict[tuple[str, str], list[Any]] = {}
+    stale = 0
     for manifest in group:
+        found: dict[str, set[str]] = {}
         for entry, data in zip(manifest["files"], _read_many(storage, fs, manifest), strict=True):
             name = entry["table"]
             try:
@@ -178,6 +195,11 @@ def _read_group(storage: StorageLike, fs: Any, group: Sequence[Mapping[str, Any]
                 raise ArchiveMismatch(
                     manifest["manifest_id"], entry["path"], f"has columns the archive schema lacks: {unknown}"
                 )
+            ids = pointed.get(name, {}).get(manifest["manifest_id"], set())
+            keep = pc.is_in(table[_ID_COLUMN[name]], value_set=pa.array(sorted(ids), pa.string()))
+            table = table.filter(keep)
+            stale += entry["rows"] - table.num_rows
+            found.setdefault(name, set()).update(table[_ID_COLUMN[name]].to_pylist())
             columns = []
             for f in schema:
                 if f.name in table.column_names:
@@ -188,7 +210,19 @@ def _read_group(storage: StorageLike, fs: Any, group: Sequence[Mapping[str, Any]
                 else:
                     columns.append(pa.nulls(table.num_rows, f.type))
             out.setdefault((name, entry["date"]), []).append(pa.table(columns, schema=schema))
-    return out
+        for name, by_manifest in pointed.items():
+            lacking = by_manifest.get(manifest["manifest_id"], set()) - found.get(name, set())
+            if lacking:
+                raise ArchiveMismatch(
+                    manifest["manifest_id"], f"({name} files)", f"lack {len(lacking)} rows its tombstones point at"
+                )
+    return out, stale
+
+
+def _unchanged(store: Store, tenant: str, group: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether every manifest of the group is still committed with the files it was listed with."""
+    current = {m["manifest_id"]: m for m in store.manifests(tenant, ["committed"])}
+    return all(m["manifest_id"] in current and current[m["manifest_id"]]["files"] == m["files"] for m in group)
 
 
 def _ids(tables: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -209,13 +243,25 @@ def _compact_group(
     import pyarrow as pa
 
     layer = group[0]["layer"]
-    parts = _read_group(storage, fs, group)
+    # A forget may have rewritten (or another compaction merged) a manifest since the group was planned. The pointers
+    # are read after this check: from then on they can only go (rehydrate, forget), never come to the group.
+    if not _unchanged(store, tenant, group):
+        return None
+    pointed = store.archived_ids(tenant, [m["manifest_id"] for m in group])
+    try:
+        parts, stale = _read_group(storage, fs, group, pointed)
+    except ArchiveMismatch:
+        if not _unchanged(store, tenant, group):
+            return None  # a forget replaced the files while they were read
+        raise
     manifest_id = new_manifest_id()
     entries: list[dict[str, Any]] = []
     objects: list[tuple[str, bytes]] = []
     before: dict[str, list[Any]] = {}
     for (name, date), tables in sorted(parts.items()):
         table = pa.concat_tables(tables)
+        if not table.num_rows:
+            continue
         before.setdefault(name, []).append(table.select([_ID_COLUMN[name]]))
         data = _parquet_bytes(table)
         path = f"{tenant_prefix(tenant)}/layer={layer}/date={date}/{manifest_id}-{len(entries)}.parquet"
@@ -253,4 +299,4 @@ def _compact_group(
     if not store.commit_compaction(tenant, manifest_id, old, now):
         drop_leftovers(store, storage, tenant)
         return None
-    return {**row, "status": "committed"}
+    return {**row, "status": "committed", "stale_rows": stale}

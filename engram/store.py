@@ -1530,6 +1530,25 @@ class Store:
         )
         conn.execute(update(TENANTS).where(TENANTS.c.tenant == tenant).values(epoch=TENANTS.c.epoch + 1))
 
+    def archived_ids(self, tenant: str, manifest_ids: Sequence[str]) -> dict[str, dict[str, set[str]]]:
+        """The ids of the rows whose tombstones point at each of ``manifest_ids``, by archived table name (facts of
+        every version, episodes, turns): which of a manifest's rows are the archive's, not stale copies."""
+        out: dict[str, dict[str, set[str]]] = {"semantic_items": {}, "episodes": {}, "episode_turns": {}}
+        ids = sorted(set(manifest_ids))
+        with self.read() as conn:
+            for name, table, key in (
+                ("semantic_items", SEMANTIC, SEMANTIC.c.item_id),
+                ("episodes", EPISODES, EPISODES.c.episode_id),
+                ("episode_turns", TURNS, TURNS.c.item_id),
+            ):
+                for manifest_id, item_id in conn.execute(
+                    select(table.c.archived_manifest_id, key).where(
+                        table.c.tenant == tenant, table.c.archived_manifest_id.in_(ids)
+                    )
+                ):
+                    out[name].setdefault(manifest_id, set()).add(item_id)
+        return out
+
     def manifests(self, tenant: str | None, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Manifest rows, oldest first; for one tenant or all, in the given statuses or any."""
         query = select(MANIFESTS)
