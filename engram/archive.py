@@ -41,7 +41,7 @@ import hashlib
 import io
 import json
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -396,13 +396,18 @@ def _parquet_bytes(table: Any) -> bytes:
     return buf.getvalue()
 
 
-def decode_parquet(table_name: str, data: bytes, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of an archived file, JSON columns parsed back into lists and mappings.
+def decode_parquet(
+    table_name: str, data: bytes, columns: Sequence[str] | None = None, ids: Iterable[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of an archived file, JSON columns parsed back into lists and mappings; with ``ids``, only the rows of
+    those ids (item ids; episode ids for episodes), found by their id column before anything else is decoded.
 
     A nullable column of the hot table that the file lacks reads as None: a file keeps the schema it was written
     with, so one written before such a column was added (``semantic_items.content_hash``, migration 0004) has none.
     Any other column missing is an error, as a damaged file's would be.
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     present = pq.read_schema(io.BytesIO(data)).names
@@ -410,7 +415,16 @@ def decode_parquet(table_name: str, data: bytes, columns: Sequence[str] | None =
     wanted = list(columns) if columns else archive_schema(table_name).names
     missing = [c for c in wanted if c not in present and c in hot and hot[c].nullable]
     read = [c for c in wanted if c not in missing] if columns else [c for c in present if c not in _SEARCH_ONLY_COLUMNS]
-    table = pq.read_table(io.BytesIO(data), columns=read)
+    if ids is not None:
+        key = _ID_COLUMN[table_name]
+        found = pc.is_in(
+            pq.read_table(io.BytesIO(data), columns=[key])[key], value_set=pa.array(sorted(ids), pa.string())
+        )
+        if not pc.any(found).as_py():
+            return []
+        table = pq.read_table(io.BytesIO(data), columns=read).filter(found)
+    else:
+        table = pq.read_table(io.BytesIO(data), columns=read)
     json_cols = _json_columns(table_name) & set(table.column_names)
     rows = table.to_pylist()
     for r in rows:
@@ -427,6 +441,8 @@ def new_manifest_id() -> str:
     return f"man-{uuid.uuid4().hex}"
 
 
+# The id column of each archived table.
+_ID_COLUMN = {"semantic_items": "item_id", "episode_turns": "item_id", "episodes": "episode_id"}
 # Which column of each archived table puts a row in a ``date=`` partition; a turn goes with its episode.
 _DATE_COLUMN = {"semantic_items": "last_seen", "episodes": "ended_at"}
 
@@ -565,15 +581,20 @@ def read_manifest_rows(
     storage: StorageLike,
     manifest: Mapping[str, Any],
     columns: Mapping[str, Sequence[str]] | None = None,
+    ids: Iterable[str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every row of a manifest's files, by table, after checking each file's checksum and row count."""
+    """Every row of a manifest's files (with ``ids``, only those ids' rows), by table, after checking each file's
+    checksum and row count."""
+    import pyarrow.parquet as pq
+
     fs = storage.filesystem()
+    wanted = None if ids is None else set(ids)
     out: dict[str, list[dict[str, Any]]] = {}
     for entry in manifest["files"]:
         data = read_file(storage, manifest, entry, fs)
         try:
-            rows = decode_parquet(entry["table"], data, (columns or {}).get(entry["table"]))
-            count = len(rows)
+            count = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+            rows = decode_parquet(entry["table"], data, (columns or {}).get(entry["table"]), wanted)
         except Exception as exc:  # a file with the right checksum but unreadable was written wrong
             raise ArchiveMismatch(manifest["manifest_id"], entry["path"], f"is not readable Parquet: {exc}") from exc
         if count != entry["rows"]:
@@ -890,24 +911,32 @@ def load_search_tables(storage: StorageLike, manifest: Mapping[str, Any]) -> Sea
             lacking = [c for c in wanted if c not in present]
             if any(c not in _SEARCH_OPTIONAL for c in lacking) or not {"text", "actor", "tags"} <= present:
                 raise ValueError(f"lacks some of the columns {[*wanted, 'text', 'actor', 'tags']}")
-            table = parquet.read(columns=[c for c in wanted if c in present])
+            # Row group by row group: pyarrow reads a dictionary-encoded list column of several row groups in one
+            # call as "not implemented"; one chunk per group is what ``_term_codes`` takes.
+            read = [c for c in wanted if c in present]
+            groups = [parquet.read_row_group(i, columns=read) for i in range(parquet.num_row_groups)]
+            table = pa.concat_tables(groups) if groups else parquet.read(columns=read)
+            if table.num_rows != entry["rows"]:
+                raise ArchiveMismatch(
+                    manifest["manifest_id"],
+                    entry["path"],
+                    f"has {table.num_rows} rows, the manifest says {entry['rows']}",
+                )
+            if "terms" in present:
+                terms = table["terms"].chunks
+            else:  # a file written before the terms column: tokenised now, as the archive step does
+                texts = parquet.read(columns=["text", "actor"])
+                stems = _index_terms(texts["text"].to_pylist(), texts["actor"].to_pylist())
+                terms = [pa.array(stems, pa.list_(pa.string()))]
+            fields = [schema[name].field(c) for c in wanted if c != "terms"]
+            columns = pa.table(
+                [table[f.name].cast(f.type) if f.name in present else pa.nulls(table.num_rows, f.type) for f in fields],
+                schema=pa.schema(fields),
+            )
+        except ArchiveMismatch:
+            raise
         except Exception as exc:  # a file with the right checksum but unreadable was written wrong
             raise ArchiveMismatch(manifest["manifest_id"], entry["path"], f"is not readable Parquet: {exc}") from exc
-        if table.num_rows != entry["rows"]:
-            raise ArchiveMismatch(
-                manifest["manifest_id"], entry["path"], f"has {table.num_rows} rows, the manifest says {entry['rows']}"
-            )
-        if "terms" in present:
-            terms = table["terms"].chunks
-        else:  # a file written before the terms column: tokenised now, as the archive step does
-            texts = parquet.read(columns=["text", "actor"])
-            stems = _index_terms(texts["text"].to_pylist(), texts["actor"].to_pylist())
-            terms = [pa.array(stems, pa.list_(pa.string()))]
-        fields = [schema[name].field(c) for c in wanted if c != "terms"]
-        columns = pa.table(
-            [table[f.name].cast(f.type) if f.name in present else pa.nulls(table.num_rows, f.type) for f in fields],
-            schema=pa.schema(fields),
-        )
         # A hit's text is read from its row group only.
         readers = [
             (parquet.metadata.row_group(i).num_rows, functools.partial(_file_contents, data, i, "rendered" in present))
@@ -1122,8 +1151,8 @@ def archived_record(
     manifest = next((m for m in store.manifests(tenant) if m["manifest_id"] == manifest_id), None)
     if manifest is None:
         return None
-    for table_name, rows in read_manifest_rows(storage, manifest).items():
-        key = "episode_id" if table_name == "episodes" else "item_id"
+    for table_name, rows in read_manifest_rows(storage, manifest, ids=[item_id]).items():
+        key = _ID_COLUMN[table_name]
         for r in rows:
             if r[key] == item_id:
                 state = {}
@@ -1156,7 +1185,7 @@ def rehydrate_batch(
         if manifest is None:
             raise ArchiveError(f"tenant {t!r}: archived items point at manifest {manifest_id}, which is not committed")
         files = [e for e in manifest["files"] if e["table"] == "semantic_items"]
-        rows = read_manifest_rows(storage, {**manifest, "files": files}).get("semantic_items", [])
+        rows = read_manifest_rows(storage, {**manifest, "files": files}, ids=ids).get("semantic_items", [])
         found = [r for r in rows if r["item_id"] in ids]
         missing = ids - {r["item_id"] for r in found}
         if missing:

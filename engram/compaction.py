@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from engram.archive import (
+    _ID_COLUMN,
     StorageLike,
     _index_terms,
     _parquet_bytes,
@@ -47,7 +48,7 @@ from engram.archive import (
     remove_orphan_objects,
     tenant_prefix,
 )
-from engram.errors import ArchiveMismatch
+from engram.errors import ArchiveError, ArchiveMismatch, StoreError
 from engram.store import Store
 
 COMPACTING = "compacting"
@@ -59,8 +60,6 @@ SMALL_ROWS = 50_000
 MIN_MANIFESTS = 8
 # Manifests one group merges at most (one commit's IN lists).
 MAX_GROUP = 500
-# The id column of each archived table: what the read-back compares.
-_ID_COLUMN = {"semantic_items": "item_id", "episode_turns": "item_id", "episodes": "episode_id"}
 
 
 def plan_groups(
@@ -147,11 +146,7 @@ def drop_leftovers(store: Store, storage: StorageLike, tenant: str) -> int:
     No tombstone points at one (a commit moves the tombstones and marks it ``committed`` together), so its row can
     go; a compaction still running finds its manifest gone at its commit and commits nothing.
     """
-    dropped = 0
-    for manifest in store.manifests(tenant, [COMPACTING]):
-        dropped += store.drop_manifest(tenant, manifest["manifest_id"])
-        remove_manifest_objects(storage, manifest)
-    return dropped
+    return sum(_drop_compacting(store, storage, manifest) for manifest in store.manifests(tenant, [COMPACTING]))
 
 
 def _read_group(
@@ -243,16 +238,17 @@ def _compact_group(
     import pyarrow as pa
 
     layer = group[0]["layer"]
-    # A forget may have rewritten (or another compaction merged) a manifest since the group was planned. The pointers
-    # are read after this check: from then on they can only go (rehydrate, forget), never come to the group.
-    if not _unchanged(store, tenant, group):
+    # A forget may have rewritten (or another compaction merged) a manifest since the group was planned, or be under
+    # way. The pointers are read after this check: from then on they can only go (rehydrate, forget), never come to
+    # the group.
+    if store.forget_intents(tenant) or not _unchanged(store, tenant, group):
         return None
     pointed = store.archived_ids(tenant, [m["manifest_id"] for m in group])
     try:
         parts, stale = _read_group(storage, fs, group, pointed)
     except ArchiveMismatch:
-        if not _unchanged(store, tenant, group):
-            return None  # a forget replaced the files while they were read
+        if store.forget_intents(tenant) or not _unchanged(store, tenant, group):
+            return None  # a forget replaced the files, or its tombstones are still to go, while they were read
         raise
     manifest_id = new_manifest_id()
     entries: list[dict[str, Any]] = []
@@ -288,15 +284,32 @@ def _compact_group(
         "created_at": now,
     }
     store.add_manifests([row])
-    with _storage_errors(f"writing compacted manifest {manifest_id}", storage):
-        document = manifest_json({**row, "compacted_from": [m["manifest_id"] for m in group]})
-        _put_many(fs, storage, [*objects, (manifest_path(tenant, manifest_id), document)])
-    verified = _verify(storage, fs, row)
+    try:
+        with _storage_errors(f"writing compacted manifest {manifest_id}", storage):
+            document = manifest_json({**row, "compacted_from": [m["manifest_id"] for m in group]})
+            _put_many(fs, storage, [*objects, (manifest_path(tenant, manifest_id), document)])
+        verified = _verify(storage, fs, row)
+    except ArchiveError:
+        if not store.manifests_exist(tenant, [manifest_id]):
+            return None  # a forget (or another compaction's clean-up) dropped this copy meanwhile
+        raise
     expected = _ids({name: pa.concat_tables(tables) for name, tables in before.items()})
     if _ids(verified.keys) != expected:
         raise ArchiveMismatch(manifest_id, "(compacted files)", "do not hold the rows of the manifests they merge")
     old = [(m["manifest_id"], m["files"]) for m in group]
     if not store.commit_compaction(tenant, manifest_id, old, now):
-        drop_leftovers(store, storage, tenant)
+        # Only this copy: another compaction's may be under way.
+        _drop_compacting(store, storage, row)
         return None
     return {**row, "status": "committed", "stale_rows": stale}
+
+
+def _drop_compacting(store: Store, storage: StorageLike, manifest: Mapping[str, Any]) -> int:
+    """Drop a ``compacting`` manifest, row first, then its objects; returns 1 when it dropped the row. One another
+    run committed meanwhile (its tombstones point at it) is no leftover and stays."""
+    try:
+        dropped = store.drop_manifest(manifest["tenant"], manifest["manifest_id"])
+    except StoreError:
+        return 0
+    remove_manifest_objects(storage, manifest)
+    return dropped

@@ -354,18 +354,24 @@ class Memory:
     # -- reading -----------------------------------------------------------------------------------------------
 
     def _index(self, tenant: str) -> TenantIndex:
-        index = self._indexes.get(tenant)
-        with index.lock:
-            seq, epoch, added, removed = self.store.index_changes(tenant, index.seq)
-            if index.epoch is not None and epoch != index.epoch:
-                # The tenant's memory was rewritten wholesale (forget): start over from the store.
-                index = self._indexes.reset(tenant)
-                seq, epoch, added, removed = self.store.index_changes(tenant, 0)
-            index.epoch = epoch
-            index.apply(seq, added, removed)
-            if index.manifests_seq != seq:
+        for _ in range(3):
+            index = self._indexes.get(tenant)
+            with index.lock:
+                seq, epoch, added, removed = self.store.index_changes(tenant, index.seq)
+                if index.epoch is not None and epoch != index.epoch:
+                    # The tenant's memory was rewritten wholesale (forget, compaction): start over from the store.
+                    index = self._indexes.reset(tenant)
+                    seq, epoch, added, removed = self.store.index_changes(tenant, 0)
+                index.epoch = epoch
+                index.apply(seq, added, removed)
+                if index.manifests_seq == seq:
+                    return index
                 self._add_archived(tenant, index)
                 index.manifests_seq = seq
+                # A compaction or forget that committed while the manifests loaded may have left this index with
+                # both the old manifests and the new one, or with neither: then it starts over.
+                if self.store.tenant_epoch(tenant) == epoch:
+                    return index
         return index
 
     def _add_archived(self, tenant: str, index: TenantIndex) -> None:

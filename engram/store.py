@@ -1481,8 +1481,8 @@ class Store:
         tombstones at it, delete their rows, mark it ``committed`` and move the tenant's epoch, in one transaction;
         returns whether it did.
 
-        The tenant's row is locked first (as every archive commit and forget does), then the manifest rows; the
-        epoch makes every search index of the tenant load its archive again.
+        The tenant's row is locked first (as an archive commit does; on SQLite the first write serialises), then the
+        manifest rows; the epoch makes every search index of the tenant load its archive again.
         """
         old_ids = sorted(manifest_id_ for manifest_id_, _ in old)
         expected = {manifest_id_: [dict(f) for f in files] for manifest_id_, files in old}
@@ -1529,6 +1529,15 @@ class Store:
             .values(status="committed")
         )
         conn.execute(update(TENANTS).where(TENANTS.c.tenant == tenant).values(epoch=TENANTS.c.epoch + 1))
+
+    def manifests_exist(self, tenant: str, manifest_ids: Sequence[str]) -> bool:
+        """Whether every one of the tenant's ``manifest_ids`` has a row (in any status)."""
+        ids = sorted(set(manifest_ids))
+        with self.read() as conn:
+            found = conn.execute(
+                select(func.count()).where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id.in_(ids))
+            ).scalar_one()
+        return found == len(ids)
 
     def archived_ids(self, tenant: str, manifest_ids: Sequence[str]) -> dict[str, dict[str, set[str]]]:
         """The ids of the rows whose tombstones point at each of ``manifest_ids``, by archived table name (facts of

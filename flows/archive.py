@@ -7,6 +7,7 @@ from datetime import datetime
 
 from prefect import flow
 
+from engram.errors import ArchiveError
 from engram.validation import check_tenant
 from tasks.archive import (
     compact_tenant_archives,
@@ -119,7 +120,15 @@ def compact_archive(
     storage = load_archive_storage(archive_url, archive_block)
     names = tenants_to_compact(store_url, tenant)
     totals: Counter[str] = Counter({"tenants": len(names)})
+    failed: dict[str, str] = {}
     for start in range(0, len(names), max(1, batch_size)):
         chunk = names[start : start + max(1, batch_size)]
-        totals.update(compact_tenant_archives(store_url, storage, chunk, as_of, target_rows))
-    return publish_run_summary("compact_archive", dict(totals), clock.seconds)
+        counts = compact_tenant_archives(store_url, storage, chunk, as_of, target_rows)
+        failed.update(counts.pop("failed", {}))
+        totals.update(counts)
+    totals["tenants_failed"] = len(failed)
+    summary = publish_run_summary("compact_archive", dict(totals), clock.seconds)
+    if failed:
+        listed = "; ".join(f"{t}: {why}" for t, why in sorted(failed.items())[:10])
+        raise ArchiveError(f"compaction failed for {len(failed)} of {len(names)} tenants ({listed})")
+    return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -9,9 +10,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from engram import archive as arc
+from engram.errors import StoreError
 from engram.layers import Layer
 from engram.settings import Settings
 from tasks.common import current_run_id, open_store
+
+LOG = logging.getLogger("engram")
 
 
 def load_archive_storage(archive_url: str | None, archive_block: str | None) -> arc.StorageLike:
@@ -114,16 +118,24 @@ def tenants_to_compact(store_url: str | None, tenant: str | None) -> list[str]:
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def compact_tenant_archives(
     store_url: str | None, storage: arc.StorageLike, tenants: list[str], as_of: datetime, target_rows: int
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Merge the small archive manifests of a batch of tenants, tenant by tenant (see ``engram.compaction``).
 
-    A retry starts over safely: a group merged before the failure is committed, and what a failed group wrote is
-    dropped by the next attempt."""
+    A tenant whose compaction fails (a damaged file, an outage) is reported under ``failed`` with its error, and the
+    others go on. A retry starts over safely: a group merged before the failure is committed, and what a failed
+    group wrote is dropped by the next attempt."""
     from engram.compaction import compact_tenant
 
     store = open_store(store_url)
-    totals: dict[str, int] = {}
+    totals: dict[str, Any] = {"failed": {}}
     for tenant in tenants:
-        for k, v in compact_tenant(store, storage, tenant, as_of, current_run_id(), target_rows).items():
+        try:
+            counts = compact_tenant(store, storage, tenant, as_of, current_run_id(), target_rows)
+        except (arc.ArchiveError, StoreError) as exc:
+            # One tenant's damaged file or outage does not hold back the others; the flow fails at its end.
+            LOG.error("compaction of tenant %r failed: %s", tenant, exc)
+            totals["failed"][tenant] = str(exc)
+            continue
+        for k, v in counts.items():
             totals[k] = totals.get(k, 0) + v
     return totals

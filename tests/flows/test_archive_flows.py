@@ -7,6 +7,7 @@ committed, verified manifest, with the text it had before.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -237,3 +239,42 @@ def test_a_corrupted_committed_file_is_detected_on_read(
         assert manifest["manifest_id"] in caplog.text and "left out of search" in caplog.text
     finally:
         reader.close()
+
+
+def test_compact_archive_flow_merges_and_one_damaged_tenant_does_not_hold_back_the_others(
+    sqlite_memory: Memory, s3_archive: ArchiveLocation
+) -> None:
+    """Two tenants with many small manifests: one of them has a damaged file. The flow compacts the other, leaves
+    the damaged one's archive as it was, and fails naming that tenant."""
+    from flows.archive import compact_archive
+
+    memory, location = sqlite_memory, s3_archive
+    provision_archive(location)
+    fill(memory, tenant="acme", sessions=8)
+    fill(memory, tenant="globex", sessions=2)
+    archive_cold_items(memory.store, location, COLD, LATER, batch_size=1)  # a manifest per episode or fact
+    assert min(Counter(m["layer"] for m in memory.store.manifests("acme", ["committed"])).values()) >= 8
+    before = {t: contents(memory.store, location, t) for t in ("acme", "globex")}
+    damaged = memory.store.manifests("globex", ["committed"])[0]
+    client = location.minio_client()
+    key = f"{location.prefix}/{damaged['files'][0]['path']}" if location.prefix else damaged["files"][0]["path"]
+    client.put_object(location.bucket, key, io.BytesIO(b"not parquet"), len(b"not parquet"))
+    globex = memory.store.manifests("globex", ["committed"])
+
+    from blocks.archive import ArchiveStorage
+
+    ArchiveStorage(
+        url=location.url,
+        endpoint=location.endpoint,
+        region=location.region,
+        access_key=location.access_key,
+        secret_key=location.secret_key,
+    ).save("test-compact-archive", overwrite=True)
+
+    with pytest.raises(ArchiveError, match="globex"):
+        compact_archive(store_url=memory.store_url, as_of=LATER, archive_block="test-compact-archive", batch_size=1)
+
+    merged = memory.store.manifests("acme", ["committed"])
+    assert sorted(m["layer"] for m in merged) == ["episodic", "semantic"]
+    assert contents(memory.store, location, "acme") == before["acme"]
+    assert memory.store.manifests("globex") == globex  # left as it was, the damage there for an operator to see
