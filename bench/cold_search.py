@@ -280,13 +280,34 @@ def measure_searches(db: str, archive: str, per_tenant: dict[str, int], texts: l
                 "largest_tenant_ms": round(first_feed[largest], 2),
             },
             "without_store_index_changes": latency_summary([first[t] - first_feed[t] for t in first]),
+            "slowest": [
+                {"tenant": t, "items": per_tenant[t], "ms": round(first[t], 1)}
+                for t in sorted(first, key=first.get, reverse=True)[:5]
+            ],
         },
         "warm_search": {**latency_summary(warm), "with_hits": hits_warm},
     }
 
 
+def repeated(repeats: int, measure: Any) -> dict[str, Any]:
+    """The first of ``repeats`` measurements, each in a fresh ``Memory``, with every run's first-search summary
+    under ``runs`` and the highest first-search p95 of them (what the goal is judged by: noise never helps it)."""
+    runs = [measure() for _ in range(max(1, repeats))]
+    return {
+        **runs[0],
+        "runs": [{"first_search": r["first_search"], "warm_search": r["warm_search"]} for r in runs],
+        "first_search_p95_max_ms": max(r["first_search"]["p95_ms"] for r in runs),
+    }
+
+
 def job_cold_search(
-    items: int, tenants: int, seed: int, queries: int, workdir: Path | None = None, compact: bool = False
+    items: int,
+    tenants: int,
+    seed: int,
+    queries: int,
+    workdir: Path | None = None,
+    compact: bool = False,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """Build an archive of about ``items`` archived items over ``tenants`` tenants and time archival searches.
 
@@ -319,14 +340,17 @@ def job_cold_search(
         per_tenant = built["per_tenant"]
         workload = Workload(max(1, int(items / 1.05)), tenants=tenants, seed=seed)
         texts = search_queries(workload, queries + len(per_tenant), seed + 1)
-        searched = measure_searches(db, archive, per_tenant, texts, seed)
+        searched = repeated(repeats, lambda: measure_searches(db, archive, per_tenant, texts, seed))
         rss_after_search = peak_rss_mb()
         compacted = None
         if compact:
             compactor = Memory(db, archive)
             compaction = compact_all(compactor, START + timedelta(days=400))
             compactor.close()
-            compacted = {"compaction": compaction, **measure_searches(db, archive, per_tenant, texts, seed)}
+            compacted = {
+                "compaction": compaction,
+                **repeated(repeats, lambda: measure_searches(db, archive, per_tenant, texts, seed)),
+            }
         largest = max(per_tenant, key=per_tenant.get)
     return {
         "items": sum(per_tenant.values()),
@@ -358,8 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="merge the result into this JSON file, by size")
     parser.add_argument("--workdir", type=Path, default=None, help="build here and reuse a build found here")
     parser.add_argument("--compact", action="store_true", help="also time the searches after compaction")
+    parser.add_argument("--repeats", type=int, default=1, help="search passes, each in a fresh Memory")
     args = parser.parse_args(argv)
-    result = job_cold_search(args.items, args.tenants, args.seed, args.queries, args.workdir, args.compact)
+    result = job_cold_search(
+        args.items, args.tenants, args.seed, args.queries, args.workdir, args.compact, args.repeats
+    )
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

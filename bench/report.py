@@ -329,11 +329,14 @@ def cold_section(results: Path) -> list[str]:
     ]
     runs = sorted((int(k), "", r) for k, r in data.items() if k.isdigit())
     runs += [(int(k.rsplit("_", 1)[1]), " (before)", r) for k, r in data.items() if k.startswith("before_change_")]
+    runs += [(int(k.rsplit("_", 1)[1]), " (previous code)", r) for k, r in data.items() if k.startswith("previous_")]
     for _, label, r in sorted(runs, key=lambda run: (run[0], run[1] == "")):
         compacted = r.get("compacted")
         rows = [(label, r, fmt(r.get("build_s")))]
         if compacted:
             rows.append((f"{label} compacted", {**r, **compacted}, f"({fmt(compacted['compaction']['compact_s'])})"))
+            for k, rerun in enumerate(compacted.get("reruns", []), start=1):
+                rows.append((f"{label} compacted, pass {k + 1}", {**r, **compacted, **rerun}, ""))
         for name, run, seconds in rows:
             first, warm = run["first_search"], run["warm_search"]
             lines.append(
@@ -471,14 +474,22 @@ def with_largest_cold_search(result: dict[str, Any], results: Path) -> dict[str,
     largest = max(sizes, key=lambda r: r["items"])
     if largest["items"] <= (result.get("search_cold_items") or 0):
         return result
-    # An archive as the weekly ``compact_archive`` flow keeps it, when that was measured.
+
+    # An archive as the weekly ``compact_archive`` flow keeps it, when that was measured; of repeated passes, the
+    # highest p95.
+    def p95(run: dict[str, Any]) -> float:
+        return max(
+            [run["first_search"]["p95_ms"], run.get("first_search_p95_max_ms") or 0.0]
+            + [r["first_search"]["p95_ms"] for r in run.get("reruns", [])]
+        )
+
     searched = largest.get("compacted") or largest
     return {
         **result,
-        "search_cold_p95_ms": searched["first_search"]["p95_ms"],
+        "search_cold_p95_ms": p95(searched),
         "search_cold_items": largest["items"],
         "search_cold_compacted": "compacted" in largest,
-        "search_cold_uncompacted_p95_ms": largest["first_search"]["p95_ms"],
+        "search_cold_uncompacted_p95_ms": p95(largest),
     }
 
 
