@@ -211,7 +211,7 @@ def compact_all(memory: Any, as_of: Any) -> dict[str, Any]:
 
     started = time.perf_counter()
     totals: dict[str, int] = {}
-    for tenant in sorted({m["tenant"] for m in memory.store.manifests(None, ["committed"])}):
+    for tenant in memory.store.manifest_tenants(["committed"]):
         for k, v in compact_tenant(memory.store, memory.archive, tenant, as_of).items():
             totals[k] = totals.get(k, 0) + v
     return {**totals, "compact_s": round(time.perf_counter() - started, 1)}

@@ -1558,6 +1558,18 @@ class Store:
                     out[name].setdefault(manifest_id, set()).add(item_id)
         return out
 
+    def manifest_tenants(self, statuses: Sequence[str]) -> list[str]:
+        """The tenants with a manifest in one of ``statuses``, sorted."""
+        with self.read() as conn:
+            return list(
+                conn.execute(
+                    select(MANIFESTS.c.tenant)
+                    .where(MANIFESTS.c.status.in_(list(statuses)))
+                    .distinct()
+                    .order_by(MANIFESTS.c.tenant)
+                ).scalars()
+            )
+
     def manifests(self, tenant: str | None, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Manifest rows, oldest first; for one tenant or all, in the given statuses or any."""
         query = select(MANIFESTS)
@@ -1771,35 +1783,6 @@ class Store:
             counts["episodes"] = len(ep_ids)
             counts["episode_turns"] = len(turns)
         return counts
-
-    def archived_pointers(self, tenant: str, manifest_id: str) -> dict[str, dict[str, dict[str, Any]]]:
-        """What the hot store says of a manifest's rows that its tombstones still point at, by table and id.
-
-        Semantic ones only while they are the current version, each with the tombstone's ``seq`` and ``last_seen``:
-        the tombstone, not the archived copy, holds an archived item's state, which moves on after the archive (a
-        restated fact merges into it; a changed one closes it). Turns map to an empty dict.
-        """
-        with self.read() as conn:
-            return {
-                "semantic_items": {
-                    r.item_id: {"seq": r.seq, "last_seen": r.last_seen}
-                    for r in conn.execute(
-                        select(SEMANTIC.c.item_id, SEMANTIC.c.seq, SEMANTIC.c.last_seen).where(
-                            SEMANTIC.c.tenant == tenant,
-                            SEMANTIC.c.archived_manifest_id == manifest_id,
-                            SEMANTIC.c.valid_to.is_(None),
-                        )
-                    )
-                },
-                "episode_turns": {
-                    r[0]: {}
-                    for r in conn.execute(
-                        select(TURNS.c.item_id).where(
-                            TURNS.c.tenant == tenant, TURNS.c.archived_manifest_id == manifest_id
-                        )
-                    )
-                },
-            }
 
     def archived_semantic(
         self, tenant: str | None, item_ids: Sequence[str] | None, limit: int

@@ -112,7 +112,7 @@ def tenants_to_compact(store_url: str | None, tenant: str | None) -> list[str]:
     """The tenants with committed archive manifests (or just ``tenant``)."""
     if tenant is not None:
         return [tenant]
-    return sorted({m["tenant"] for m in open_store(store_url).manifests(None, ["committed", "compacting"])})
+    return open_store(store_url).manifest_tenants(["committed", "compacting"])
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)

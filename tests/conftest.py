@@ -115,6 +115,20 @@ def s3_archive(s3_endpoint: str):  # noqa: ANN201 - engram.archive.ArchiveLocati
     return s3_location(s3_endpoint)
 
 
+@pytest.fixture
+def archive_location(request: pytest.FixtureRequest, store_url: str, tmp_path: Path):  # noqa: ANN201
+    """A provisioned archive: a fresh bucket on the loopback S3 server beside SQLite, a local folder beside
+    PostgreSQL. Each store and each storage is covered once per test, at half the cost of every pairing."""
+    from engram.archive import ArchiveLocation, provision_archive
+
+    if store_url.startswith("sqlite"):
+        location = request.getfixturevalue("s3_archive")
+    else:
+        location = ArchiveLocation((tmp_path / "archive").as_uri())
+    provision_archive(location)
+    return location
+
+
 def s3_location(endpoint: str, bucket: str | None = None):  # noqa: ANN201 - engram.archive.ArchiveLocation
     from pydantic import SecretStr
 

@@ -121,3 +121,22 @@ def object_text(path: str, data: bytes | None) -> str:
     if path.endswith(".parquet"):
         return json.dumps(pq.read_table(io.BytesIO(data)).to_pylist(), default=str)
     return data.decode("utf-8", "replace")
+
+
+def search_ranking(memory: Memory, tenant: str, query: str, layers: list[str] | None) -> dict[str, list[Any]]:
+    """What a search answers: the index's ranking before near-duplicates are removed, as (layer, id, score) with
+    equal scores ordered by id, and the (layer, score) pairs of the hits.
+
+    Of near-duplicates with equal scores the search keeps the one it loaded first, and which that is depends on the
+    order of the manifests and of their rows, which a compaction changes (so may the number of such ties kept): the
+    hits are compared by the scores they have, each one's id and score checked against the ranking.
+    """
+    index = memory._index(tenant)
+    with index.lock:
+        ranked = [(layer, item_id, round(score, 4)) for score, layer, item_id, _ in index.search(query, 1000, layers)]
+    hits = memory.search(tenant, query, limit=1000, layers=layers)
+    assert {(h.layer, h.item_id, round(h.score, 4)) for h in hits} <= set(ranked)
+    return {
+        "ranked": sorted(ranked, key=lambda r: (-r[2], r[1], r[0])),
+        "hits": sorted({(h.layer, round(h.score, 4)) for h in hits}),
+    }

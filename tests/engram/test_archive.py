@@ -37,20 +37,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def archive_location(request: pytest.FixtureRequest, store_url: str, tmp_path: Path) -> ArchiveLocation:
-    """A fresh bucket on the loopback S3 server beside SQLite, a local folder beside PostgreSQL; provisioned.
-
-    Each store and each storage is covered once per test, at half the cost of every pairing.
-    """
-    if not store_url.startswith("sqlite"):
-        location = ArchiveLocation((tmp_path / "archive").as_uri())
-    else:
-        location = request.getfixturevalue("s3_archive")
-    provision_archive(location)
-    return location
-
-
-@pytest.fixture
 def archived(store_url: str, archive_location: ArchiveLocation) -> Iterator[tuple[Memory, ArchiveLocation, dict]]:
     """A memory whose facts and episodes are all archived; with the contents before archival."""
     memory = Memory(store_url, archive_location, clock=FixedClock(LATER))

@@ -36,7 +36,7 @@ from engram.archive import (
 from engram.compaction import COMPACTING, MAX_GROUP, compact_tenant, plan_groups
 from engram.store import EPISODES, SEMANTIC, TURNS, Store
 from engram.testing import FixedClock
-from tests.engram.archive_helpers import COLD, LATER, archive_objects, contents, fill
+from tests.engram.archive_helpers import COLD, LATER, archive_objects, contents, fill, search_ranking
 
 TENANT = "acme"
 OTHER = "globex"
@@ -164,37 +164,19 @@ def _manifest_objects(manifest: dict[str, Any]) -> set[str]:
     return {e["path"] for e in manifest["files"]} | {manifest_path(manifest["tenant"], manifest["manifest_id"])}
 
 
-def _ranking(memory: Memory, query: str, layers: list[str] | None) -> dict[str, list[tuple[str, Any, float]]]:
-    """What a search answers: the index's ranking before near-duplicates are removed, as (layer, id, score) with
-    equal scores ordered by id, and the (layer, score) pairs of the hits.
-
-    Of near-duplicates with equal scores the search keeps the one it loaded first, and which that is depends on the
-    order of the manifests and of their rows, which a compaction changes (so may the number of such ties kept): the
-    hits are compared by the scores they have, each one's id and score checked against the ranking.
-    """
-    index = memory._index(TENANT)
-    with index.lock:
-        ranked = [(layer, item_id, round(score, 4)) for score, layer, item_id, _ in index.search(query, 1000, layers)]
-    hits = memory.search(TENANT, query, limit=1000, layers=layers)
-    assert {(h.layer, h.item_id, round(h.score, 4)) for h in hits} <= set(ranked)
-    return {
-        "ranked": sorted(ranked, key=lambda r: (-r[2], r[1], r[0])),
-        "hits": sorted({(h.layer, round(h.score, 4)) for h in hits}),
-    }
-
-
 def _rankings(memory: Memory) -> dict[tuple[str, str], dict[str, list[tuple[str, Any, float]]]]:
-    return {(q, str(layers)): _ranking(memory, q, layers) for q in QUERIES for layers in LAYER_CHOICES}
+    return {(q, str(layers)): search_ranking(memory, TENANT, q, layers) for q in QUERIES for layers in LAYER_CHOICES}
 
 
 def _raw_ids(memory: Memory, query: str, layers: list[str] | None) -> list[str]:
     """The ids the tenant's index ranks, before near-duplicates are removed."""
-    return [item_id for _, item_id, _ in _ranking(memory, query, layers)["ranked"]]
+    return [item_id for _, item_id, _ in search_ranking(memory, TENANT, query, layers)["ranked"]]
 
 
 def _layers_of(memory: Memory, query: str, item_id: str) -> list[str]:
     """The layers in which the index ranks an item for a query, over every layer."""
-    return [layer for layer, i, _ in _ranking(memory, query, ["semantic", "archival"])["ranked"] if i == item_id]
+    ranked = search_ranking(memory, TENANT, query, ["semantic", "archival"])["ranked"]
+    return [layer for layer, i, _ in ranked if i == item_id]
 
 
 def _fresh(scene: Scene) -> Memory:

@@ -12,7 +12,6 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +19,11 @@ import pytest
 import engram.archive as archive
 import engram.compaction as compaction
 from engram import Memory
-from engram.archive import ArchiveLocation, archive_cold_items, manifest_path, provision_archive, read_manifest_rows
+from engram.archive import ArchiveLocation, archive_cold_items, manifest_path, read_manifest_rows
 from engram.compaction import COMPACTING, compact_tenant
 from engram.store import Store
 from engram.testing import FixedClock
-from tests.engram.archive_helpers import COLD, LATER, archive_objects, contents, fill
+from tests.engram.archive_helpers import COLD, LATER, archive_objects, contents, fill, search_ranking
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -42,17 +41,6 @@ class Crash(Exception):
 def prefect_harness() -> str:
     """These tests call the domain core directly and run no flow: the directory's Prefect server is not needed."""
     return ""
-
-
-@pytest.fixture
-def archive_location(request: pytest.FixtureRequest, store_url: str, tmp_path: Path) -> ArchiveLocation:
-    """A fresh bucket on the loopback S3 server beside SQLite, a local folder beside PostgreSQL; provisioned."""
-    if store_url.startswith("sqlite"):
-        location = request.getfixturevalue("s3_archive")
-    else:
-        location = ArchiveLocation((tmp_path / "archive").as_uri())
-    provision_archive(location)
-    return location
 
 
 @dataclass
@@ -108,23 +96,8 @@ def _orphans(store: Store, location: ArchiveLocation) -> set[str]:
     return {path for path, _, _ in archive_objects(location)} - referenced
 
 
-def _ranking(memory: Memory, query: str, layers: list[str] | None) -> dict[str, list[Any]]:
-    """The index's ranking before near-duplicates are removed, as (layer, id, score) with equal scores ordered by id,
-    and the (layer, score) pairs of the hits (of equal-score near-duplicates the search keeps the one it loaded
-    first, which depends on the order of manifests and rows; see tests/engram/test_compaction.py)."""
-    index = memory._index(TENANT)
-    with index.lock:
-        ranked = [(layer, item_id, round(score, 4)) for score, layer, item_id, _ in index.search(query, 1000, layers)]
-    hits = memory.search(TENANT, query, limit=1000, layers=layers)
-    assert {(h.layer, h.item_id, round(h.score, 4)) for h in hits} <= set(ranked)
-    return {
-        "ranked": sorted(ranked, key=lambda r: (-r[2], r[1], r[0])),
-        "hits": sorted({(h.layer, round(h.score, 4)) for h in hits}),
-    }
-
-
 def _rankings(memory: Memory) -> dict[tuple[str, str], dict[str, list[Any]]]:
-    return {(q, str(layers)): _ranking(memory, q, layers) for q in QUERIES for layers in LAYER_CHOICES}
+    return {(q, str(layers)): search_ranking(memory, TENANT, q, layers) for q in QUERIES for layers in LAYER_CHOICES}
 
 
 def _searches_the_same(archived: Archived, why: str) -> None:

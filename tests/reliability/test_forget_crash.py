@@ -12,7 +12,6 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,6 @@ from engram.archive import (
     ArchiveLocation,
     archive_cold_items,
     manifest_path,
-    provision_archive,
     read_manifest_rows,
     rehydrate_batch,
     remove_orphan_objects,
@@ -50,17 +48,6 @@ class Crash(Exception):
 def prefect_harness() -> str:
     """These tests call the domain core directly and run no flow: the directory's Prefect server is not needed."""
     return ""
-
-
-@pytest.fixture
-def archive_location(request: pytest.FixtureRequest, store_url: str, tmp_path: Path) -> ArchiveLocation:
-    """A fresh bucket on the loopback S3 server beside SQLite, a local folder beside PostgreSQL; provisioned."""
-    if store_url.startswith("sqlite"):
-        location = request.getfixturevalue("s3_archive")
-    else:
-        location = ArchiveLocation((tmp_path / "archive").as_uri())
-    provision_archive(location)
-    return location
 
 
 @dataclass
