@@ -40,6 +40,7 @@ import functools
 import hashlib
 import io
 import json
+import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -53,6 +54,8 @@ from engram.errors import ArchiveError, ArchiveMismatch
 from engram.layers import Layer
 from engram.store import EPISODES, SEMANTIC, TURNS, Store
 from engram.text import mentions, render
+
+_log = logging.getLogger("engram.archive")
 
 ARCHIVED_TABLES = {"semantic_items": SEMANTIC, "episodes": EPISODES, "episode_turns": TURNS}
 LAYER_OF_TABLE = {"semantic_items": Layer.SEMANTIC, "episodes": Layer.EPISODIC, "episode_turns": Layer.EPISODIC}
@@ -1144,22 +1147,50 @@ def archived_record(
     """One archived row (semantic item, turn or episode), or None.
 
     Args:
-        tombstone: the item's hot row, when it is a semantic item: its columns other than ``ARCHIVED_CONTENT``
-            (validity, supersession, support, last seen) replace the archived copy's, which are as they were when
-            the item was archived. Without it, the row is exactly as archived.
+        tombstone: the item's hot row (``Store.find_item``). Its ``table`` and date narrow the files read (see
+            ``find_archived_rows``), so that a large (compacted) manifest is not read whole. For a semantic item, its
+            columns other than ``ARCHIVED_CONTENT`` (validity, supersession, support, last seen) replace the archived
+            copy's, which are as they were when the item was archived. Without it, every file may be read and the
+            row is exactly as archived.
     """
     manifest = next((m for m in store.manifests(tenant) if m["manifest_id"] == manifest_id), None)
     if manifest is None:
         return None
-    for table_name, rows in read_manifest_rows(storage, manifest, ids=[item_id]).items():
-        key = _ID_COLUMN[table_name]
-        for r in rows:
-            if r[key] == item_id:
-                state = {}
-                if table_name == "semantic_items" and tombstone is not None:
-                    state = {k: tombstone[k] for k in r if k in tombstone and k not in ARCHIVED_CONTENT}
-                return {**r, **state, "_table": table_name}
+    tombstone = tombstone or {}
+    table = tombstone.get("table")
+    at = tombstone.get("episode_ended_at" if table == "episode_turns" else _DATE_COLUMN.get(table or "", ""))
+    for table_name in [table] if table in _ID_COLUMN else sorted(_ID_COLUMN):
+        for r in find_archived_rows(storage, manifest, table_name, {item_id}, [at] if at is not None else []):
+            state = {}
+            if table_name == "semantic_items" and tombstone:
+                state = {k: tombstone[k] for k in r if k in tombstone and k not in ARCHIVED_CONTENT}
+            return {**r, **state, "_table": table_name}
     return None
+
+
+def find_archived_rows(
+    storage: StorageLike, manifest: Mapping[str, Any], table_name: str, ids: set[str], dates: Iterable[datetime]
+) -> list[dict[str, Any]]:
+    """The rows of ``ids`` in a manifest's files of one table, each file checked as ``read_manifest_rows`` does.
+
+    A row is filed under a date (``_DATE_COLUMN``; a turn under its episode's end): the files of ``dates`` are read
+    first, and the table's other files only for the ids not found there, so that finding a few rows in a large
+    (compacted) manifest reads a few of its files, and a date that moved since the row was archived costs time, not
+    the row.
+    """
+    key = _ID_COLUMN[table_name]
+    days = {d.date().isoformat() for d in dates}
+    files = [e for e in manifest["files"] if e["table"] == table_name]
+    first = [e for e in files if e.get("date") in days]
+    found: list[dict[str, Any]] = []
+    for step in (first, [e for e in files if e.get("date") not in days]):
+        wanted = ids - {r[key] for r in found}
+        if not wanted:
+            break
+        if step:
+            rows = read_manifest_rows(storage, {**manifest, "files": step}, ids=wanted).get(table_name, [])
+            found.extend(r for r in rows if r[key] in wanted)
+    return found
 
 
 def rehydrate_batch(
@@ -1178,15 +1209,16 @@ def rehydrate_batch(
     picked = store.archived_semantic(tenant, item_ids, limit)
     counts = {"rehydrated": 0, "candidates": len(picked)}
     by_manifest: dict[tuple[str, str], set[str]] = {}
-    for t, item_id, manifest_id in picked:
+    seen: dict[tuple[str, str], list[datetime]] = {}
+    for t, item_id, manifest_id, last_seen in picked:
         by_manifest.setdefault((t, manifest_id), set()).add(item_id)
+        if last_seen is not None:
+            seen.setdefault((t, manifest_id), []).append(last_seen)
     for (t, manifest_id), ids in sorted(by_manifest.items()):
         manifest = next((m for m in store.manifests(t, ["committed"]) if m["manifest_id"] == manifest_id), None)
         if manifest is None:
             raise ArchiveError(f"tenant {t!r}: archived items point at manifest {manifest_id}, which is not committed")
-        files = [e for e in manifest["files"] if e["table"] == "semantic_items"]
-        rows = read_manifest_rows(storage, {**manifest, "files": files}, ids=ids).get("semantic_items", [])
-        found = [r for r in rows if r["item_id"] in ids]
+        found = find_archived_rows(storage, manifest, "semantic_items", ids, seen.get((t, manifest_id), []))
         missing = ids - {r["item_id"] for r in found}
         if missing:
             raise ArchiveMismatch(manifest_id, "(semantic files)", f"lacks {len(missing)} archived items")
@@ -1285,7 +1317,7 @@ def forget_in_archive(store: Store, storage: StorageLike, tenant: str, subject: 
     for manifest, _ in loaded:
         if manifest["manifest_id"] in started - rewritten:
             with _storage_errors(f"rewriting manifest {manifest['manifest_id']}", storage):
-                _put(fs, storage, manifest_path(tenant, manifest["manifest_id"]), manifest_json(manifest))
+                _put_manifest_json(storage, fs, manifest)
             counts["archive_manifests_rewritten"] += 1
     hot = store.forget_archived(tenant, events, items, now)
     counts.update({f"{k}_archived": v for k, v in hot.items()})
@@ -1329,10 +1361,29 @@ def _rewrite_manifest(
         )
     row = {**manifest, "files": files, "row_count": sum(f["rows"] for f in files)}
     with _storage_errors(f"rewriting manifest {manifest_id}", storage):
-        _put(fs, storage, manifest_path(tenant, manifest_id), manifest_json(row))
+        _put_manifest_json(storage, fs, row)
     counts["archive_manifests_rewritten"] += 1
     for path in kept_by_path:
         counts["archive_object_versions_deleted"] += delete_all_versions(storage, path)
+
+
+def _put_manifest_json(storage: StorageLike, fs: Any, row: Mapping[str, Any]) -> None:
+    """Overwrite a manifest's JSON object with ``row``, keeping what only the object records (``compacted_from``)."""
+    path = manifest_path(row["tenant"], row["manifest_id"])
+    try:
+        earlier = json.loads(fs.cat_file(_abs(storage, path)))
+    except FileNotFoundError:
+        earlier = {}
+    except ValueError as exc:  # the forget goes on: the manifest row, not this object, is what the archive trusts
+        _log.warning(
+            "manifest %s: %s is not readable JSON (%s); rewritten without its compacted_from",
+            row["manifest_id"],
+            path,
+            exc,
+        )
+        earlier = {}
+    compacted_from = earlier.get("compacted_from") if isinstance(earlier, dict) else None
+    _put(fs, storage, path, manifest_json({**row, "compacted_from": compacted_from or row.get("compacted_from")}))
 
 
 def _rewritten_path(path: str) -> str:

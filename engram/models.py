@@ -288,8 +288,6 @@ class QuarantinedRow(SQLModel, table=True):
     quarantined_at: datetime
 
 
-
-
 class Metric(SQLModel, table=True):
     """One measurement taken by the ``monitor`` flow: layer sizes, backlog, lag, quarantine growth, run durations.
 

@@ -624,7 +624,7 @@ class TenantIndex:
         tags: Sequence[str] | None = None,
         query_vector: np.ndarray | None = None,
     ) -> list[tuple[float, str, str, dict[str, Any]]]:
-        """Top documents for ``query`` as (score, layer, item_id, doc), best first.
+        """Top documents for ``query`` as (score, layer, item_id, doc), best first, equal scores by item id.
 
         With ``query_vector`` and stored vectors, BM25 and cosine rankings are fused by reciprocal rank (k=60):
         a document near the top of either list ranks high, and scores of different scales never mix.
@@ -655,6 +655,11 @@ class TenantIndex:
             if want and not want.issubset(doc["tags"]):
                 continue
             out.append((float(score), layer, item_id, doc))
+        # Equal scores in item id order: the order documents were loaded in (which compaction or a reload changes)
+        # must not decide which of two equally good hits comes first, nor which near-duplicate is kept.
+        # Scores equal to 9 places count as equal: the same document's score may differ in its last bits by the
+        # order its terms were summed in.
+        out.sort(key=lambda hit: (-round(hit[0], 9), hit[2]))
         return out
 
 

@@ -101,9 +101,12 @@ class Measurement:
 
 
 def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> list[Measurement]:
-    """Items per layer and tenant, the consolidation backlog and lag, and quarantine growth since the last monitor.
+    """Items per layer and tenant, the consolidation backlog and lag, unfinished forgets, and quarantine growth since
+    the last monitor.
 
     Backlog is the number of episodes not consolidated yet; lag is the age, at ``as_of``, of the oldest of them.
+    An unfinished forget is one that started (its intent is recorded) and has not finished: under way, or
+    interrupted and waiting for a rerun with the same subject; its age is counted from its first start.
     Quarantine growth compares the quarantine's size with the last recorded measurement before ``as_of``.
     """
     tenants = [tenant] if tenant is not None else store.tenants()
@@ -122,6 +125,13 @@ def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> l
     oldest = [ended for _, ended in backlog.values() if ended is not None]
     out.append(Measurement(scope, "backlog.episodes", sum(n for n, _ in backlog.values())))
     out.append(Measurement(scope, "lag.seconds", max(0.0, (as_of - min(oldest)).total_seconds()) if oldest else 0.0))
+    started = [at for _, at in store.unfinished_forgets(tenant)]
+    out.append(Measurement(scope, "forget.unfinished", len(started)))
+    out.append(
+        Measurement(
+            scope, "forget.oldest_age_seconds", max(0.0, (as_of - started[0]).total_seconds()) if started else 0.0
+        )
+    )
     previous = store.latest_metric(scope, "layer.quarantine", before=as_of)
     now_quarantined = store.count_by_layer(tenant).get("quarantine", 0)
     out.append(Measurement(scope, "quarantine.growth", now_quarantined - previous if previous is not None else 0.0))
@@ -158,11 +168,15 @@ class MonitorThresholds:
         max_lag_hours: an unconsolidated episode older than this raises ``engram.alert.lag``.
         max_quarantine_growth: more rows quarantined since the last monitor than this raises
             ``engram.alert.quarantine``.
+        max_forget_age_hours: a forget started longer ago than this and not finished raises
+            ``engram.alert.forget_unfinished``: a forget takes minutes, so it was interrupted, and until it is rerun
+            with the same subject some of the subject may still be stored.
     """
 
     backlog_high: int = 500
     max_lag_hours: float = 24.0
     max_quarantine_growth: int = 100
+    max_forget_age_hours: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -183,28 +197,40 @@ def decide_signals(
         for c in checks
         if not c.ok
     ]
+    hours = 3600
+    # measurement -> (event, threshold in the measurement's unit, payload key, payload divisor, threshold as set)
+    rules = {
+        "backlog.episodes": ("engram.backlog.high", thresholds.backlog_high, "backlog", 1, thresholds.backlog_high),
+        "lag.seconds": (
+            "engram.alert.lag",
+            thresholds.max_lag_hours * hours,
+            "lag_hours",
+            hours,
+            thresholds.max_lag_hours,
+        ),
+        "forget.oldest_age_seconds": (
+            "engram.alert.forget_unfinished",
+            thresholds.max_forget_age_hours * hours,
+            "age_hours",
+            hours,
+            thresholds.max_forget_age_hours,
+        ),
+        "quarantine.growth": (
+            "engram.alert.quarantine",
+            thresholds.max_quarantine_growth,
+            "growth",
+            1,
+            thresholds.max_quarantine_growth,
+        ),
+    }
     for m in measurements:
+        rule = rules.get(m.name)
+        if rule is None or m.value <= rule[1]:
+            continue
+        event, _, key, divisor, threshold = rule
+        value = round(m.value / divisor, 2) if divisor != 1 else int(m.value)
         scope = f"engram.tenant.{m.tenant}" if m.tenant != SERVICE_WIDE else "engram.service"
-        if m.name == "backlog.episodes" and m.value > thresholds.backlog_high:
-            signals.append(
-                Signal("engram.backlog.high", scope, {"backlog": int(m.value), "threshold": thresholds.backlog_high})
-            )
-        elif m.name == "lag.seconds" and m.value > thresholds.max_lag_hours * 3600:
-            signals.append(
-                Signal(
-                    "engram.alert.lag",
-                    scope,
-                    {"lag_hours": round(m.value / 3600, 2), "threshold": thresholds.max_lag_hours},
-                )
-            )
-        elif m.name == "quarantine.growth" and m.value > thresholds.max_quarantine_growth:
-            signals.append(
-                Signal(
-                    "engram.alert.quarantine",
-                    scope,
-                    {"growth": int(m.value), "threshold": thresholds.max_quarantine_growth},
-                )
-            )
+        signals.append(Signal(event, scope, {key: value, "threshold": threshold}))
     return signals
 
 

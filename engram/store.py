@@ -1786,18 +1786,19 @@ class Store:
 
     def archived_semantic(
         self, tenant: str | None, item_ids: Sequence[str] | None, limit: int
-    ) -> list[tuple[str, str, str]]:
-        """Up to ``limit`` (tenant, item_id, manifest_id) of semantic tombstones; all of them or the given ids."""
-        query = select(SEMANTIC.c.tenant, SEMANTIC.c.item_id, SEMANTIC.c.archived_manifest_id).where(
-            SEMANTIC.c.archived_manifest_id.is_not(None)
-        )
+    ) -> list[tuple[str, str, str, datetime | None]]:
+        """Up to ``limit`` (tenant, item_id, manifest_id, last_seen) of semantic tombstones; all of them or the given
+        ids. ``last_seen`` names the date its archived file is likely filed under (the date it had when archived)."""
+        query = select(
+            SEMANTIC.c.tenant, SEMANTIC.c.item_id, SEMANTIC.c.archived_manifest_id, SEMANTIC.c.last_seen
+        ).where(SEMANTIC.c.archived_manifest_id.is_not(None))
         if tenant is not None:
             query = query.where(SEMANTIC.c.tenant == tenant)
         if item_ids is not None:
             query = query.where(SEMANTIC.c.item_id.in_(sorted(set(item_ids))[:INSERT_CHUNK]))
         query = query.order_by(SEMANTIC.c.tenant, SEMANTIC.c.archived_manifest_id, SEMANTIC.c.item_id).limit(limit)
         with self.read() as conn:
-            return [tuple(r) for r in conn.execute(query)]
+            return [(t, i, m, _aware(seen)) for t, i, m, seen in conn.execute(query)]
 
     def commit_rehydrate(
         self,
@@ -1946,6 +1947,14 @@ class Store:
             return [
                 dict(r._mapping) for r in conn.execute(select(FORGET_INTENTS).where(FORGET_INTENTS.c.tenant == tenant))
             ]
+
+    def unfinished_forgets(self, tenant: str | None = None) -> list[tuple[str, datetime]]:
+        """(tenant, when it started) of every forget that started and has not finished, oldest first."""
+        q = select(FORGET_INTENTS.c.tenant, FORGET_INTENTS.c.created_at).order_by(FORGET_INTENTS.c.created_at)
+        if tenant is not None:
+            q = q.where(FORGET_INTENTS.c.tenant == tenant)
+        with self.read() as conn:
+            return [(t, _aware(at)) for t, at in conn.execute(q)]
 
     def drop_forget_intent(self, tenant: str, subject_sha256: str) -> int:
         """Forget a finished forget's ids; returns 1 when there was a record."""
@@ -2101,12 +2110,20 @@ class Store:
                 out = dict(row._mapping)
                 out["layer"] = Layer.ARCHIVAL if out["archived_manifest_id"] else Layer.SEMANTIC
                 out["sources"] = self._sources(conn, tenant, item_id)
+                out["table"] = "semantic_items"
                 return out
             row = conn.execute(select(TURNS).where(TURNS.c.tenant == tenant, TURNS.c.item_id == item_id)).first()
             if row is not None:
                 out = dict(row._mapping)
                 out["layer"] = Layer.ARCHIVAL if out["archived_manifest_id"] else Layer.EPISODIC
                 out["sources"] = [out["event_id"]]
+                out["table"] = "episode_turns"
+                if out["archived_manifest_id"]:  # its archived file is filed under its episode's end date
+                    out["episode_ended_at"] = conn.execute(
+                        select(EPISODES.c.ended_at).where(
+                            EPISODES.c.tenant == tenant, EPISODES.c.episode_id == out["episode_id"]
+                        )
+                    ).scalar()
                 return out
             row = conn.execute(
                 select(EPISODES).where(EPISODES.c.tenant == tenant, EPISODES.c.episode_id == item_id)
@@ -2114,6 +2131,7 @@ class Store:
             if row is not None:
                 out = dict(row._mapping)
                 out["layer"] = Layer.ARCHIVAL if out["archived_manifest_id"] else Layer.EPISODIC
+                out["table"] = "episodes"
                 out["item_id"] = item_id
                 out["text"] = out["summary"]
                 out["at"] = out["started_at"]

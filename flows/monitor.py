@@ -29,14 +29,16 @@ def monitor(
     backlog_high: int = 500,
     max_lag_hours: float = 24.0,
     max_quarantine_growth: int = 100,
+    max_forget_age_hours: float = 1.0,
     runs_since_hours: float = 24.0,
 ) -> dict:
     """Check the database, object storage and Prefect API; measure layer sizes per tenant, the consolidation backlog
-    and lag, quarantine growth and flow-run durations; keep them in the ``metrics`` table, publish them as a table
-    and a chart of layer sizes over time; emit ``engram.alert.*`` and ``engram.backlog.high`` events.
+    and lag, unfinished forgets, quarantine growth and flow-run durations; keep them in the ``metrics`` table,
+    publish them as a table and a chart of layer sizes over time; emit ``engram.alert.*`` and ``engram.backlog.high``
+    events.
     """
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
-    thresholds = MonitorThresholds(backlog_high, max_lag_hours, max_quarantine_growth)
+    thresholds = MonitorThresholds(backlog_high, max_lag_hours, max_quarantine_growth, max_forget_age_hours)
     checks = check_health(store_url, archive_url)
     store_ok = checks[0].ok  # without the database, report health and run durations only
     measurements = measure_layers(store_url, as_of, tenant) if store_ok else []

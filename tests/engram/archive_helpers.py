@@ -124,19 +124,14 @@ def object_text(path: str, data: bytes | None) -> str:
 
 
 def search_ranking(memory: Memory, tenant: str, query: str, layers: list[str] | None) -> dict[str, list[Any]]:
-    """What a search answers: the index's ranking before near-duplicates are removed, as (layer, id, score) with
-    equal scores ordered by id, and the (layer, score) pairs of the hits.
+    """What a search answers: the index's ranking before near-duplicates are removed, as (layer, id, score), and
+    the hits as (layer, id, score), both in the order returned.
 
-    Of near-duplicates with equal scores the search keeps the one it loaded first, and which that is depends on the
-    order of the manifests and of their rows, which a compaction changes (so may the number of such ties kept): the
-    hits are compared by the scores they have, each one's id and score checked against the ranking.
+    Equal scores come in item id order, so neither the order of the manifests nor of their rows (which a compaction
+    changes) decides the ranking or which of two equally scored near-duplicates is kept.
     """
     index = memory._index(tenant)
     with index.lock:
         ranked = [(layer, item_id, round(score, 4)) for score, layer, item_id, _ in index.search(query, 1000, layers)]
     hits = memory.search(tenant, query, limit=1000, layers=layers)
-    assert {(h.layer, h.item_id, round(h.score, 4)) for h in hits} <= set(ranked)
-    return {
-        "ranked": sorted(ranked, key=lambda r: (-r[2], r[1], r[0])),
-        "hits": sorted({(h.layer, round(h.score, 4)) for h in hits}),
-    }
+    return {"ranked": ranked, "hits": [(h.layer, h.item_id, round(h.score, 4)) for h in hits]}

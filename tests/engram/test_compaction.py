@@ -7,6 +7,7 @@ compaction drop its copy; what an interrupted compaction left is dropped by the 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -104,15 +105,17 @@ def _committed_by_layer(store: Store, tenant: str) -> Counter[str]:
 
 
 def _archived_fact(store: Store, tenant: str = TENANT) -> str:
+    return _archived_facts(store, tenant)[0]
+
+
+def _archived_facts(store: Store, tenant: str = TENANT) -> list[str]:
     with store.read() as conn:
-        return (
+        return list(
             conn.execute(
                 select(SEMANTIC.c.item_id)
                 .where(SEMANTIC.c.tenant == tenant, SEMANTIC.c.archived_manifest_id.is_not(None))
                 .order_by(SEMANTIC.c.item_id)
-            )
-            .scalars()
-            .first()
+            ).scalars()
         )
 
 
@@ -162,6 +165,10 @@ def _orphans(store: Store, location: ArchiveLocation, tenant: str = TENANT) -> s
 
 def _manifest_objects(manifest: dict[str, Any]) -> set[str]:
     return {e["path"] for e in manifest["files"]} | {manifest_path(manifest["tenant"], manifest["manifest_id"])}
+
+
+def _manifest_document(location: ArchiveLocation, path: str) -> bytes:
+    return location.filesystem().cat_file(archive._abs(location, path))
 
 
 def _rankings(memory: Memory) -> dict[tuple[str, str], dict[str, list[tuple[str, Any, float]]]]:
@@ -310,7 +317,7 @@ def test_a_tenant_with_a_forget_under_way_is_left_alone(scene: Scene) -> None:
 def test_search_ranks_the_same_after_compaction_with_a_fresh_index_and_a_warm_one(scene: Scene) -> None:
     warm = scene.memory
     before = _rankings(warm)  # loads every manifest into the warm index
-    assert sum(1 for r in before.values() if any(layer == "archival" for layer, _ in r["hits"])) >= len(QUERIES)
+    assert sum(1 for r in before.values() if any(layer == "archival" for layer, _, _ in r["hits"])) >= len(QUERIES)
     warm_docs = len(warm._index(TENANT))
     # The fact rehydrated before the compaction: hot, while its archived copy stays in a manifest.
     rehydrated = scene.before[("semantic_items", scene.rehydrated)]
@@ -375,6 +382,73 @@ def test_get_and_rehydrate_find_archived_items_after_compaction(scene: Scene) ->
         pass
     assert store.archived_semantic(TENANT, None, 10) == []
     assert contents(store, location, TENANT) == scene.before
+
+
+def test_get_of_an_archived_item_reads_its_own_file_only(scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compacted manifest holds many files: ``get`` reads the file of the item's table and date, not all of them,
+    and finds the item in its table's other files when its date moved after it was archived."""
+    memory, store, location = scene.memory, scene.store, scene.location
+    with store.read() as conn:
+        turn = conn.execute(
+            select(TURNS.c.item_id).where(TURNS.c.tenant == TENANT, TURNS.c.archived_manifest_id.is_not(None))
+        ).scalar()
+        episode = conn.execute(
+            select(EPISODES.c.episode_id).where(
+                EPISODES.c.tenant == TENANT, EPISODES.c.archived_manifest_id.is_not(None)
+            )
+        ).scalar()
+    fact = _archived_fact(store)
+    expected = {i: memory.get(TENANT, i) for i in (fact, turn, episode)}
+    compact_tenant(store, location, TENANT, LATER, **MERGE_ALL)
+    assert all(len(m["files"]) > 3 for m in store.manifests(TENANT, ["committed"]))
+    read: list[str] = []
+    real_read_file = archive.read_file
+
+    def counting(storage: Any, manifest: Any, entry: Any, fs: Any = None) -> bytes:
+        read.append(entry["path"])
+        return real_read_file(storage, manifest, entry, fs)
+
+    monkeypatch.setattr(archive, "read_file", counting)
+    for item_id, item in expected.items():
+        read.clear()
+        assert memory.get(TENANT, item_id) == item
+        assert len(read) == 1, (item_id, read)
+    # The fact's last_seen moved to a date its file is not under: every file of its table is looked at, no other.
+    with store.write() as conn:
+        conn.execute(
+            SEMANTIC.update()
+            .where(SEMANTIC.c.tenant == TENANT, SEMANTIC.c.item_id == fact)
+            .values(last_seen=LATER + timedelta(days=400))
+        )
+    read.clear()
+    moved = memory.get(TENANT, fact)
+    assert (moved.item_id, moved.text, moved.layer) == (fact, expected[fact].text, "archival")
+    semantic_files = {
+        e["path"] for m in store.manifests(TENANT, ["committed"]) if m["layer"] == "semantic" for e in m["files"]
+    }
+    assert len(read) > 1 and set(read) <= semantic_files
+    # Rehydrate looks where get does: another archived fact comes back from its own file.
+    other = next(i for i in _archived_facts(store) if i != fact)
+    read.clear()
+    assert rehydrate_batch(store, location, TENANT, [other], LATER, None, 10) == {"rehydrated": 1, "candidates": 1}
+    assert len(read) == 1, read
+
+
+def test_a_forget_keeps_the_record_of_what_a_manifest_was_compacted_from(scene: Scene) -> None:
+    store, location = scene.store, scene.location
+    old = {m["manifest_id"] for m in store.manifests(TENANT, ["committed"])}
+    compact_tenant(store, location, TENANT, LATER, **MERGE_ALL)
+    documents = {
+        m["manifest_id"]: json.loads(_manifest_document(location, manifest_path(TENANT, m["manifest_id"])))
+        for m in store.manifests(TENANT, ["committed"])
+    }
+    assert set().union(*(set(d["compacted_from"]) for d in documents.values())) == old
+    receipt = scene.memory.forget(TENANT, "Lisbon")
+    assert receipt.removed["archive_manifests_rewritten"] >= 1
+    for manifest in store.manifests(TENANT, ["committed"]):
+        document = json.loads(_manifest_document(location, manifest_path(TENANT, manifest["manifest_id"])))
+        assert document["files"] == manifest["files"]
+        assert document["compacted_from"] == documents[manifest["manifest_id"]]["compacted_from"]
 
 
 def test_merged_files_of_several_row_groups_search_and_read_the_same(

@@ -65,12 +65,15 @@ def test_signals_follow_the_thresholds() -> None:
         Measurement("*", "backlog.episodes", 11),  # above 10: scale out
         Measurement("*", "lag.seconds", 3_601),  # above an hour
         Measurement("*", "quarantine.growth", 5),  # at the limit: no alert
+        Measurement("acme", "forget.oldest_age_seconds", 3_600),  # at the default hour: no alert
+        Measurement("globex", "forget.oldest_age_seconds", 3_601),  # a forget interrupted over an hour ago
     ]
     events = [(s.event, s.resource) for s in decide_signals(checks, measurements, thresholds)]
     assert events == [
         ("engram.alert.unhealthy", "engram.check.object_storage"),
         ("engram.backlog.high", "engram.service"),
         ("engram.alert.lag", "engram.service"),
+        ("engram.alert.forget_unfinished", "engram.tenant.globex"),
     ]
 
 
@@ -103,6 +106,25 @@ def test_measure_store_counts_backlog_lag_and_quarantine_growth(memory: Memory) 
     memory.store.record_metrics([{"tenant": "*", "name": "layer.quarantine", "value": 0.0, "at": T0}])
     got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, T0 + timedelta(days=1))}
     assert got[("*", "quarantine.growth")] == 1
+    assert got[("*", "forget.unfinished")] == 0 and got[("*", "forget.oldest_age_seconds")] == 0
+
+
+def test_measure_store_reports_a_forget_that_started_and_did_not_finish(memory: Memory) -> None:
+    memory.store.save_forget_intent("acme", "a" * 64, ["e1"], [], [], T0)
+    memory.store.save_forget_intent("acme", "b" * 64, ["e2"], [], [], T0 + timedelta(hours=1))
+    memory.store.save_forget_intent("acme", "a" * 64, ["e1", "e3"], [], [], T0 + timedelta(hours=2))  # its rerun
+    as_of = T0 + timedelta(hours=3)
+    got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, as_of)}
+    assert got[("*", "forget.unfinished")] == 2
+    assert got[("*", "forget.oldest_age_seconds")] == 3 * 3600  # from the first start, not the rerun
+    signals = decide_signals([], measure_store(memory.store, as_of, "acme"), MonitorThresholds())
+    assert [(s.event, s.resource, s.payload) for s in signals] == [
+        ("engram.alert.forget_unfinished", "engram.tenant.acme", {"age_hours": 3.0, "threshold": 1.0})
+    ]
+    memory.store.drop_forget_intent("acme", "a" * 64)
+    memory.store.drop_forget_intent("acme", "b" * 64)
+    got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, as_of, "acme")}
+    assert got[("acme", "forget.unfinished")] == 0 and got[("acme", "forget.oldest_age_seconds")] == 0
 
 
 def test_shard_leases_go_to_one_owner_at_a_time(store_url: str) -> None:
