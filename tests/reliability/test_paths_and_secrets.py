@@ -46,14 +46,17 @@ def test_tenant_ids_that_would_leave_the_prefix_are_rejected_before_any_object_i
     memory = memory_at(f"sqlite:///{tmp_path / 'engram.db'}", location, tmp_path)
     try:
         observe(memory, sessions=2)
-        for bad in ESCAPES:
+        for n, bad in enumerate(ESCAPES):
             requests = proxy.requests
+            # The flows as Prefect runs them for the first id; for the rest, their bodies (``.fn``), which are what
+            # checks the tenant, without a failed flow run each.
+            archive_flow, rehydrate_flow = (archive, rehydrate) if n == 0 else (archive.fn, rehydrate.fn)
             for call in (
                 lambda bad=bad: memory.search(bad, "dog"),
                 lambda bad=bad: memory.forget(bad, "dog"),
                 lambda bad=bad: memory.forget(bad),
-                lambda bad=bad: archive(store_url=memory.store_url, as_of=LATER, tenant=bad),
-                lambda bad=bad: rehydrate(store_url=memory.store_url, as_of=LATER, tenant=bad),
+                lambda bad=bad, flow=archive_flow: flow(store_url=memory.store_url, as_of=LATER, tenant=bad),
+                lambda bad=bad, flow=rehydrate_flow: flow(store_url=memory.store_url, as_of=LATER, tenant=bad),
             ):
                 with pytest.raises(InvalidInput) as err:
                     call()

@@ -174,11 +174,18 @@ def test_second_provision_changes_nothing(stack: Stack) -> None:
 def test_a_manual_run_of_every_deployment_completes_on_process_workers(stack: Stack) -> None:
     _hold_schedules()
     manual = [s.name for s in FLOWS if s.name != "decommission"]  # decommission has a test of its own below
-    procs = {name: _run_deployment_cli(stack.server, name, _params(stack, name)) for name in manual}
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=180)
-        assert proc.returncode == 0, f"prefect deployment run {name}:\n{out[-3000:]}"
-        stack.runs[name] = next(line.split()[-1] for line in out.splitlines() if "UUID:" in line)
+    # lifecycle as an operator starts it from a shell; the others as the UI's "Quick run" does, through the API
+    # (the same flow run from the deployment, without a CLI process each).
+    proc = _run_deployment_cli(stack.server, "lifecycle", _params(stack, "lifecycle"))
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, f"prefect deployment run lifecycle:\n{out[-3000:]}"
+    stack.runs["lifecycle"] = next(line.split()[-1] for line in out.splitlines() if "UUID:" in line)
+    deployments = _deployments()
+    with get_client(sync_client=True) as client:
+        for name in manual:
+            if name != "lifecycle":
+                run = client.create_flow_run_from_deployment(deployments[name].id, parameters=_params(stack, name))
+                stack.runs[name] = str(run.id)
     pools = sorted({s.work_pool for s in FLOWS})
     # Long-running workers, stopped once every run is done: scale's run may lower a pool's concurrency meanwhile,
     # and a --run-once worker would then leave the rest of that pool's runs behind.
