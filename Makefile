@@ -27,7 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash infra/ensure-postgres.sh "$(PG_URL)"
 	bash infra/ensure-chromium.sh
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=20
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration and not reliability"
