@@ -641,10 +641,10 @@ class TenantIndex:
         masks = [self._mask(codes, lo, hi), *(seg.mask(codes, lo, hi) for seg in self._segments)]
         lexical, lex_scores = self._bm25(query, masks, pool)
         if query_vector is not None and self.has_vectors:
-            dense, _ = self._dense(query_vector, masks, pool)
+            dense, dense_scores = self._dense(query_vector, masks, pool)
             fused: dict[int, float] = {}
-            for ranking in (lexical, dense):
-                for rank, idx in enumerate(ranking.tolist()):
+            for ranking, scores in ((lexical, lex_scores), (dense, dense_scores)):
+                for rank, idx in zip(_shared_ranks(scores), ranking.tolist(), strict=True):
                     fused[idx] = fused.get(idx, 0.0) + 1.0 / (RRF_K + rank + 1)
             order = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
         else:
@@ -656,11 +656,21 @@ class TenantIndex:
                 continue
             out.append((float(score), layer, item_id, doc))
         # Equal scores in item id order: the order documents were loaded in (which compaction or a reload changes)
-        # must not decide which of two equally good hits comes first, nor which near-duplicate is kept.
-        # Scores equal to 9 places count as equal: the same document's score may differ in its last bits by the
-        # order its terms were summed in.
-        out.sort(key=lambda hit: (-round(hit[0], 9), hit[2]))
+        # must not decide which of two equally good hits comes first, nor which near-duplicate is kept (``_top``
+        # keeps the documents tied at its cut for this).
+        out.sort(key=lambda hit: (-hit[0], hit[2]))
         return out
+
+
+def _shared_ranks(scores: np.ndarray) -> list[int]:
+    """Rank positions of scores sorted best first, equal scores sharing the rank of the first of them (1, 2, 2, 4)
+    from 0: which of two equally scored documents was loaded first must not change their fused score."""
+    ranks: list[int] = []
+    previous = None
+    for position, score in enumerate(scores.tolist()):
+        ranks.append(ranks[-1] if score == previous else position)
+        previous = score
+    return ranks
 
 
 # A document id: the hot document's index, or the segment's number (from 1) shifted above its row.
@@ -672,11 +682,20 @@ def _doc_id(segment: int, rows: np.ndarray) -> np.ndarray:
     return (np.int64(segment) << _SEGMENT_SHIFT) | rows.astype(np.int64)
 
 
+# How many times ``k`` documents tied at the cut ``_top`` keeps before it cuts among them by load order.
+_TIES_KEPT = 8
+
+
 def _top(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best (highest score) of ``idx``, best first; ties broken by index for a stable order."""
+    """The ``k`` best (highest score) of ``idx``, best first (equal scores by index), and every other document tied
+    with the ``k``-th, up to ``_TIES_KEPT * k`` in all: the caller orders equal scores by item id, so the cut must not
+    choose among them by the order the documents were loaded in."""
     if len(idx) > k:
-        part = np.argpartition(-scores, k - 1)[:k]
-        idx, scores = idx[part], scores[part]
+        part = np.argpartition(-scores, k - 1)
+        kept = np.flatnonzero(scores >= scores[part[k - 1]])
+        if len(kept) > _TIES_KEPT * k:
+            kept = np.argpartition(-scores, _TIES_KEPT * k - 1)[: _TIES_KEPT * k]
+        idx, scores = idx[kept], scores[kept]
     order = np.lexsort((idx, -scores))
     return idx[order], scores[order]
 

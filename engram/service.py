@@ -106,7 +106,8 @@ def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> l
 
     Backlog is the number of episodes not consolidated yet; lag is the age, at ``as_of``, of the oldest of them.
     An unfinished forget is one that started (its intent is recorded) and has not finished: under way, or
-    interrupted and waiting for a rerun with the same subject; its age is counted from its first start.
+    interrupted and waiting for a rerun with the same subject. Their number is measured for the scope; the age of
+    the oldest (from its first start) per tenant that has one.
     Quarantine growth compares the quarantine's size with the last recorded measurement before ``as_of``.
     """
     tenants = [tenant] if tenant is not None else store.tenants()
@@ -125,13 +126,13 @@ def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> l
     oldest = [ended for _, ended in backlog.values() if ended is not None]
     out.append(Measurement(scope, "backlog.episodes", sum(n for n, _ in backlog.values())))
     out.append(Measurement(scope, "lag.seconds", max(0.0, (as_of - min(oldest)).total_seconds()) if oldest else 0.0))
-    started = [at for _, at in store.unfinished_forgets(tenant)]
-    out.append(Measurement(scope, "forget.unfinished", len(started)))
-    out.append(
-        Measurement(
-            scope, "forget.oldest_age_seconds", max(0.0, (as_of - started[0]).total_seconds()) if started else 0.0
-        )
-    )
+    unfinished = store.unfinished_forgets(tenant)
+    out.append(Measurement(scope, "forget.unfinished", len(unfinished)))
+    oldest: dict[str, datetime] = {}
+    for t, started in unfinished:  # oldest first: the first of each tenant is its oldest
+        oldest.setdefault(t, started)
+    for t, started in sorted(oldest.items()):  # per tenant, so that an alert names whose forget to rerun
+        out.append(Measurement(t, "forget.oldest_age_seconds", max(0.0, (as_of - started).total_seconds())))
     previous = store.latest_metric(scope, "layer.quarantine", before=as_of)
     now_quarantined = store.count_by_layer(tenant).get("quarantine", 0)
     out.append(Measurement(scope, "quarantine.growth", now_quarantined - previous if previous is not None else 0.0))

@@ -152,3 +152,50 @@ def test_an_index_that_loaded_the_archive_drops_what_is_rehydrated(archived: Mem
         assert len(archived._index("acme")) == len(fresh._index("acme"))
     finally:
         fresh.close()
+
+
+@pytest.mark.parametrize("with_vectors", [False, True], ids=["bm25", "bm25+dense"])
+def test_equal_scores_rank_by_item_id_whatever_order_the_documents_were_loaded_in(with_vectors: bool) -> None:
+    """Compaction and reloads change the order documents are loaded in: equal hits (an exact restatement) come in
+    item id order, and the near-duplicate kept is the same, also when BM25 and vector rankings are fused."""
+    import numpy as np
+
+    from engram.memory import select_hits
+
+    def doc(item_id: str, text: str, vector: list[float]) -> dict:
+        out = {"layer": "semantic", "item_id": item_id, "text": text, "actor": "", "rendered": text, "at": LATER}
+        return {**out, "tags": (), **({"vector": np.array(vector, dtype=np.float32)} if with_vectors else {})}
+
+    docs = [
+        doc("fact-a", "Caroline lives in Lisbon", [0.6, 0.8]),
+        doc("fact-b", "Caroline lives in Lisbon", [0.6, 0.8]),  # the same fact restated
+        doc("fact-c", "Caroline moved to Lisbon in May", [0.8, 0.6]),
+    ]
+    query = np.array([0.0, 1.0], dtype=np.float32) if with_vectors else None
+    answers = []
+    for order in (docs, docs[::-1], [docs[1], docs[2], docs[0]]):
+        index = TenantIndex("acme")
+        index.add(order)
+        assert index.has_vectors == with_vectors
+        ranked = index.search("Caroline Lisbon", 10, query_vector=query)
+        answers.append(([(round(s, 6), i) for s, _, i, _ in ranked], [h[2] for h in select_hits(ranked, 10, None)]))
+    assert answers[0] == answers[1] == answers[2]
+    ranking, kept = answers[0]
+    assert [i for _, i in ranking][:2] == ["fact-a", "fact-b"] and ranking[0][0] == ranking[1][0]
+    assert "fact-a" in kept and "fact-b" not in kept
+
+
+def test_documents_tied_at_the_over_fetch_cut_are_chosen_by_item_id() -> None:
+    """More equally scored documents than the search over-fetches: the hit returned is the same whatever the load
+    order (the one with the lowest item id)."""
+    docs = [
+        {"layer": "semantic", "item_id": f"item-{i:03d}", "text": "the dog barked", "actor": "", "at": LATER}
+        | {"rendered": "the dog barked", "tags": ()}
+        for i in range(100)
+    ]
+    tops = []
+    for order in (docs, docs[::-1], docs[37:] + docs[:37]):
+        index = TenantIndex("acme")
+        index.add(order)
+        tops.append([item_id for _, _, item_id, _ in index.search("dog", 1)][:3])
+    assert tops == [["item-000", "item-001", "item-002"]] * 3

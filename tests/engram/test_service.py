@@ -106,25 +106,30 @@ def test_measure_store_counts_backlog_lag_and_quarantine_growth(memory: Memory) 
     memory.store.record_metrics([{"tenant": "*", "name": "layer.quarantine", "value": 0.0, "at": T0}])
     got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, T0 + timedelta(days=1))}
     assert got[("*", "quarantine.growth")] == 1
-    assert got[("*", "forget.unfinished")] == 0 and got[("*", "forget.oldest_age_seconds")] == 0
+    assert got[("*", "forget.unfinished")] == 0 and not [k for k in got if k[1] == "forget.oldest_age_seconds"]
 
 
 def test_measure_store_reports_a_forget_that_started_and_did_not_finish(memory: Memory) -> None:
     memory.store.save_forget_intent("acme", "a" * 64, ["e1"], [], [], T0)
     memory.store.save_forget_intent("acme", "b" * 64, ["e2"], [], [], T0 + timedelta(hours=1))
     memory.store.save_forget_intent("acme", "a" * 64, ["e1", "e3"], [], [], T0 + timedelta(hours=2))  # its rerun
+    memory.store.save_forget_intent("globex", "c" * 64, ["e4"], [], [], T0 + timedelta(hours=2, minutes=30))
     as_of = T0 + timedelta(hours=3)
     got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, as_of)}
-    assert got[("*", "forget.unfinished")] == 2
-    assert got[("*", "forget.oldest_age_seconds")] == 3 * 3600  # from the first start, not the rerun
-    signals = decide_signals([], measure_store(memory.store, as_of, "acme"), MonitorThresholds())
+    assert got[("*", "forget.unfinished")] == 3
+    # The age of each tenant's oldest, from its first start (not the rerun): the alert names the tenant.
+    assert got[("acme", "forget.oldest_age_seconds")] == 3 * 3600
+    assert got[("globex", "forget.oldest_age_seconds")] == 1800
+    signals = decide_signals([], measure_store(memory.store, as_of), MonitorThresholds())
     assert [(s.event, s.resource, s.payload) for s in signals] == [
         ("engram.alert.forget_unfinished", "engram.tenant.acme", {"age_hours": 3.0, "threshold": 1.0})
     ]
-    memory.store.drop_forget_intent("acme", "a" * 64)
-    memory.store.drop_forget_intent("acme", "b" * 64)
     got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, as_of, "acme")}
-    assert got[("acme", "forget.unfinished")] == 0 and got[("acme", "forget.oldest_age_seconds")] == 0
+    assert got[("acme", "forget.unfinished")] == 2 and ("globex", "forget.oldest_age_seconds") not in got
+    for tenant, subject in (("acme", "a"), ("acme", "b"), ("globex", "c")):
+        memory.store.drop_forget_intent(tenant, subject * 64)
+    got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, as_of)}
+    assert got[("*", "forget.unfinished")] == 0 and not [k for k in got if k[1] == "forget.oldest_age_seconds"]
 
 
 def test_shard_leases_go_to_one_owner_at_a_time(store_url: str) -> None:
