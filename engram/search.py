@@ -692,7 +692,9 @@ def _top(idx: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     choose among them by the order the documents were loaded in."""
     if len(idx) > k:
         part = np.argpartition(-scores, k - 1)
-        kept = np.flatnonzero(scores >= scores[part[k - 1]])
+        kth = scores[part[k - 1]]
+        # A NaN (a broken stored vector) compares false: then the k first as partitioned, as before.
+        kept = part[:k] if np.isnan(kth) else np.flatnonzero(scores >= kth)
         if len(kept) > _TIES_KEPT * k:
             kept = np.argpartition(-scores, _TIES_KEPT * k - 1)[: _TIES_KEPT * k]
         idx, scores = idx[kept], scores[kept]

@@ -199,3 +199,18 @@ def test_documents_tied_at_the_over_fetch_cut_are_chosen_by_item_id() -> None:
         index.add(order)
         tops.append([item_id for _, _, item_id, _ in index.search("dog", 1)][:3])
     assert tops == [["item-000", "item-001", "item-002"]] * 3
+
+
+def test_the_cut_keeps_every_document_tied_with_the_last_one_kept() -> None:
+    import numpy as np
+
+    from engram.search import _top
+
+    idx = np.arange(10, dtype=np.int64)
+    ids, scores = _top(idx, np.array([1, 0.5, 1, 1, 0.2, 1, 0, 0, 0, 0], dtype=np.float32), 2)
+    assert ids.tolist() == [0, 2, 3, 5] and scores.tolist() == [1, 1, 1, 1]
+    ids, _ = _top(idx, np.array([3, 2, 1, 0, 0, 0, 0, 0, 0, 0], dtype=np.float32), 2)
+    assert ids.tolist() == [0, 1]
+    # Scores of broken (NaN) vectors never push a real one out, nor leave the cut empty.
+    ids, _ = _top(idx, np.array([np.nan] * 8 + [0.5, 0.2], dtype=np.float32), 3)
+    assert ids.tolist()[:2] == [8, 9] and len(ids) == 3
