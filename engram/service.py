@@ -128,10 +128,10 @@ def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> l
     out.append(Measurement(scope, "lag.seconds", max(0.0, (as_of - min(oldest)).total_seconds()) if oldest else 0.0))
     unfinished = store.unfinished_forgets(tenant)
     out.append(Measurement(scope, "forget.unfinished", len(unfinished)))
-    oldest: dict[str, datetime] = {}
+    first_started: dict[str, datetime] = {}
     for t, started in unfinished:  # oldest first: the first of each tenant is its oldest
-        oldest.setdefault(t, started)
-    for t, started in sorted(oldest.items()):  # per tenant, so that an alert names whose forget to rerun
+        first_started.setdefault(t, started)
+    for t, started in sorted(first_started.items()):  # per tenant, so that an alert names whose forget to rerun
         out.append(Measurement(t, "forget.oldest_age_seconds", max(0.0, (as_of - started).total_seconds())))
     previous = store.latest_metric(scope, "layer.quarantine", before=as_of)
     now_quarantined = store.count_by_layer(tenant).get("quarantine", 0)
@@ -199,37 +199,24 @@ def decide_signals(
         if not c.ok
     ]
     hours = 3600
-    # measurement -> (event, threshold in the measurement's unit, payload key, payload divisor, threshold as set)
+    # measurement -> (event, threshold as set, payload key, the measurement's units per threshold unit)
     rules = {
-        "backlog.episodes": ("engram.backlog.high", thresholds.backlog_high, "backlog", 1, thresholds.backlog_high),
-        "lag.seconds": (
-            "engram.alert.lag",
-            thresholds.max_lag_hours * hours,
-            "lag_hours",
-            hours,
-            thresholds.max_lag_hours,
-        ),
+        "backlog.episodes": ("engram.backlog.high", thresholds.backlog_high, "backlog", 1),
+        "lag.seconds": ("engram.alert.lag", thresholds.max_lag_hours, "lag_hours", hours),
         "forget.oldest_age_seconds": (
             "engram.alert.forget_unfinished",
-            thresholds.max_forget_age_hours * hours,
+            thresholds.max_forget_age_hours,
             "age_hours",
             hours,
-            thresholds.max_forget_age_hours,
         ),
-        "quarantine.growth": (
-            "engram.alert.quarantine",
-            thresholds.max_quarantine_growth,
-            "growth",
-            1,
-            thresholds.max_quarantine_growth,
-        ),
+        "quarantine.growth": ("engram.alert.quarantine", thresholds.max_quarantine_growth, "growth", 1),
     }
     for m in measurements:
         rule = rules.get(m.name)
-        if rule is None or m.value <= rule[1]:
+        if rule is None or m.value <= rule[1] * rule[3]:
             continue
-        event, _, key, divisor, threshold = rule
-        value = round(m.value / divisor, 2) if divisor != 1 else int(m.value)
+        event, threshold, key, unit = rule
+        value = round(m.value / unit, 2) if unit != 1 else int(m.value)
         scope = f"engram.tenant.{m.tenant}" if m.tenant != SERVICE_WIDE else "engram.service"
         signals.append(Signal(event, scope, {key: value, "threshold": threshold}))
     return signals
