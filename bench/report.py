@@ -164,6 +164,63 @@ def goals(result: dict[str, Any]) -> list[str]:
             + ", ".join(f"{fmt(int(k))}: {fmt(v)} MB" for k, v in peaks.items())
             + " | not measured at two sizes >= 10^5 |"
         )
+    lines += linearity_goal(result.get("pipelines") or [])
+    return lines
+
+
+# From this many events up, a size's cost per event is compared with the smallest such size's: below it, start-up
+# costs (imports, the first flow run) are a large share of a run.
+LINEAR_FROM_EVENTS = 100_000
+
+
+def linearity_goal(pipelines: list[dict[str, Any]]) -> list[str]:
+    """Rows of the goal "costs grow linearly with events": the seconds per 1,000 events (lifecycle) and per 1,000 rows
+    (archive) of the largest size against the smallest from ``LINEAR_FROM_EVENTS`` up, within 20%."""
+    big = [p for p in pipelines if p["events"] >= LINEAR_FROM_EVENTS]
+    label = "costs linear in events (seconds per 1,000 within 20%) from 10^5 events up"
+    if len(big) < 2:
+        return [f"| {label} | measured at {len(big)} size(s) >= 10^5 | not measured at two sizes >= 10^5 |"]
+    lo, hi = big[0], big[-1]
+    lines = []
+    for what, rate in (
+        ("lifecycle", lambda p: p.get("pipeline_events_per_s")),
+        ("archive", lambda p: (p.get("archive") or {}).get("rows_per_s")),
+    ):
+        if not rate(lo) or not rate(hi):
+            lines.append(f"| {label}: {what} | null | not measured |")
+            continue
+        cost_lo, cost_hi = 1000 / rate(lo), 1000 / rate(hi)
+        growth = cost_hi / cost_lo
+        met = "yes" if growth <= 1.2 else "no"
+        lines.append(
+            f"| {label}: {what} | {fmt(lo['events'])} -> {fmt(hi['events'])} events: {cost_lo:.3f} -> {cost_hi:.3f}"
+            f" s ({growth:.2f}x) | {met} |"
+        )
+    return lines
+
+
+def task_growth_table(result: dict[str, Any], min_share: float = 0.01) -> list[str]:
+    """Microseconds per event of each task at each size (tasks with at least ``min_share`` of the largest size's
+    lifecycle): a task whose figure rises with size costs more than linearly."""
+    pipelines = result["pipelines"]
+    top = pipelines[-1]
+    names = [
+        n
+        for n, secs in sorted(top["task_seconds"].items(), key=lambda kv: -kv[1])
+        if secs >= min_share * top["lifecycle_s"]
+    ]
+    lines = [
+        "| task | " + " | ".join(fmt(p["events"]) for p in pipelines) + " |",
+        "| --- |" + " ---: |" * len(pipelines),
+    ]
+    for name in names:
+        cells = [
+            f"{p['task_seconds'][name] / p['events'] * 1e6:.1f}" if name in p.get("task_seconds", {}) else "null"
+            for p in pipelines
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cells = [f"{p['lifecycle_s'] / p['events'] * 1e6:.1f}" for p in pipelines]
+    lines.append("| (whole lifecycle) | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -564,6 +621,14 @@ def render(results: Path) -> str:
             "",
         ]
         out += task_table(top) + [""]
+        if len(target["pipelines"]) > 1:
+            out += [
+                f"### Cost per event by task and size ({label}, microseconds per event)",
+                "",
+                "A row that rises from left to right is a task whose cost grows faster than the number of events.",
+                "",
+            ]
+            out += task_growth_table(target) + [""]
         out += write_bound_section(top)
         prof = target.get("profile") or {}
         if prof.get("files"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.report import goals, with_largest_cold_search
+from bench.report import goals, task_growth_table, with_largest_cold_search
 
 
 def _verdicts(result: dict) -> dict[str, tuple[str, str]]:
@@ -62,3 +62,55 @@ def test_a_compacted_archive_is_judged_and_its_uncompacted_figure_named(tmp_path
     assert judged["search_cold_p95_ms"] == 700.0
     value, verdict = _verdicts(judged)["archival search p95 < 1 s at 10^7 items"]
     assert value == "700" and verdict.startswith("yes") and "1,800 ms before compaction" in verdict
+
+
+def _pipeline(events: int, events_per_s: float, archive_rows_per_s: float | None, tasks: dict[str, float]) -> dict:
+    return {
+        "events": events,
+        "pipeline_events_per_s": events_per_s,
+        "archive": {"rows_per_s": archive_rows_per_s} if archive_rows_per_s else None,
+        "lifecycle_s": events / events_per_s,
+        "task_seconds": tasks,
+    }
+
+
+LINEAR = "costs linear in events (seconds per 1,000 within 20%) from 10^5 events up"
+
+
+def test_costs_are_linear_when_the_cost_per_event_stays_within_a_fifth_from_1e5_events_up() -> None:
+    pipelines = [
+        _pipeline(10_000, 500.0, 1_000.0, {}),  # start-up dominated: not judged
+        _pipeline(100_000, 2_000.0, 6_000.0, {}),
+        _pipeline(1_000_000, 1_500.0, 5_500.0, {}),
+    ]
+    verdicts = _verdicts({"pipelines": pipelines})
+    # 0.5 -> 0.667 s per 1,000 events is a third more: not linear; 0.167 -> 0.182 s per 1,000 rows is.
+    assert verdicts[f"{LINEAR}: lifecycle"] == ("100,000 -> 1,000,000 events: 0.500 -> 0.667 s (1.33x)", "no")
+    assert verdicts[f"{LINEAR}: archive"] == ("100,000 -> 1,000,000 events: 0.167 -> 0.182 s (1.09x)", "yes")
+
+
+def test_linearity_needs_two_sizes_from_1e5_and_an_archive_figure_at_both() -> None:
+    one = _verdicts({"pipelines": [_pipeline(10_000, 500.0, None, {}), _pipeline(100_000, 2_000.0, None, {})]})
+    assert one[LINEAR] == ("measured at 1 size(s) >= 10^5", "not measured at two sizes >= 10^5")
+    no_archive = _verdicts(
+        {"pipelines": [_pipeline(100_000, 2_000.0, None, {}), _pipeline(300_000, 2_000.0, None, {})]}
+    )
+    assert no_archive[f"{LINEAR}: lifecycle"][1] == "yes"
+    assert no_archive[f"{LINEAR}: archive"] == ("null", "not measured")
+
+
+def test_the_task_table_shows_each_task_s_microseconds_per_event_at_each_size() -> None:
+    result = {
+        "pipelines": [
+            _pipeline(100_000, 1_000.0, None, {"commit_facts": 10.0, "route": 5.0}),
+            _pipeline(1_000_000, 800.0, None, {"commit_facts": 250.0, "route": 50.0, "tiny": 0.001}),
+        ]
+    }
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in task_growth_table(result)]
+    assert rows[0] == ["task", "100,000", "1,000,000"]
+    # Sorted by the largest size's seconds; a task under 1% of its lifecycle is left out.
+    assert rows[2:] == [
+        ["commit_facts", "100.0", "250.0"],
+        ["route", "50.0", "50.0"],
+        ["(whole lifecycle)", "1000.0", "1250.0"],
+    ]
