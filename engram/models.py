@@ -26,6 +26,11 @@ TENANT_ID_MAX = 64
 # The conditions of the partial indexes on rows that are hot (not archived) and on archive tombstones.
 HOT = text("archived_manifest_id IS NULL")
 ARCHIVED = text("archived_manifest_id IS NOT NULL")
+# ... and on the rows still waiting for a flow of every tenant, in the order the flow takes them: the backlog, not
+# the whole table, is what a batch reads, however long the table's history grows.
+UNROUTED = text("routed_at IS NULL")
+UNCLOSED = text("episode_id IS NULL")
+UNCONSOLIDATED = text("consolidated_at IS NULL AND archived_manifest_id IS NULL")
 
 
 class TenantState(SQLModel, table=True):
@@ -50,6 +55,14 @@ class Event(SQLModel, table=True):
     __table_args__ = (
         Index("ix_events_pending", "tenant", "routed_at", "received_at"),
         Index("ix_events_seq", "tenant", "seq"),
+        Index(
+            "ix_events_unrouted",
+            "received_at",
+            "tenant",
+            "event_id",
+            sqlite_where=UNROUTED,
+            postgresql_where=UNROUTED,
+        ),
     )
 
     tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)
@@ -68,7 +81,10 @@ class SessionState(SQLModel, table=True):
     """A session seen in the events: open until idle or closed explicitly, then turned into one episode."""
 
     __tablename__ = "sessions"
-    __table_args__ = (Index("ix_sessions_open", "tenant", "episode_id", "last_event_at"),)
+    __table_args__ = (
+        Index("ix_sessions_open", "tenant", "episode_id", "last_event_at"),
+        Index("ix_sessions_unclosed", "last_event_at", sqlite_where=UNCLOSED, postgresql_where=UNCLOSED),
+    )
 
     tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)
     session_id: str = Field(primary_key=True, max_length=256)
@@ -116,6 +132,13 @@ class Episode(SQLModel, table=True):
     __table_args__ = (
         Index("ix_episodes_pending", "tenant", "consolidated_at", "lease_expires_at"),
         Index("ix_episodes_seq", "tenant", "seq"),
+        Index(
+            "ix_episodes_unconsolidated",
+            "ended_at",
+            "episode_id",
+            sqlite_where=UNCONSOLIDATED,
+            postgresql_where=UNCONSOLIDATED,
+        ),
     )
 
     tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)

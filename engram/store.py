@@ -78,6 +78,24 @@ FORGET_INTENTS: Table = ForgetIntent.__table__  # type: ignore[attr-defined]
 
 # Rows per multi-row INSERT. SQLite allows 32,766 bound parameters per statement; the widest table has 14 columns.
 INSERT_CHUNK = 2_000
+# Distinct first keys (tenants, mostly) in one ``Store._pairs_in`` lookup. SQLite parses a chain of N ORs into an
+# expression N deep and refuses one deeper than 1,000.
+PAIR_FIRSTS = 200
+
+
+def pair_chunks(pairs: Iterable[tuple[Any, Any]], size: int = INSERT_CHUNK) -> Iterator[list[tuple[Any, Any]]]:
+    """``pairs`` in order, in chunks of at most ``size`` pairs and ``PAIR_FIRSTS`` distinct first values: what one
+    ``Store._pairs_in`` lookup takes."""
+    chunk: list[tuple[Any, Any]] = []
+    firsts: set[Any] = set()
+    for pair in pairs:
+        if len(chunk) >= size or (pair[0] not in firsts and len(firsts) >= PAIR_FIRSTS):
+            yield chunk
+            chunk, firsts = [], set()
+        chunk.append(pair)
+        firsts.add(pair[0])
+    if chunk:
+        yield chunk
 
 
 # A run of 19 digits or more may be an integer past 64 bits, which orjson reads as a float without a word.
@@ -217,6 +235,27 @@ class Store:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("engram_write") else "BEGIN")
+
+    def _pairs_in(self, first: Any, second: Any, pairs: Sequence[tuple[Any, Any]]) -> Any:
+        """``(first, second) IN pairs``, written so that the database finds the rows through its index on the two
+        columns (a table's primary key, mostly), whatever the table's size.
+
+        SQLite (3.40) answers the row-value form, ``(a, b) IN (VALUES ...)``, by scanning the whole table for every
+        statement: a batch's cost then grows with the table, and a run's with the square of its size. It gets
+        ``(a = ? AND b IN (...)) OR ...`` instead, one term per distinct first value, which it looks up term by term
+        in the index. PostgreSQL plans the row-value form through the index itself.
+
+        Raises:
+            ValueError: on SQLite, more than ``PAIR_FIRSTS`` distinct first values (use ``pair_chunks``).
+        """
+        if self.dialect != "sqlite":
+            return tuple_(first, second).in_(list(pairs))
+        by_first: dict[Any, list[Any]] = {}
+        for a, b in pairs:
+            by_first.setdefault(a, []).append(b)
+        if len(by_first) > PAIR_FIRSTS:
+            raise ValueError(f"{len(by_first)} distinct {first.name} values in one lookup; at most {PAIR_FIRSTS}")
+        return or_(*(and_(first == a, second.in_(bs)) for a, bs in by_first.items()))
 
     # -- schema ------------------------------------------------------------------------------------------------
 
@@ -592,13 +631,18 @@ class Store:
             picked = [tuple(r) for r in conn.execute(pick)]
             if not picked:
                 return []
-            result = conn.execute(
-                update(table)
-                .where(tuple_(*keys).in_(picked))
-                .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
-                .returning(*keys)
-            )
-            return sorted(tuple(r) for r in result)
+            leased: list[tuple[str, ...]] = []
+            for chunk in pair_chunks(picked):
+                leased += [
+                    tuple(r)
+                    for r in conn.execute(
+                        update(table)
+                        .where(self._pairs_in(*keys, chunk))
+                        .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds))
+                        .returning(*keys)
+                    )
+                ]
+            return sorted(leased)
 
     def _check_leases(
         self, conn: Connection, table: Table, key_cols: Sequence[str], keys: Sequence[tuple[str, ...]], owner: str
@@ -608,11 +652,9 @@ class Store:
 
         held = 0
         cols = [table.c[k] for k in key_cols]
-        for start in range(0, len(keys), INSERT_CHUNK):
-            chunk = list(keys[start : start + INSERT_CHUNK])
-            held += conn.execute(
-                select(func.count()).select_from(table).where(tuple_(*cols).in_(chunk), table.c.lease_owner == owner)
-            ).scalar_one()
+        for chunk in pair_chunks(keys):
+            query = select(func.count()).select_from(table)
+            held += conn.execute(query.where(self._pairs_in(*cols, chunk), table.c.lease_owner == owner)).scalar_one()
         if held != len(keys):
             raise LeaseLost(
                 f"{len(keys) - held} of {len(keys)} claimed {table.name} rows were taken over by another worker; "
@@ -668,12 +710,11 @@ class Store:
             seqs = self.bump_seq(conn, {t for t, _ in sessions}, as_of)
             self._check_leases(conn, SESSIONS, ("tenant", "session_id"), sessions, owner)
             items: list[dict[str, Any]] = []
-            for start in range(0, len(sessions), INSERT_CHUNK):
-                chunk = list(sessions[start : start + INSERT_CHUNK])
+            for chunk in pair_chunks(sessions):
                 items += _dicts(
                     conn.execute(
                         select(WORKING).where(
-                            tuple_(WORKING.c.tenant, WORKING.c.session_id).in_(chunk), WORKING.c.scope == "session"
+                            self._pairs_in(WORKING.c.tenant, WORKING.c.session_id, chunk), WORKING.c.scope == "session"
                         )
                     )
                 )
@@ -746,12 +787,8 @@ class Store:
             self.insert_ignore(conn, TURNS, turns)
             self.insert_ignore(conn, TRANSITIONS, audit)
             keys = [(r["tenant"], r["item_id"]) for r in items]
-            for start in range(0, len(keys), INSERT_CHUNK):
-                conn.execute(
-                    WORKING.delete().where(
-                        tuple_(WORKING.c.tenant, WORKING.c.item_id).in_(keys[start : start + INSERT_CHUNK])
-                    )
-                )
+            for chunk in pair_chunks(keys):
+                conn.execute(WORKING.delete().where(self._pairs_in(WORKING.c.tenant, WORKING.c.item_id, chunk)))
             for c in closed:
                 conn.execute(
                     update(SESSIONS)
@@ -809,12 +846,8 @@ class Store:
                 ],
             )
             keys = [(r.tenant, r.item_id) for r in rows]
-            for start in range(0, len(keys), INSERT_CHUNK):
-                conn.execute(
-                    WORKING.delete().where(
-                        tuple_(WORKING.c.tenant, WORKING.c.item_id).in_(keys[start : start + INSERT_CHUNK])
-                    )
-                )
+            for chunk in pair_chunks(keys):
+                conn.execute(WORKING.delete().where(self._pairs_in(WORKING.c.tenant, WORKING.c.item_id, chunk)))
         return len(rows)
 
     # -- episodic -> semantic ----------------------------------------------------------------------------------
@@ -851,15 +884,16 @@ class Store:
         episodes: list[dict[str, Any]] = []
         turns: list[dict[str, Any]] = []
         with self.read() as conn:
-            for start in range(0, len(keys), INSERT_CHUNK):
-                chunk = list(keys[start : start + INSERT_CHUNK])
+            for chunk in pair_chunks(keys):
                 episodes += _dicts(
-                    conn.execute(select(EPISODES).where(tuple_(EPISODES.c.tenant, EPISODES.c.episode_id).in_(chunk)))
+                    conn.execute(
+                        select(EPISODES).where(self._pairs_in(EPISODES.c.tenant, EPISODES.c.episode_id, chunk))
+                    )
                 )
                 turns += _dicts(
                     conn.execute(
                         select(TURNS)
-                        .where(tuple_(TURNS.c.tenant, TURNS.c.episode_id).in_(chunk))
+                        .where(self._pairs_in(TURNS.c.tenant, TURNS.c.episode_id, chunk))
                         .order_by(TURNS.c.tenant, TURNS.c.episode_id, TURNS.c.position)
                     )
                 )
@@ -900,11 +934,11 @@ class Store:
             existing_rows: list[dict[str, Any]] = []
             if len(candidates):
                 keys = sorted({(r.tenant, r.fact_key) for r in candidates[["tenant", "fact_key"]].itertuples()})
-                for start in range(0, len(keys), INSERT_CHUNK):
+                for chunk in pair_chunks(keys):
                     existing_rows += _dicts(
                         conn.execute(
                             select(SEMANTIC).where(
-                                tuple_(SEMANTIC.c.tenant, SEMANTIC.c.fact_key).in_(keys[start : start + INSERT_CHUNK]),
+                                self._pairs_in(SEMANTIC.c.tenant, SEMANTIC.c.fact_key, chunk),
                                 SEMANTIC.c.valid_to.is_(None),
                             )
                         )
@@ -914,10 +948,10 @@ class Store:
             if len(existing):
                 lineage: dict[tuple[str, str], list[str]] = {}
                 ids = [(r["tenant"], r["item_id"]) for r in existing_rows]
-                for start in range(0, len(ids), INSERT_CHUNK):
+                for chunk in pair_chunks(ids):
                     for r in conn.execute(
                         select(LINEAGE.c.tenant, LINEAGE.c.item_id, LINEAGE.c.event_id).where(
-                            tuple_(LINEAGE.c.tenant, LINEAGE.c.item_id).in_(ids[start : start + INSERT_CHUNK])
+                            self._pairs_in(LINEAGE.c.tenant, LINEAGE.c.item_id, chunk)
                         )
                     ):
                         lineage.setdefault((r.tenant, r.item_id), []).append(r.event_id)
@@ -928,20 +962,23 @@ class Store:
                 self._apply_plan(conn, changes, existing_rows, seqs, as_of, flow_run_id, episode_of, vectors or {})
                 counts.update({k: v for k, v in changes.counts.items()})
             done = 0
-            for start in range(0, len(episodes), INSERT_CHUNK):
-                chunk = list(episodes[start : start + INSERT_CHUNK])
+            for chunk in pair_chunks(episodes):
                 # Re-stamp the turns so the search index picks up that their episode is now consolidated.
-                for tenant in {t for t, _ in chunk}:
+                by_tenant: dict[str, list[str]] = {}
+                for tenant, episode_id in chunk:
+                    by_tenant.setdefault(tenant, []).append(episode_id)
+                for tenant, episode_ids in by_tenant.items():
                     conn.execute(
                         update(TURNS)
-                        .where(tuple_(TURNS.c.tenant, TURNS.c.episode_id).in_(chunk), TURNS.c.tenant == tenant)
+                        .where(TURNS.c.tenant == tenant, TURNS.c.episode_id.in_(episode_ids))
                         .values(seq=seqs[tenant])
                     )
                 done += (
                     conn.execute(
                         update(EPISODES)
                         .where(
-                            tuple_(EPISODES.c.tenant, EPISODES.c.episode_id).in_(chunk), EPISODES.c.lease_owner == owner
+                            self._pairs_in(EPISODES.c.tenant, EPISODES.c.episode_id, chunk),
+                            EPISODES.c.lease_owner == owner,
                         )
                         .values(
                             consolidated_at=as_of,
@@ -971,10 +1008,10 @@ class Store:
         if not wanted:
             return
         found: dict[tuple[str, str], str] = {}
-        for start in range(0, len(wanted), INSERT_CHUNK):
+        for chunk in pair_chunks(wanted):
             for r in conn.execute(
                 select(TRANSITIONS.c.tenant, TRANSITIONS.c.item_id, TRANSITIONS.c.detail).where(
-                    tuple_(TRANSITIONS.c.tenant, TRANSITIONS.c.item_id).in_(wanted[start : start + INSERT_CHUNK]),
+                    self._pairs_in(TRANSITIONS.c.tenant, TRANSITIONS.c.item_id, chunk),
                     TRANSITIONS.c.action == "archive",
                     TRANSITIONS.c.from_layer == Layer.SEMANTIC.value,
                 )
@@ -1015,11 +1052,10 @@ class Store:
 
     def _episode_of_events(self, conn: Connection, episodes: Sequence[tuple[str, str]]) -> dict[str, str]:
         out: dict[str, str] = {}
-        for start in range(0, len(episodes), INSERT_CHUNK):
-            chunk = list(episodes[start : start + INSERT_CHUNK])
+        for chunk in pair_chunks(episodes):
             for r in conn.execute(
                 select(TURNS.c.event_id, TURNS.c.episode_id).where(
-                    tuple_(TURNS.c.tenant, TURNS.c.episode_id).in_(chunk)
+                    self._pairs_in(TURNS.c.tenant, TURNS.c.episode_id, chunk)
                 )
             ):
                 out[r.event_id] = r.episode_id

@@ -31,9 +31,9 @@ def fill(memory: Memory, tenant: str = "acme", sessions: int = 4, as_of: datetim
     consolidate_pending(memory.store, tenant, as_of)
 
 
-def consolidate_pending(store: Store, tenant: str, as_of: datetime, limit: int = 10_000) -> dict[str, int]:
-    """What the ingest, close_sessions and consolidate flows do to a tenant's pending events, by the store's own
-    steps (no flow runs)."""
+def consolidate_pending(store: Store, tenant: str | None, as_of: datetime, limit: int = 10_000) -> dict[str, int]:
+    """What the ingest, close_sessions and consolidate flows do to a tenant's pending events (every tenant's with
+    ``tenant=None``), by the store's own steps (no flow runs)."""
     working = [
         {
             "tenant": e["tenant"],
