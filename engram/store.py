@@ -33,6 +33,7 @@ from sqlalchemy import (
     case,
     create_engine,
     event,
+    false,
     func,
     or_,
     select,
@@ -85,7 +86,9 @@ PAIR_FIRSTS = 200
 
 def pair_chunks(pairs: Iterable[tuple[Any, Any]], size: int = INSERT_CHUNK) -> Iterator[list[tuple[Any, Any]]]:
     """``pairs`` in order, in chunks of at most ``size`` pairs and ``PAIR_FIRSTS`` distinct first values: what one
-    ``Store._pairs_in`` lookup takes."""
+    ``Store._pairs_in`` lookup takes. No chunk is empty."""
+    if size < 1:
+        raise ValueError(f"size: a chunk holds at least one pair, not {size}")
     chunk: list[tuple[Any, Any]] = []
     firsts: set[Any] = set()
     for pair in pairs:
@@ -245,9 +248,14 @@ class Store:
         ``(a = ? AND b IN (...)) OR ...`` instead, one term per distinct first value, which it looks up term by term
         in the index. PostgreSQL plans the row-value form through the index itself.
 
+        No pairs match no row, as ``IN ()`` would: an OR of no terms would vanish from the statement, and a DELETE
+        would lose its WHERE.
+
         Raises:
             ValueError: on SQLite, more than ``PAIR_FIRSTS`` distinct first values (use ``pair_chunks``).
         """
+        if not pairs:
+            return false()
         if self.dialect != "sqlite":
             return tuple_(first, second).in_(list(pairs))
         by_first: dict[Any, list[Any]] = {}

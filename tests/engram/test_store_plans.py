@@ -35,7 +35,12 @@ def test_pair_chunks_keep_every_pair_in_order_within_both_caps() -> None:
     assert all(len(c) <= 300 and len({t for t, _ in c}) <= PAIR_FIRSTS for c in chunks)
     # 450 tenants in the first 450 pairs: the tenant cap cuts before the size cap does.
     assert len({t for t, _ in chunks[0]}) == PAIR_FIRSTS
+    # Three tenants: the size cap cuts, at exactly ``size`` pairs.
+    few = [(f"t{i % 3}", f"id{i}") for i in range(10)]
+    assert [len(c) for c in pair_chunks(few, size=4)] == [4, 4, 2]
     assert list(pair_chunks([])) == []
+    with pytest.raises(ValueError, match="size"):
+        list(pair_chunks(few, size=0))
 
 
 def test_a_pair_lookup_finds_exactly_its_pairs_across_many_tenants(store_url: str) -> None:
@@ -58,6 +63,10 @@ def test_a_pair_lookup_finds_exactly_its_pairs_across_many_tenants(store_url: st
             found += conn.execute(query.where(store._pairs_in(LINEAGE.c.tenant, LINEAGE.c.item_id, chunk))).all()
 
     assert sorted(found) == [(f"t{t:03d}", "item-1", f"e-{t}-1") for t in range(PAIR_FIRSTS + 50)]
+    with store.read() as conn:
+        # No pairs match no row, as IN () would (an OR of no terms would drop the WHERE).
+        none = select(LINEAGE.c.tenant).where(store._pairs_in(LINEAGE.c.tenant, LINEAGE.c.item_id, []))
+        assert conn.execute(none).all() == []
     if store.dialect == "sqlite":
         with pytest.raises(ValueError, match=f"at most {PAIR_FIRSTS}"):
             store._pairs_in(LINEAGE.c.tenant, LINEAGE.c.item_id, wanted)
@@ -72,7 +81,7 @@ def _full_scans(db_path: Path, statements: list[tuple[str, Any]]) -> list[tuple[
         for sql, params in statements:
             for *_, detail in db.execute("EXPLAIN QUERY PLAN " + sql, params):
                 scan = re.match(r"SCAN (\w+)(?: USING (?:COVERING )?INDEX (\w+))?", detail)
-                if scan and "CONSTANT ROWS" not in detail and scan.group(2) not in BACKLOG_INDEXES:
+                if scan and "CONSTANT ROW" not in detail and scan.group(2) not in BACKLOG_INDEXES:
                     found.append((detail, sql[:200]))
     finally:
         db.close()
