@@ -3,7 +3,8 @@
 Every archive run writes one manifest per tenant it moves rows of, so a tenant archived daily for a year has hundreds
 of manifests of a few hundred rows each, and a search that loads the tenant's archive pays for each manifest and
 file. Compaction merges a tenant's small committed manifests of one layer, oldest first, into manifests of up to
-``target_rows`` rows, keeping the tenant/layer/date layout: one file per table and date.
+``target_rows`` rows, keeping the tenant/layer/date layout: one file per table and month. The day partitions of
+earlier archives merge into their months.
 
 It never overwrites an object a manifest points at, and it deletes nothing before the merged copy is committed:
 
@@ -44,6 +45,7 @@ from engram.archive import (
     manifest_json,
     manifest_path,
     new_manifest_id,
+    partition_month,
     remove_manifest_objects,
     remove_orphan_objects,
     tenant_prefix,
@@ -153,7 +155,7 @@ def _read_group(
     storage: StorageLike, fs: Any, group: Sequence[Mapping[str, Any]], pointed: Mapping[str, Mapping[str, set[str]]]
 ) -> tuple[dict[tuple[str, str], list[Any]], int]:
     """The rows of the group's files that the tombstones point at (``pointed``: by table, manifest id), each file
-    checked and read whole, as Arrow tables in the archive schema of its table, by (table, date) in the group's
+    checked and read whole, as Arrow tables in the archive schema of its table, by (table, month) in the group's
     order; and how many rows were stale copies (of an item rehydrated since, say, whose tombstone, if it was
     archived again, points at another manifest). A file written before the terms column gets them, as the archive
     step would have written them.
@@ -204,7 +206,7 @@ def _read_group(
                     columns.append(pa.array(stems, f.type))
                 else:
                     columns.append(pa.nulls(table.num_rows, f.type))
-            out.setdefault((name, entry["date"]), []).append(pa.table(columns, schema=schema))
+            out.setdefault((name, partition_month(entry["date"])), []).append(pa.table(columns, schema=schema))
         for name, by_manifest in pointed.items():
             lacking = by_manifest.get(manifest["manifest_id"], set()) - found.get(name, set())
             if lacking:

@@ -25,9 +25,11 @@ LATER = AS_OF + timedelta(days=365)
 COLD = RetentionRules(semantic_idle=timedelta(days=30), episode_age=timedelta(days=30))
 
 
-def fill(memory: Memory, tenant: str = "acme", sessions: int = 4, as_of: datetime = AS_OF) -> None:
-    """Events through working memory and episodes into facts, by the store's own steps (no flow runs)."""
-    memory.observe_many(conversation_rows(tenant, sessions=sessions, start=T0, prefix=f"{tenant}-e"))
+def fill(memory: Memory, tenant: str = "acme", sessions: int = 4, as_of: datetime = AS_OF, days_apart: int = 1) -> None:
+    """Events through working memory and episodes into facts, by the store's own steps (no flow runs); the
+    sessions start ``days_apart`` days apart, from ``T0``."""
+    rows = conversation_rows(tenant, sessions=sessions, start=T0, prefix=f"{tenant}-e", days_apart=days_apart)
+    memory.observe_many(rows)
     consolidate_pending(memory.store, tenant, as_of)
 
 

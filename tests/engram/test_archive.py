@@ -24,6 +24,7 @@ from engram.archive import (
     decode_parquet,
     encode_parquet,
     provision_archive,
+    read_manifest_rows,
     rehydrate_batch,
 )
 from engram.layers import Layer
@@ -333,3 +334,37 @@ def test_archived_layer_counts(archived: tuple[Memory, ArchiveLocation, dict]) -
     memory, location, before = archived
     archive_cold_items(memory.store, location, COLD, LATER)
     assert memory.stats("acme")[Layer.ARCHIVAL.value] == len(before)
+
+
+def test_files_are_partitioned_by_the_month_of_their_rows(tmp_path: Path) -> None:
+    """One file per table and month in a manifest: a fact under the month it was last seen, an episode and its
+    turns under the month the episode ended."""
+    memory = Memory(f"sqlite:///{tmp_path / 'engram.db'}", (tmp_path / "archive").as_uri(), clock=FixedClock(LATER))
+    try:
+        fill(memory, sessions=6, days_apart=15, as_of=T0 + timedelta(days=90))  # March to May
+        archive_cold_items(memory.store, memory.archive, COLD, LATER, batch_size=1_000)
+        manifests = memory.store.manifests("acme", ["committed"])
+        assert sorted(m["layer"] for m in manifests) == ["episodic", "semantic"]
+        months: dict[str, set[str]] = {}
+        for m in manifests:
+            tables_and_months = [(e["table"], e["date"]) for e in m["files"]]
+            assert len(tables_and_months) == len(set(tables_and_months)), tables_and_months
+            rows = {e["path"]: read_manifest_rows(memory.archive, {**m, "files": [e]})[e["table"]] for e in m["files"]}
+            ended = {
+                r["episode_id"]: r["ended_at"] for e in m["files"] if e["table"] == "episodes" for r in rows[e["path"]]
+            }
+            for e in m["files"]:
+                assert f"/layer={m['layer']}/date={e['date']}/" in e["path"]
+                if e["table"] == "semantic_items":
+                    dates = [r["last_seen"] for r in rows[e["path"]]]
+                elif e["table"] == "episodes":
+                    dates = [r["ended_at"] for r in rows[e["path"]]]
+                else:
+                    dates = [ended[r["episode_id"]] for r in rows[e["path"]]]
+                assert dates and {d.strftime("%Y-%m") for d in dates} == {e["date"]}
+                months.setdefault(e["table"], set()).add(e["date"])
+        assert months == {
+            name: {"2024-03", "2024-04", "2024-05"} for name in ("semantic_items", "episodes", "episode_turns")
+        }
+    finally:
+        memory.close()

@@ -37,6 +37,7 @@ from engram.archive import (
 from engram.compaction import COMPACTING, MAX_GROUP, compact_tenant, plan_groups
 from engram.store import EPISODES, SEMANTIC, TURNS, Store
 from engram.testing import FixedClock
+from tests.conftest import T0
 from tests.engram.archive_helpers import COLD, LATER, archive_objects, contents, fill, search_ranking
 
 TENANT = "acme"
@@ -76,10 +77,11 @@ class Scene:
 
 @pytest.fixture
 def scene(tmp_path: Path) -> Iterator[Scene]:
-    """Two tenants archived in batches of four rows, so that each has many small manifests per layer."""
+    """Two tenants archived in batches of four rows, so that each has many small manifests per layer; TENANT's
+    sessions are three weeks apart, so that its archive spans four months (one file per table and month)."""
     memory = Memory(f"sqlite:///{tmp_path / 'engram.db'}", (tmp_path / "archive").as_uri(), clock=FixedClock(LATER))
     try:
-        fill(memory, sessions=6)
+        fill(memory, sessions=6, days_apart=21, as_of=T0 + timedelta(days=6 * 21))
         fill(memory, tenant=OTHER, sessions=3)
         archive_cold_items(memory.store, memory.archive, COLD, LATER, batch_size=4)
         layers = _committed_by_layer(memory.store, TENANT)
@@ -732,3 +734,46 @@ def test_plan_groups_caps_the_manifests_of_one_group() -> None:
     manifests = [_m(i, 1) for i in range(MAX_GROUP + 3)]
     groups = plan_groups(manifests, target_rows=10 * MAX_GROUP, small_rows=10, min_manifests=2)
     assert [len(g) for g in groups] == [MAX_GROUP, 3]
+
+
+def test_an_archive_partitioned_by_day_reads_alike_and_compacts_into_months(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Archives written by earlier versions have ``date=YYYY-MM-DD`` partitions: ``get`` finds an item in its day's
+    file, search and rehydrate work over them, and compaction merges the days into months."""
+    memory = Memory(f"sqlite:///{tmp_path / 'engram.db'}", (tmp_path / "archive").as_uri(), clock=FixedClock(LATER))
+    try:
+        fill(memory, sessions=6, days_apart=15, as_of=T0 + timedelta(days=90))
+        with monkeypatch.context() as m:
+            m.setattr(archive, "partition", lambda at: at.date().isoformat())
+            archive_cold_items(memory.store, memory.archive, COLD, LATER, batch_size=4)
+        store, location = memory.store, memory.archive
+        before = contents(store, location, TENANT)
+        old = store.manifests(TENANT, ["committed"])
+        days = {e["date"] for m in old for e in m["files"]}
+        assert len(days) >= 6 and all(len(d) == 10 for d in days), days
+        fact = _archived_fact(store)
+        archived = memory.get(TENANT, fact)
+        assert archived.layer == "archival" and archived.text
+        rankings = _rankings(memory)
+
+        counts = compact_tenant(store, location, TENANT, LATER, **MERGE_ALL)
+
+        assert counts["manifests_merged"] == len(old)
+        merged = store.manifests(TENANT, ["committed"])
+        assert {e["date"] for m in merged for e in m["files"]} == {"2024-03", "2024-04", "2024-05"}
+        for m in merged:
+            pairs = [(e["table"], e["date"]) for e in m["files"]]
+            assert len(pairs) == len(set(pairs)), pairs
+        assert contents(store, location, TENANT) == before
+        assert _tombstones_resolve(store, location) > len(before)  # every fact, turn and episode
+        fresh = Memory(memory.store_url, location, clock=FixedClock(LATER))
+        try:
+            assert _rankings(fresh) == rankings
+        finally:
+            fresh.close()
+        assert memory.get(TENANT, fact) == archived
+        assert rehydrate_batch(store, location, TENANT, [fact], LATER, None, 10) == {"rehydrated": 1, "candidates": 1}
+        assert memory.get(TENANT, fact).text == archived.text
+    finally:
+        memory.close()

@@ -22,12 +22,13 @@ FACTS = [
 
 
 def conversation_rows(
-    tenant: str, sessions: int, start: datetime, turns_per_session: int = 8, prefix: str = "e"
+    tenant: str, sessions: int, start: datetime, turns_per_session: int = 8, prefix: str = "e", days_apart: int = 1
 ) -> list[dict[str, Any]]:
-    """``sessions`` sessions a day apart, each cycling through ``FACTS`` with a session-specific twist."""
+    """``sessions`` sessions ``days_apart`` days apart, each cycling through ``FACTS`` with a session-specific
+    twist."""
     rows = []
     for s in range(sessions):
-        day = start + timedelta(days=s)
+        day = start + timedelta(days=s * days_apart)
         for t in range(turns_per_session):
             actor, text = FACTS[t % len(FACTS)]
             rows.append(
