@@ -384,7 +384,7 @@ def _arrow_table(table_name: str, rows: Sequence[Mapping[str, Any]]) -> Any:
 
 
 # Below this many rows a file is compressed with snappy: zstd makes a file of a few dozen rows no smaller and takes
-# twice as long (its per-column setup dominates), and a busy tenant-and-date partition holds only that many.
+# twice as long (its per-column setup dominates), and a quiet tenant's month partition holds only that many.
 _ZSTD_FROM_ROWS = 64
 # Rows per Parquet row group: a search reads a hit's text from its row group, not from the whole file.
 ROW_GROUP_ROWS = 4_096
@@ -476,7 +476,7 @@ def _encode_manifests(
     now: datetime,
     flow_run_id: str | None,
 ) -> list[tuple[dict[str, Any], list[tuple[str, bytes]]]]:
-    """One manifest row per tenant with hot rows, and its files' (path, bytes): one file per table and date.
+    """One manifest row per tenant with hot rows, and its files' (path, bytes): one file per table and month.
 
     Each table's rows of the whole batch become one Arrow table, cut into the files by ``take``, so that the
     per-row work (JSON text, rendering) is done column by column and once.

@@ -109,7 +109,7 @@ def compact_archive(
     archive_block: str | None = None,
 ) -> dict:
     """Merge each tenant's small archive manifests into manifests of up to ``target_rows`` rows, in the same
-    tenant/layer/date layout: a search then loads a few files per date instead of one per archive run.
+    tenant/layer/date layout: a search then loads a file per table and month instead of one per archive run.
 
     Nothing is deleted before the merged copy is read back, compared row id by row id, and committed in one
     transaction; what an interrupted run wrote is dropped by the next (see ``engram.compaction``). ``batch_size``

@@ -739,8 +739,9 @@ def test_plan_groups_caps_the_manifests_of_one_group() -> None:
 def test_an_archive_partitioned_by_day_reads_alike_and_compacts_into_months(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Archives written by earlier versions have ``date=YYYY-MM-DD`` partitions: ``get`` finds an item in its day's
-    file, search and rehydrate work over them, and compaction merges the days into months."""
+    """Archives written by earlier versions have ``date=YYYY-MM-DD`` partitions: a forget rewrites them, ``get``
+    finds an item in its day's file, search and rehydrate work over them, and compaction merges the days into
+    months."""
     memory = Memory(f"sqlite:///{tmp_path / 'engram.db'}", (tmp_path / "archive").as_uri(), clock=FixedClock(LATER))
     try:
         fill(memory, sessions=6, days_apart=15, as_of=T0 + timedelta(days=90))
@@ -748,10 +749,15 @@ def test_an_archive_partitioned_by_day_reads_alike_and_compacts_into_months(
             m.setattr(archive, "partition", lambda at: at.date().isoformat())
             archive_cold_items(memory.store, memory.archive, COLD, LATER, batch_size=4)
         store, location = memory.store, memory.archive
+        with_pottery = contents(store, location, TENANT)
+        memory.forget(TENANT, "pottery")  # rewrites the day files that hold it, under their day
         before = contents(store, location, TENANT)
+        assert len(before) < len(with_pottery)
+        assert not [text for text in before.values() if "pottery" in text.lower()]
         old = store.manifests(TENANT, ["committed"])
         days = {e["date"] for m in old for e in m["files"]}
         assert len(days) >= 6 and all(len(d) == 10 for d in days), days
+        assert all(f"/date={e['date']}/" in e["path"] for m in old for e in m["files"])
         fact = _archived_fact(store)
         archived = memory.get(TENANT, fact)
         assert archived.layer == "archival" and archived.text
