@@ -10,7 +10,7 @@ Two pyarrow references write the same rows (read from the store beforehand, outs
 back and hash it:
 
 - ``pyarrow``: files of ``--batch-size`` rows per table, the fewest files a writer could get away with;
-- ``pyarrow_same_files``: one file per tenant, table and date, the files engram's layout asks for
+- ``pyarrow_same_files``: one file per tenant, table and partition (month), the files engram's layout asks for
   (``tenant=/layer=/date=``), which is the floor for any archive with that layout.
 
 Both codecs' and pandas' imports are paid before any clock starts.
@@ -177,7 +177,7 @@ def hot_rows(store_url: str) -> dict[str, list[dict[str, Any]]]:
     and their episode's date), read outside any clock."""
     from sqlalchemy import select
 
-    from engram.archive import ARCHIVED_TABLES, _json_columns
+    from engram.archive import ARCHIVED_TABLES, _json_columns, partition
     from engram.store import Store
     from engram.text import render
 
@@ -195,17 +195,17 @@ def hot_rows(store_url: str) -> dict[str, list[dict[str, Any]]]:
                 r[c] = json.dumps(r[c], ensure_ascii=False, sort_keys=True)
             if name == "episode_turns":
                 r["rendered"] = render(r["text"], r["actor"], r["at"])
-                r["_date"] = ended[(r["tenant"], r["episode_id"])].date().isoformat()
+                r["_date"] = partition(ended[(r["tenant"], r["episode_id"])])
             else:
-                r["_date"] = r[TABLE_DATE[name]].date().isoformat()
+                r["_date"] = partition(r[TABLE_DATE[name]])
     return out
 
 
 def pyarrow_raw(
     rows_by_table: dict[str, list[dict[str, Any]]], location: Any, batch_size: int, same_files: bool, name: str
 ) -> dict[str, Any]:
-    """The rows written with pyarrow (zstd) as files of ``batch_size`` rows, or one file per tenant, table and date
-    (``same_files``), then every file read back and hashed."""
+    """The rows written with pyarrow (zstd) as files of ``batch_size`` rows, or one file per tenant, table and
+    partition (``same_files``), then every file read back and hashed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="archival rows/s next to pyarrow's own write and read-back")
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--tenants", type=int, default=100)
-    parser.add_argument("--days", type=int, default=7, help="the days each tenant's rows are dated over")
+    parser.add_argument("--days", type=int, default=90, help="the days each tenant's rows are dated over")
     parser.add_argument("--batch-size", type=int, default=5_000)
     parser.add_argument("--local-only", action="store_true", help="skip the S3 server on loopback")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -342,7 +342,7 @@ def archive_section(results: Path) -> list[str]:
         "",
         f"{data['rows']} hot rows of {data['tenants']} tenants (facts, and episodes with their turns, dated over "
         f"{data['days']} days) moved by the archive step in batches of {data['batch_size']}: Parquet written per "
-        "tenant, layer and date, read back and checked, rows tombstoned. The references are pyarrow writing the "
+        "tenant, layer and month, read back and checked, rows tombstoned. The references are pyarrow writing the "
         "same rows (zstd) and reading every file back with its sha256, to the same storage in the same run: once as "
         "large files, once as the same files engram's layout makes.",
         "",
@@ -362,7 +362,8 @@ def archive_section(results: Path) -> list[str]:
     lines += [
         "",
         "The partition layout sets the floor: with many tenants each file holds few rows, and writing, reading back "
-        "and hashing many small files is what costs, for pyarrow as for engram.",
+        "and hashing many small files is what costs, for pyarrow as for engram. Partitions are months, not days, "
+        "for that reason.",
         "",
     ]
     return lines
