@@ -31,6 +31,8 @@ ARCHIVED = text("archived_manifest_id IS NOT NULL")
 UNROUTED = text("routed_at IS NULL")
 UNCLOSED = text("episode_id IS NULL")
 UNCONSOLIDATED = text("consolidated_at IS NULL AND archived_manifest_id IS NULL")
+# ... and the consolidated episodes still hot, which the archive flow picks its cold ones from, oldest first.
+UNARCHIVED = text("consolidated_at IS NOT NULL AND archived_manifest_id IS NULL")
 
 
 class TenantState(SQLModel, table=True):
@@ -139,6 +141,14 @@ class Episode(SQLModel, table=True):
             sqlite_where=UNCONSOLIDATED,
             postgresql_where=UNCONSOLIDATED,
         ),
+        Index(
+            "ix_episodes_unarchived",
+            "tenant",
+            "ended_at",
+            "episode_id",
+            sqlite_where=UNARCHIVED,
+            postgresql_where=UNARCHIVED,
+        ),
     )
 
     tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)
@@ -239,6 +249,8 @@ class ArchiveManifest(SQLModel, table=True):
     """One archive write: its Parquet files, their row counts and sha256, and the run that wrote them."""
 
     __tablename__ = "archive_manifests"
+    # The archive flow's first step looks for the manifests an interrupted run left written or verified.
+    __table_args__ = (Index("ix_manifests_status", "status", "created_at"),)
 
     tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)
     manifest_id: str = Field(primary_key=True, max_length=64)

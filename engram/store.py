@@ -1341,6 +1341,10 @@ class Store:
         Semantic: item versions not accessed (or, never accessed, not seen) for ``rules.semantic_idle``, below
         ``rules.min_salience``, or superseded (when ``rules.archive_superseded``). Episodic: consolidated episodes
         that ended more than ``rules.episode_age`` ago (their turns go with them).
+
+        Keys come by tenant, then oldest first (the tenant's change stamp for facts, the end for episodes), in the
+        order of an index of the hot rows only (``ix_semantic_hot_seq``, ``ix_episodes_unarchived``): a batch reads
+        the hot rows, never the tombstones the archive left, however many there are.
         """
         if layer == Layer.SEMANTIC:
             idle_since = as_of - rules.semantic_idle
@@ -1353,7 +1357,7 @@ class Store:
             query = select(SEMANTIC.c.tenant, SEMANTIC.c.item_id).where(
                 SEMANTIC.c.archived_manifest_id.is_(None), or_(*cold)
             )
-            table, key = SEMANTIC, SEMANTIC.c.item_id
+            table, oldest = SEMANTIC, SEMANTIC.c.seq
         elif layer == Layer.EPISODIC:
             cold_episodes = and_(
                 EPISODES.c.archived_manifest_id.is_(None),
@@ -1367,7 +1371,7 @@ class Store:
             query = (
                 select(EPISODES.c.tenant, EPISODES.c.episode_id, EPISODES.c.turn_count)
                 .where(cold_episodes)
-                .order_by(EPISODES.c.tenant, EPISODES.c.episode_id)
+                .order_by(EPISODES.c.tenant, EPISODES.c.ended_at, EPISODES.c.episode_id)
                 .limit(limit)
             )
             keys: list[tuple[str, str]] = []
@@ -1384,7 +1388,7 @@ class Store:
         if tenant is not None:
             query = query.where(table.c.tenant == tenant)
         with self.read() as conn:
-            return [tuple(r) for r in conn.execute(query.order_by(table.c.tenant, key).limit(limit))]
+            return [tuple(r) for r in conn.execute(query.order_by(table.c.tenant, oldest).limit(limit))]
 
     def archive_rows_by_tenant(
         self, layer: Layer, keys: Sequence[tuple[str, str]]

@@ -16,14 +16,22 @@ import pytest
 from sqlalchemy import event, select
 
 from engram import Memory
+from engram.archive import archive_cold_items
 from engram.store import LINEAGE, PAIR_FIRSTS, Store, pair_chunks
 from tests.conftest import T0
-from tests.engram.archive_helpers import consolidate_pending
+from tests.engram.archive_helpers import COLD, LATER, consolidate_pending
 from tests.flows.helpers import conversation_rows
 
 AS_OF = T0 + timedelta(days=30)
-# Scans over these indexes read the waiting rows only (they are partial), in the order a batch takes them.
-BACKLOG_INDEXES = {"ix_events_unrouted", "ix_sessions_unclosed", "ix_episodes_unconsolidated"}
+# Scans over these indexes read the waiting rows only (they are partial), in the order a batch takes them: events,
+# sessions and episodes waiting for the lifecycle, facts and episodes not archived yet.
+BACKLOG_INDEXES = {
+    "ix_events_unrouted",
+    "ix_sessions_unclosed",
+    "ix_episodes_unconsolidated",
+    "ix_semantic_hot_seq",
+    "ix_episodes_unarchived",
+}
 
 
 def test_pair_chunks_keep_every_pair_in_order_within_both_caps() -> None:
@@ -108,6 +116,31 @@ def test_no_statement_of_the_layer_moves_reads_a_whole_table(tmp_path: Path) -> 
     assert counts["episodes"] == 9
     assert counts["new"] > 0
     assert len(statements) > 20
+    assert _full_scans(db_path, statements) == []
+    memory.close()
+
+
+def test_no_statement_of_the_archive_step_reads_a_whole_table(tmp_path: Path) -> None:
+    """Each batch of the archive step picks its cold rows from the hot ones, not past every tombstone left by the
+    batches before it (a run's cost grew with the square of what it archived)."""
+    db_path = tmp_path / "engram.db"
+    memory = Memory(f"sqlite:///{db_path}", (tmp_path / "archive").as_uri())
+    store = memory.store
+    for tenant in ("acme", "globex", "initech"):
+        memory.observe_many(conversation_rows(tenant, sessions=3, start=T0, prefix=f"{tenant}-e"))
+    consolidate_pending(store, None, AS_OF)
+    statements: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, executemany: bool) -> None:
+        if not executemany and sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
+            statements.append((sql, tuple(params)))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    totals = archive_cold_items(store, memory.archive, COLD, LATER, batch_size=4)
+    event.remove(store.engine, "before_cursor_execute", record)
+
+    # Many batches over every tenant, the later ones after the tombstones of the earlier ones.
+    assert totals["manifests"] > 10 and totals["semantic_items"] > 0 and totals["episodes"] == 9
     assert _full_scans(db_path, statements) == []
     memory.close()
 
