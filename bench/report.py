@@ -511,6 +511,11 @@ def plot(result: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+# Notes of a run that its figures do not give, kept when the headline keys are recomputed: the sizes the run
+# skipped, and the conditions it ran in (``conditions: ...``, added to the JSON by whoever ran it).
+RECORDED_NOTES = ("sizes ", "conditions: ")
+
+
 def refresh(result: dict[str, Any] | None) -> dict[str, Any] | None:
     """Headline keys recomputed from the recorded per-size data (the same functions perf.py uses)."""
     if not result or not result.get("pipelines"):
@@ -519,7 +524,7 @@ def refresh(result: dict[str, Any] | None) -> dict[str, Any] | None:
 
     summary = summarise(result["pipelines"], result.get("search_hot"), result.get("search_cold"))
     return {**result, **summary} | (
-        {"notes": summary["notes"] + [n for n in result.get("notes", []) if n.startswith("sizes ")]}
+        {"notes": summary["notes"] + [n for n in result.get("notes", []) if n.startswith(RECORDED_NOTES)]}
     )
 
 

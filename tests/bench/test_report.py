@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.report import goals, task_growth_table, with_largest_cold_search
+from bench.report import goals, refresh, task_growth_table, with_largest_cold_search
 
 
 def _verdicts(result: dict) -> dict[str, tuple[str, str]]:
@@ -114,3 +114,16 @@ def test_the_task_table_shows_each_task_s_microseconds_per_event_at_each_size() 
         ["route", "50.0", "50.0"],
         ["(whole lifecycle)", "1000.0", "1250.0"],
     ]
+
+
+def test_recomputed_figures_keep_the_notes_the_figures_do_not_give() -> None:
+    recorded = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" / "full.json").read_text())
+    recorded["notes"] = [
+        "sizes [10000000] not run: projected past the 60-minute budget at the measured rate",
+        "conditions: run beside another benchmark",
+        "search_cold_p95_ms: a note the figures give, recomputed",
+    ]
+    notes = refresh(recorded)["notes"]
+    assert "conditions: run beside another benchmark" in notes
+    assert "sizes [10000000] not run: projected past the 60-minute budget at the measured rate" in notes
+    assert "search_cold_p95_ms: a note the figures give, recomputed" not in notes
