@@ -1200,8 +1200,10 @@ def find_archived_rows(
     key = _ID_COLUMN[table_name]
     months = {partition(d) for d in dates}
     files = [e for e in manifest["files"] if e["table"] == table_name]
-    near = [e for e in files if partition_month(e.get("date") or "") in months]
-    rest = [e for e in files if partition_month(e.get("date") or "") not in months]
+    near: list[Mapping[str, Any]] = []
+    rest: list[Mapping[str, Any]] = []
+    for e in files:
+        (near if partition_month(e.get("date") or "") in months else rest).append(e)
     found: list[dict[str, Any]] = []
     for step in (near, rest):
         wanted = ids - {r[key] for r in found}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -96,12 +97,16 @@ def _full_scans(db_path: Path, statements: list[tuple[str, Any]]) -> list[tuple[
     return found
 
 
-def test_no_statement_of_the_layer_moves_reads_a_whole_table(tmp_path: Path) -> None:
-    db_path = tmp_path / "engram.db"
-    memory = Memory(f"sqlite:///{db_path}", (tmp_path / "archive").as_uri())
-    store = memory.store
+def _three_tenants(tmp_path: Path) -> Memory:
+    """A SQLite memory with three sessions of events for each of three tenants."""
+    memory = Memory(f"sqlite:///{tmp_path / 'engram.db'}", (tmp_path / "archive").as_uri())
     for tenant in ("acme", "globex", "initech"):
         memory.observe_many(conversation_rows(tenant, sessions=3, start=T0, prefix=f"{tenant}-e"))
+    return memory
+
+
+def _recorded(store: Store, step: Callable[[], Any]) -> tuple[list[tuple[str, Any]], Any]:
+    """The single (not executemany) SELECT, UPDATE and DELETE statements ``step`` ran, and what it returned."""
     statements: list[tuple[str, Any]] = []
 
     def record(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, executemany: bool) -> None:
@@ -109,8 +114,18 @@ def test_no_statement_of_the_layer_moves_reads_a_whole_table(tmp_path: Path) -> 
             statements.append((sql, tuple(params)))
 
     event.listen(store.engine, "before_cursor_execute", record)
-    counts = consolidate_pending(store, None, AS_OF)
-    event.remove(store.engine, "before_cursor_execute", record)
+    try:
+        result = step()
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    return statements, result
+
+
+def test_no_statement_of_the_layer_moves_reads_a_whole_table(tmp_path: Path) -> None:
+    db_path = tmp_path / "engram.db"
+    memory = _three_tenants(tmp_path)
+    store = memory.store
+    statements, counts = _recorded(store, lambda: consolidate_pending(store, None, AS_OF))
 
     # The steps did their work over every tenant: 9 sessions became episodes, and their facts were written.
     assert counts["episodes"] == 9
@@ -124,20 +139,10 @@ def test_no_statement_of_the_archive_step_reads_a_whole_table(tmp_path: Path) ->
     """Each batch of the archive step picks its cold rows from the hot ones, not past every tombstone left by the
     batches before it (a run's cost grew with the square of what it archived)."""
     db_path = tmp_path / "engram.db"
-    memory = Memory(f"sqlite:///{db_path}", (tmp_path / "archive").as_uri())
+    memory = _three_tenants(tmp_path)
     store = memory.store
-    for tenant in ("acme", "globex", "initech"):
-        memory.observe_many(conversation_rows(tenant, sessions=3, start=T0, prefix=f"{tenant}-e"))
     consolidate_pending(store, None, AS_OF)
-    statements: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, executemany: bool) -> None:
-        if not executemany and sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
-            statements.append((sql, tuple(params)))
-
-    event.listen(store.engine, "before_cursor_execute", record)
-    totals = archive_cold_items(store, memory.archive, COLD, LATER, batch_size=4)
-    event.remove(store.engine, "before_cursor_execute", record)
+    statements, totals = _recorded(store, lambda: archive_cold_items(store, memory.archive, COLD, LATER, batch_size=4))
 
     # Many batches over every tenant, the later ones after the tombstones of the earlier ones.
     assert totals["manifests"] > 10 and totals["semantic_items"] > 0 and totals["episodes"] == 9
