@@ -667,7 +667,8 @@ def parent(
                     break
             args = ["pipeline", "--events", str(events), "--tenants", str(tenants), "--seed", str(seed)]
             args += ["--batch-size", str(batch_size)]
-            result = run_child(args, api_url, home_path, embeddings, timeout=FULL_BUDGET_S * 2)
+            # A size may take most of a raised budget on its own.
+            result = run_child(args, api_url, home_path, embeddings, timeout=max(budget_s, FULL_BUDGET_S) * 2)
             pipelines.append(result)
             print(
                 f"pipeline {events}: {result['pipeline_events_per_s']} ev/s, raw {result['raw_bulk_insert_rows_per_s']}"
