@@ -95,7 +95,19 @@ CASES: dict[str, tuple[Callable[[Store], int], int, int]] = {
 }
 
 
-@pytest.mark.parametrize("flow", list(CASES))
+# Each flow is killed midway on one backend here; tests/reliability/test_crashes.py kills it again at a random point
+# on the other one (its first trial of ingest runs on SQLite, of close_sessions and consolidate on PostgreSQL).
+MIDWAY_BACKENDS = {"ingest": "postgresql", "close_sessions": "sqlite", "consolidate": "sqlite"}
+
+
+@pytest.mark.parametrize(
+    ("flow", "store_url"),
+    [
+        pytest.param(flow, backend, marks=[pytest.mark.postgres] if backend == "postgresql" else [])
+        for flow, backend in MIDWAY_BACKENDS.items()
+    ],
+    indirect=["store_url"],
+)
 def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(
     flow: str, memory: Memory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -119,6 +119,8 @@ print("result " + json.dumps({"shards": done["shards"], "owner": done["owner"]})
 """
 
 
+# On SQLite: tests/service/test_server.py runs the same two shard workers on PostgreSQL, as runs of Prefect workers.
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_two_shard_workers_on_one_pool_take_disjoint_shards(memory: Memory, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.ingest import ingest
     from flows.sessions import close_sessions
