@@ -160,3 +160,34 @@ def test_the_scan_check_sees_a_whole_table_read(tmp_path: Path) -> None:
     scans = _full_scans(db_path, [(row_value, ("a", "1", "b", "2")), (backlog, ())])
 
     assert [detail.split(" USING")[0] for detail, _ in scans] == ["SCAN lineage"]
+
+
+def test_insert_ignore_writes_and_counts_only_the_new_rows(memory: Memory) -> None:
+    """The count is what the statement wrote: rows whose key exists are skipped, and left as they were."""
+    from sqlalchemy import func
+
+    from engram.layers import Layer
+    from engram.store import TRANSITIONS, transition_row
+
+    def rows(items: list[str], note: str) -> list[dict[str, Any]]:
+        return [
+            transition_row("acme", i, Layer.SENSORY, Layer.WORKING, "ingest", T0, "run", 1, {"note": note})
+            for i in items
+        ]
+
+    store = memory.store
+    with store.write() as conn:
+        assert store.insert_ignore(conn, TRANSITIONS, rows(["a", "b", "c"], "first")) == 3
+    with store.write() as conn:
+        assert store.insert_ignore(conn, TRANSITIONS, rows(["b", "c", "d", "e"], "second")) == 2
+        assert store.insert_ignore(conn, TRANSITIONS, []) == 0
+    with store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(TRANSITIONS)).scalar_one() == 5
+        notes = dict(conn.execute(select(TRANSITIONS.c.item_id, TRANSITIONS.c.detail)).all())
+    assert {i: d["note"] for i, d in notes.items()} == {
+        "a": "first",
+        "b": "first",
+        "c": "first",
+        "d": "second",
+        "e": "second",
+    }
