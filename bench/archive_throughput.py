@@ -260,6 +260,21 @@ def warm_up() -> None:
         encode_parquet("semantic_items", [row] * n)
 
 
+def s3_archive(endpoint: str, bucket: str) -> Any:
+    """The archive location ``s3://BUCKET/archive`` on the S3 server at ``endpoint`` (moto's accepts any keys)."""
+    from pydantic import SecretStr
+
+    from engram.archive import ArchiveLocation
+
+    return ArchiveLocation(
+        f"s3://{bucket}/archive",
+        endpoint=endpoint,
+        region="us-east-1",
+        access_key=SecretStr("bench"),
+        secret_key=SecretStr("bench"),
+    )
+
+
 def measure(
     kind: str, rows: int, tenants: int, days: int, batch_size: int, tmp: Path, endpoint: str | None
 ) -> dict[str, Any]:
@@ -268,15 +283,7 @@ def measure(
     if kind == "local":
         location = ArchiveLocation((tmp / kind / "archive").as_uri())
     else:
-        from pydantic import SecretStr
-
-        location = ArchiveLocation(
-            f"s3://bench-{int(time.time() * 1000)}/archive",
-            endpoint=endpoint,
-            region="us-east-1",
-            access_key=SecretStr("bench"),
-            secret_key=SecretStr("bench"),
-        )
+        location = s3_archive(endpoint or "", f"bench-{int(time.time() * 1000)}")
     provision_archive(location)
     store_url = f"sqlite:///{tmp / kind / 'engram.db'}"
     filled = fill_store(store_url, rows, tenants, days)

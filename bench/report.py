@@ -369,6 +369,39 @@ def archive_section(results: Path) -> list[str]:
     return lines
 
 
+def archive_reads_section(results: Path) -> list[str]:
+    """Reading a manifest back (``bench/archive_reads.py``): grouped reads, one file at a time, a plain fetch."""
+    data = load(results / "archive_reads.json")
+    if not data:
+        return []
+    lines = [
+        "## Reading archived files back (`bench/archive_reads.py`)",
+        "",
+        f"One manifest of {data['files']} files ({data['manifest_rows']} rows, a file per table and month) read back "
+        "by `read_manifest_rows` (fetch, sha256 check, decode), as `get` and `rehydrate` of archived items do, next "
+        "to a plain concurrent fetch of the same files, on an S3 server on loopback reached directly and through a "
+        f"proxy that holds each chunk it forwards {data['delay_s'] * 1000:.0f} ms. Medians of {data['repeats']} "
+        "reads, in one run.",
+        "",
+        "| S3 server | plain fetch s | engram s | engram / fetch | one file at a time s | one at a time / engram |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind, label in (("direct", "loopback"), ("delayed", "loopback, delayed")):
+        d = data.get(kind)
+        if d:
+            lines.append(
+                f"| {label} | {d['fetch_s']} | {d['engram_s']} | {d['engram_over_fetch']} | {d['one_at_a_time_s']} | "
+                f"{d['one_at_a_time_over_engram']} |"
+            )
+    lines += [
+        "",
+        "engram fetches a manifest's files `READ_GROUP` (16) at a time, so the wait for each request overlaps the "
+        "others' while what it holds at once stays bounded.",
+        "",
+    ]
+    return lines
+
+
 def cold_section(results: Path) -> list[str]:
     """Archival search at each size ``bench/cold_search.py`` was run at (``make bench-cold`` for 10^7)."""
     data = load(results / "cold_search.json")
@@ -590,6 +623,8 @@ def render(results: Path) -> str:
         "make bench         # bench/results/full.json and full.png, about an hour",
         "make bench-scale   # bench/results/scale.json: one shard worker against two, on PostgreSQL",
         "make bench-cold    # bench/results/cold_search.json: archival search over 10^7 archived items",
+        "python bench/archive_throughput.py   # bench/results/archive_throughput.json, a minute",
+        "python bench/archive_reads.py        # bench/results/archive_reads.json, under a minute",
         "python bench/report.py   # rewrites this file from the JSON",
         "```",
         "",
@@ -647,6 +682,7 @@ def render(results: Path) -> str:
     out += embedding_section(results)
     out += bulk_ingest_section(results)
     out += archive_section(results)
+    out += archive_reads_section(results)
     out += cold_section(results)
     out += scale_section(results)
     return "\n".join(out).rstrip() + "\n"

@@ -580,6 +580,10 @@ def _checked(manifest: Mapping[str, Any], entry: Mapping[str, Any], data: bytes)
     return data
 
 
+# Files fetched at once by ``read_manifest_rows``.
+READ_GROUP = 16
+
+
 def _read_many(storage: StorageLike, fs: Any, manifest: Mapping[str, Any]) -> list[bytes]:
     """The bytes of every file of a manifest, in the manifest's order, each checked like ``read_file``; s3fs
     fetches them concurrently."""
@@ -606,25 +610,42 @@ def read_manifest_rows(
     ids: Iterable[str] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every row of a manifest's files (with ``ids``, only those ids' rows), by table, after checking each file's
-    checksum and row count."""
-    import pyarrow.parquet as pq
+    checksum and row count.
 
+    The files are fetched ``READ_GROUP`` at a time (concurrently on S3), so that what is held at once stays within a
+    group's bytes whatever the manifest's size.
+    """
     fs = storage.filesystem()
     wanted = None if ids is None else set(ids)
     out: dict[str, list[dict[str, Any]]] = {}
-    for entry in manifest["files"]:
-        data = read_file(storage, manifest, entry, fs)
-        try:
-            count = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-            rows = decode_parquet(entry["table"], data, (columns or {}).get(entry["table"]), wanted)
-        except Exception as exc:  # a file with the right checksum but unreadable was written wrong
-            raise ArchiveMismatch(manifest["manifest_id"], entry["path"], f"is not readable Parquet: {exc}") from exc
-        if count != entry["rows"]:
-            raise ArchiveMismatch(
-                manifest["manifest_id"], entry["path"], f"has {count} rows, the manifest says {entry['rows']}"
-            )
-        out.setdefault(entry["table"], []).extend(rows)
+    files = list(manifest["files"])
+    for start in range(0, len(files), READ_GROUP):
+        group = files[start : start + READ_GROUP]
+        for entry, data in zip(group, _read_many(storage, fs, {**manifest, "files": group}), strict=True):
+            out.setdefault(entry["table"], []).extend(_decoded(manifest, entry, data, columns, wanted))
     return out
+
+
+def _decoded(
+    manifest: Mapping[str, Any],
+    entry: Mapping[str, Any],
+    data: bytes,
+    columns: Mapping[str, Sequence[str]] | None,
+    wanted: set[str] | None,
+) -> list[dict[str, Any]]:
+    """One checked file's rows, after comparing its row count with the manifest's."""
+    import pyarrow.parquet as pq
+
+    try:
+        count = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+        rows = decode_parquet(entry["table"], data, (columns or {}).get(entry["table"]), wanted)
+    except Exception as exc:  # a file with the right checksum but unreadable was written wrong
+        raise ArchiveMismatch(manifest["manifest_id"], entry["path"], f"is not readable Parquet: {exc}") from exc
+    if count != entry["rows"]:
+        raise ArchiveMismatch(
+            manifest["manifest_id"], entry["path"], f"has {count} rows, the manifest says {entry['rows']}"
+        )
+    return rows
 
 
 # What the commit compares with the hot rows (see ``Store.commit_archives``); the rest need not be decoded.

@@ -404,13 +404,13 @@ def test_get_of_an_archived_item_reads_its_own_file_only(scene: Scene, monkeypat
     compact_tenant(store, location, TENANT, LATER, **MERGE_ALL)
     assert all(len(m["files"]) > 3 for m in store.manifests(TENANT, ["committed"]))
     read: list[str] = []
-    real_read_file = archive.read_file
+    real_read_many = archive._read_many
 
-    def counting(storage: Any, manifest: Any, entry: Any, fs: Any = None) -> bytes:
-        read.append(entry["path"])
-        return real_read_file(storage, manifest, entry, fs)
+    def counting(storage: Any, fs: Any, manifest: Any) -> list[bytes]:
+        read.extend(e["path"] for e in manifest["files"])
+        return real_read_many(storage, fs, manifest)
 
-    monkeypatch.setattr(archive, "read_file", counting)
+    monkeypatch.setattr(archive, "_read_many", counting)
     for item_id, item in expected.items():
         read.clear()
         assert memory.get(TENANT, item_id) == item
@@ -434,6 +434,28 @@ def test_get_of_an_archived_item_reads_its_own_file_only(scene: Scene, monkeypat
     read.clear()
     assert rehydrate_batch(store, location, TENANT, [other], LATER, None, 10) == {"rehydrated": 1, "candidates": 1}
     assert len(read) == 1, read
+
+
+def test_a_large_manifest_is_read_a_bounded_group_of_files_at_a_time(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a read holds at once is one group's files, whatever the manifest's size; the rows are the same."""
+    store, location = scene.store, scene.location
+    compact_tenant(store, location, TENANT, LATER, **MERGE_ALL)
+    manifest = max(store.manifests(TENANT, ["committed"]), key=lambda m: len(m["files"]))
+    whole = archive.read_manifest_rows(location, manifest)
+    groups: list[list[str]] = []
+    real_read_many = archive._read_many
+
+    def recording(storage: Any, fs: Any, part: Any) -> list[bytes]:
+        groups.append([e["path"] for e in part["files"]])
+        return real_read_many(storage, fs, part)
+
+    monkeypatch.setattr(archive, "READ_GROUP", 2)
+    monkeypatch.setattr(archive, "_read_many", recording)
+    assert archive.read_manifest_rows(location, manifest) == whole
+    assert len(manifest["files"]) > 3 and all(len(g) <= 2 for g in groups)
+    assert [p for g in groups for p in g] == [e["path"] for e in manifest["files"]]
 
 
 def test_a_forget_keeps_the_record_of_what_a_manifest_was_compacted_from(scene: Scene) -> None:
