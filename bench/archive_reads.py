@@ -49,8 +49,11 @@ def measure(location: Any, manifest: dict[str, Any], repeats: int) -> dict[str, 
     expected = archive.read_manifest_rows(location, manifest)  # also warms the connection pool
     fs = location.filesystem()
     group = archive.READ_GROUP
+    fetched = fs.cat_ranges(paths, None, None, on_error="raise")
+    if [len(b) for b in fetched] != [e["bytes"] for e in manifest["files"]]:
+        raise SystemExit("the plain fetch did not return every file whole")
     out = {
-        "fetch_s": median_seconds(lambda: fs.cat_ranges(paths, None, None), repeats),
+        "fetch_s": median_seconds(lambda: fs.cat_ranges(paths, None, None, on_error="raise"), repeats),
         "engram_s": median_seconds(lambda: archive.read_manifest_rows(location, manifest), repeats),
     }
     try:
@@ -60,6 +63,8 @@ def measure(location: Any, manifest: dict[str, Any], repeats: int) -> dict[str, 
             raise SystemExit("reading one file at a time gave other rows")
     finally:
         archive.READ_GROUP = group
+    if archive.read_manifest_rows(location, manifest) != expected:
+        raise SystemExit("a second grouped read gave other rows")
     out["engram_over_fetch"] = round(out["engram_s"] / out["fetch_s"], 2)
     out["one_at_a_time_over_engram"] = round(out["one_at_a_time_s"] / out["engram_s"], 2)
     return out

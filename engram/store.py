@@ -313,7 +313,7 @@ class Store:
             from sqlalchemy.dialects.sqlite import insert
         return insert(table)
 
-    def insert_ignore(self, conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
+    def insert_ignore(self, conn: Connection, table: Table, rows: Iterable[Mapping[str, Any]]) -> int:
         """Insert rows, skipping rows whose primary key exists; returns how many were inserted.
 
         PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT (``_copy_insert_many``). SQLite: one
@@ -321,10 +321,11 @@ class Store:
         rows each execution changed, so no RETURNING is needed, whose multi-row statements SQLAlchemy would build and
         parse per chunk in Python (about a third of the insert's time).
         """
+        rows = list(rows)
         if not rows:
             return 0
         if self.dialect == "sqlite":
-            return conn.execute(self._insert(table).on_conflict_do_nothing(), list(rows)).rowcount or 0
+            return conn.execute(self._insert(table).on_conflict_do_nothing(), rows).rowcount or 0
         pk = table.primary_key.columns.values()[0]
         return len(self._insert_many(conn, table, rows, pk.name))
 

@@ -444,18 +444,26 @@ def test_a_large_manifest_is_read_a_bounded_group_of_files_at_a_time(
     compact_tenant(store, location, TENANT, LATER, **MERGE_ALL)
     manifest = max(store.manifests(TENANT, ["committed"]), key=lambda m: len(m["files"]))
     whole = archive.read_manifest_rows(location, manifest)
-    groups: list[list[str]] = []
-    real_read_many = archive._read_many
+    steps: list[tuple[str, tuple[str, ...]]] = []
+    real_read_many, real_decoded = archive._read_many, archive._decoded
 
-    def recording(storage: Any, fs: Any, part: Any) -> list[bytes]:
-        groups.append([e["path"] for e in part["files"]])
+    def fetching(storage: Any, fs: Any, part: Any) -> list[bytes]:
+        steps.append(("fetch", tuple(e["path"] for e in part["files"])))
         return real_read_many(storage, fs, part)
 
+    def decoding(manifest: Any, entry: Any, *args: Any) -> list[dict[str, Any]]:
+        steps.append(("decode", (entry["path"],)))
+        return real_decoded(manifest, entry, *args)
+
     monkeypatch.setattr(archive, "READ_GROUP", 2)
-    monkeypatch.setattr(archive, "_read_many", recording)
+    monkeypatch.setattr(archive, "_read_many", fetching)
+    monkeypatch.setattr(archive, "_decoded", decoding)
     assert archive.read_manifest_rows(location, manifest) == whole
-    assert len(manifest["files"]) > 3 and all(len(g) <= 2 for g in groups)
-    assert [p for g in groups for p in g] == [e["path"] for e in manifest["files"]]
+    paths = [e["path"] for e in manifest["files"]]
+    groups = [paths[i : i + 2] for i in range(0, len(paths), 2)]
+    assert len(paths) > 3
+    # Each group is decoded before the next is fetched: no more than one group's bytes are held at once.
+    assert steps == [s for g in groups for s in [("fetch", tuple(g)), *(("decode", (p,)) for p in g)]]
 
 
 def test_a_forget_keeps_the_record_of_what_a_manifest_was_compacted_from(scene: Scene) -> None:

@@ -181,8 +181,10 @@ def test_insert_ignore_writes_and_counts_only_the_new_rows(memory: Memory) -> No
     with store.write() as conn:
         assert store.insert_ignore(conn, TRANSITIONS, rows(["b", "c", "d", "e"], "second")) == 2
         assert store.insert_ignore(conn, TRANSITIONS, []) == 0
+        assert store.insert_ignore(conn, TRANSITIONS, iter(rows(["f"], "third"))) == 1  # any iterable of rows
+        assert store.insert_ignore(conn, TRANSITIONS, iter(())) == 0
     with store.read() as conn:
-        assert conn.execute(select(func.count()).select_from(TRANSITIONS)).scalar_one() == 5
+        assert conn.execute(select(func.count()).select_from(TRANSITIONS)).scalar_one() == 6
         notes = dict(conn.execute(select(TRANSITIONS.c.item_id, TRANSITIONS.c.detail)).all())
     assert {i: d["note"] for i, d in notes.items()} == {
         "a": "first",
@@ -190,4 +192,5 @@ def test_insert_ignore_writes_and_counts_only_the_new_rows(memory: Memory) -> No
         "c": "first",
         "d": "second",
         "e": "second",
+        "f": "third",
     }
