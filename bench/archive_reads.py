@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -39,32 +40,34 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
-    return round(sorted(times)[len(times) // 2], 4)
+    return round(statistics.median(times), 4)
 
 
 def measure(location: Any, manifest: dict[str, Any], repeats: int) -> dict[str, Any]:
     from engram import archive
 
     paths = [archive._abs(location, e["path"]) for e in manifest["files"]]
-    expected = archive.read_manifest_rows(location, manifest)  # also warms the connection pool
     fs = location.filesystem()
-    group = archive.READ_GROUP
-    fetched = fs.cat_ranges(paths, None, None, on_error="raise")
-    if [len(b) for b in fetched] != [e["bytes"] for e in manifest["files"]]:
+
+    def fetch() -> list[bytes]:
+        return fs.cat_ranges(paths, None, None, on_error="raise")
+
+    def read() -> dict[str, list[dict[str, Any]]]:
+        return archive.read_manifest_rows(location, manifest)
+
+    expected = read()  # also warms the connection pool
+    if [len(b) for b in fetch()] != [e["bytes"] for e in manifest["files"]]:
         raise SystemExit("the plain fetch did not return every file whole")
-    out = {
-        "fetch_s": median_seconds(lambda: fs.cat_ranges(paths, None, None, on_error="raise"), repeats),
-        "engram_s": median_seconds(lambda: archive.read_manifest_rows(location, manifest), repeats),
-    }
+    out = {"fetch_s": median_seconds(fetch, repeats), "engram_s": median_seconds(read, repeats)}
+    group = archive.READ_GROUP
     try:
         archive.READ_GROUP = 1
-        out["one_at_a_time_s"] = median_seconds(lambda: archive.read_manifest_rows(location, manifest), repeats)
-        if archive.read_manifest_rows(location, manifest) != expected:
-            raise SystemExit("reading one file at a time gave other rows")
+        out["one_at_a_time_s"] = median_seconds(read, repeats)
+        one_at_a_time = read()
     finally:
         archive.READ_GROUP = group
-    if archive.read_manifest_rows(location, manifest) != expected:
-        raise SystemExit("a second grouped read gave other rows")
+    if one_at_a_time != expected or read() != expected:
+        raise SystemExit("a later read gave other rows than the first")
     out["engram_over_fetch"] = round(out["engram_s"] / out["fetch_s"], 2)
     out["one_at_a_time_over_engram"] = round(out["one_at_a_time_s"] / out["engram_s"], 2)
     return out
