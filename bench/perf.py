@@ -2,6 +2,7 @@
 
     python bench/perf.py --quick        # about 3-4 minutes on two cores; writes bench/results/quick.json
     python bench/perf.py --full         # every size that fits; writes bench/results/full.json and full.png
+    python bench/perf.py --sizes 100000 3000000 --out bench/results/large.json   # chosen sizes, no time budget
 
 What is measured (each size runs in a child process of its own, so its peak RSS is its own):
 - pipeline: the synthetic workload (``bench/workload.py``) streamed through ``Memory.observe_many`` in batches, then
@@ -631,9 +632,21 @@ def summarise(
 
 
 def parent(
-    mode: str, embeddings: bool, tenants: int, seed: int, batch_size: int, out: Path, budget_s: float = FULL_BUDGET_S
+    mode: str,
+    embeddings: bool,
+    tenants: int,
+    seed: int,
+    batch_size: int,
+    out: Path,
+    budget_s: float = FULL_BUDGET_S,
+    sizes: list[int] | None = None,
 ) -> dict[str, Any]:
+    """Run a mode's sizes, each in a child of its own. Mode ``sizes`` runs the pipeline at the given ``sizes`` only
+    (no budget, no profile, no search): the sizes past the full run's hour, with a smaller size beside them so that
+    their costs per event and peak memory compare within one run."""
     plan = QUICK if mode == "quick" else FULL
+    if mode == "sizes":
+        plan = {"pipeline_sizes": sorted(sizes or [])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -654,46 +667,50 @@ def parent(
     with tempfile.TemporaryDirectory(prefix="engram-perf-home-") as home, prefect_server() as api_url:
         home_path = Path(home)
         print(f"prefect server ready after {time.perf_counter() - started:.1f}s", flush=True)
-        # The profile run is a separate child, so that the profiler's own cost stays out of the timed runs.
-        profile_size = plan["pipeline_sizes"][0] if mode == "quick" else plan["pipeline_sizes"][2]
-        sizes = list(plan["pipeline_sizes"])
-        for i, events in enumerate(sizes):
+        run_sizes = list(plan["pipeline_sizes"])
+        for i, events in enumerate(run_sizes):
             if mode == "full" and pipelines:
                 # Run the next size only when its projected time (by the last rate) fits in what is left.
                 spent = time.perf_counter() - started
                 projected = events / pipelines[-1]["pipeline_events_per_s"] * 1.2
                 if spent + projected + FULL_RESERVE_S > budget_s:
-                    skipped += sizes[i:]
+                    skipped += run_sizes[i:]
                     break
             args = ["pipeline", "--events", str(events), "--tenants", str(tenants), "--seed", str(seed)]
             args += ["--batch-size", str(batch_size)]
-            # A size may take most of a raised budget on its own.
-            result = run_child(args, api_url, home_path, embeddings, timeout=max(budget_s, FULL_BUDGET_S) * 2)
+            # A size may take most of a raised budget on its own; the sizes mode has none (a day per size at most).
+            timeout = 24 * 3600 if mode == "sizes" else max(budget_s, FULL_BUDGET_S) * 2
+            result = run_child(args, api_url, home_path, embeddings, timeout=timeout)
             pipelines.append(result)
             print(
                 f"pipeline {events}: {result['pipeline_events_per_s']} ev/s, raw {result['raw_bulk_insert_rows_per_s']}"
                 f" rows/s, overhead {result['orchestration_overhead_fraction']}, peak {result['peak_rss_mb']} MB",
                 flush=True,
             )
-        args = ["pipeline", "--events", str(profile_size), "--tenants", str(tenants), "--seed", str(seed)]
-        args += ["--batch-size", str(batch_size), "--profile-dir", str(RESULTS)]
-        profiled = run_child(args, api_url, home_path, embeddings, timeout=FULL_BUDGET_S)
-        results["profile"] = {
-            "events": profile_size,
-            "files": sorted(p.name for p in RESULTS.glob(f"profile_*_{profile_size}.*")),
-            "pipeline_events_per_s_under_profiler": profiled["pipeline_events_per_s"],
-        }
-        args = ["search", "--events", str(plan["search_items"]), "--seed", str(seed)]
-        args += ["--queries", str(plan["queries"]), "--batch-size", str(batch_size)]
-        search = run_child(args, api_url, home_path, False, timeout=FULL_BUDGET_S)
-        print(f"search {search['items']}: p50 {search['p50_ms']} p95 {search['p95_ms']} p99 {search['p99_ms']} ms")
-        args = ["cold", "--events", str(plan["cold_items"]), "--tenants", str(plan["cold_tenants"])]
-        args += ["--seed", str(seed), "--queries", str(plan["queries"])]
-        cold = run_child(args, api_url, home_path, False, timeout=FULL_BUDGET_S * 2)
-        print(
-            f"archival search {cold['items']}: first p95 {cold['first_search']['p95_ms']} ms, warm p95"
-            f" {cold['warm_search']['p95_ms']} ms"
-        )
+        search: dict[str, Any] | None = None
+        cold: dict[str, Any] | None = None
+        if mode != "sizes":
+            # The profile run is a separate child, so that the profiler's own cost stays out of the timed runs.
+            profile_size = plan["pipeline_sizes"][0] if mode == "quick" else plan["pipeline_sizes"][2]
+            args = ["pipeline", "--events", str(profile_size), "--tenants", str(tenants), "--seed", str(seed)]
+            args += ["--batch-size", str(batch_size), "--profile-dir", str(RESULTS)]
+            profiled = run_child(args, api_url, home_path, embeddings, timeout=FULL_BUDGET_S)
+            results["profile"] = {
+                "events": profile_size,
+                "files": sorted(p.name for p in RESULTS.glob(f"profile_*_{profile_size}.*")),
+                "pipeline_events_per_s_under_profiler": profiled["pipeline_events_per_s"],
+            }
+            args = ["search", "--events", str(plan["search_items"]), "--seed", str(seed)]
+            args += ["--queries", str(plan["queries"]), "--batch-size", str(batch_size)]
+            search = run_child(args, api_url, home_path, False, timeout=FULL_BUDGET_S)
+            print(f"search {search['items']}: p50 {search['p50_ms']} p95 {search['p95_ms']} p99 {search['p99_ms']} ms")
+            args = ["cold", "--events", str(plan["cold_items"]), "--tenants", str(plan["cold_tenants"])]
+            args += ["--seed", str(seed), "--queries", str(plan["queries"])]
+            cold = run_child(args, api_url, home_path, False, timeout=FULL_BUDGET_S * 2)
+            print(
+                f"archival search {cold['items']}: first p95 {cold['first_search']['p95_ms']} ms, warm p95"
+                f" {cold['warm_search']['p95_ms']} ms"
+            )
     results["pipelines"] = pipelines
     results["sizes_run"] = [p["events"] for p in pipelines]
     results["sizes_skipped"] = skipped
@@ -718,6 +735,9 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="small sizes, a few minutes (the default)")
     group.add_argument("--full", action="store_true", help="every size that fits in about an hour")
+    group.add_argument(
+        "--sizes", type=int, nargs="+", metavar="EVENTS", help="the pipeline at these sizes only, with no time budget"
+    )
     group.add_argument("--child", choices=["pipeline", "search", "cold"], help=argparse.SUPPRESS)
     parser.add_argument("--events", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--queries", type=int, default=300, help=argparse.SUPPRESS)
@@ -740,10 +760,10 @@ def main(argv: list[str] | None = None) -> int:
             result = job_cold_search(args.events, args.tenants, args.seed, args.queries)
         args.out.write_text(json.dumps(result, default=str))
         return 0
-    mode = "full" if args.full else "quick"
+    mode = "sizes" if args.sizes else "full" if args.full else "quick"
     out = args.out or RESULTS / f"{mode}.json"
     budget = args.budget_minutes * 60
-    results = parent(mode, args.embeddings, args.tenants, args.seed, args.batch_size, out, budget)
+    results = parent(mode, args.embeddings, args.tenants, args.seed, args.batch_size, out, budget, args.sizes)
     print(
         json.dumps(
             {
