@@ -149,23 +149,25 @@ def goals(result: dict[str, Any]) -> list[str]:
         if key == "search_cold_p95_ms" and result.get("search_cold_compacted"):
             met += f" (compacted archive; {fmt(result.get('search_cold_uncompacted_p95_ms'))} ms before compaction)"
         lines.append(f"| {label} | {fmt(value)} | {met} |")
-    peaks = result.get("peak_rss_mb_by_events") or {}
-    big = {int(k): v for k, v in peaks.items() if int(k) >= 100_000}
-    if len(big) >= 2:
-        lo, hi = big[min(big)], big[max(big)]
-        flat = "yes" if hi <= lo * 1.2 else "no"
-        if max(big) < 9_500_000:
-            flat += f" (up to {fmt(max(big))} events; 10^7 not run)"
-        span = f"{fmt(min(big))} -> {fmt(max(big))} events: {fmt(lo)} -> {fmt(hi)} MB"
-        lines.append(f"| peak RSS flat (within 20%) from 10^5 events up | {span} | {flat} |")
-    else:
-        lines.append(
-            "| peak RSS flat (within 20%) from 10^5 events up | "
-            + ", ".join(f"{fmt(int(k))}: {fmt(v)} MB" for k, v in peaks.items())
-            + " | not measured at two sizes >= 10^5 |"
-        )
+    lines += rss_flat_goal(result.get("peak_rss_mb_by_events") or {})
     lines += linearity_goal(result.get("pipelines") or [])
     return lines
+
+
+def rss_flat_goal(peaks: dict[str, float]) -> list[str]:
+    """The row of the goal "peak RSS flat": the peak at the largest size against the smallest from 10^5 events
+    up, within 20%."""
+    label = "peak RSS flat (within 20%) from 10^5 events up"
+    big = {int(k): v for k, v in peaks.items() if int(k) >= 100_000}
+    if len(big) < 2:
+        measured = ", ".join(f"{fmt(int(k))}: {fmt(v)} MB" for k, v in peaks.items())
+        return [f"| {label} | {measured} | not measured at two sizes >= 10^5 |"]
+    lo, hi = big[min(big)], big[max(big)]
+    flat = "yes" if hi <= lo * 1.2 else "no"
+    if max(big) < 9_500_000:
+        flat += f" (up to {fmt(max(big))} events; 10^7 not run)"
+    span = f"{fmt(min(big))} -> {fmt(max(big))} events: {fmt(lo)} -> {fmt(hi)} MB"
+    return [f"| {label} | {span} | {flat} |"]
 
 
 # From this many events up, a size's cost per event is compared with the smallest such size's: below it, start-up
@@ -253,6 +255,34 @@ def write_bound_section(pipeline: dict[str, Any]) -> list[str]:
         "for: even at the raw rate per row, the design's writes alone keep the lifecycle under that goal.",
         "",
     ]
+    return lines
+
+
+def large_section(results: Path) -> list[str]:
+    """The sizes past the full run's hour (``bench/perf.py --sizes``, ``large.json``): per size, memory by phase,
+    cost per event by task, and the two goals that depend on size judged on this run alone."""
+    large = refresh(load(results / "large.json"))
+    if not large or not large.get("pipelines"):
+        return []
+    load_avg = " / ".join(fmt(x) for x in large["machine"].get("load_avg_at_start", []))
+    lines = [
+        "## Past the full run (`make bench-large`)",
+        "",
+        "Sizes run: "
+        + ", ".join(fmt(s) for s in large["sizes_run"])
+        + f", one after the other in one run of {fmt(large.get('wall_s'))} s (load average at start {load_avg}), "
+        "so that the larger size's memory and cost per event compare with the smaller one's measured beside it.",
+        "",
+        "| goal | measured | met |",
+        "| --- | ---: | --- |",
+    ]
+    lines += rss_flat_goal(large.get("peak_rss_mb_by_events") or {})
+    lines += linearity_goal(large["pipelines"]) + [""]
+    lines += ["### Per size", ""] + size_table(large) + [""]
+    lines += ["### Peak memory by phase (RSS, MB)", ""] + rss_table(large) + [""]
+    lines += ["### Cost per event by task and size (microseconds per event)", ""] + task_growth_table(large) + [""]
+    # The sizes mode runs no search: the notes on search say only that.
+    lines += [f"- {n}" for n in large.get("notes", []) if not n.startswith("search_")] + [""]
     return lines
 
 
@@ -621,6 +651,7 @@ def render(results: Path) -> str:
         "```",
         "make bench-quick   # bench/results/quick.json, a few minutes",
         "make bench         # bench/results/full.json and full.png, about an hour",
+        "make bench-large   # bench/results/large.json: 10^5 and 3 x 10^6 events, about an hour and a half",
         "make bench-scale   # bench/results/scale.json: one shard worker against two, on PostgreSQL",
         "make bench-cold    # bench/results/cold_search.json: archival search over 10^7 archived items",
         "python bench/archive_throughput.py   # bench/results/archive_throughput.json, a minute",
@@ -678,6 +709,7 @@ def render(results: Path) -> str:
                 + ", ".join(f"`bench/results/{f}`" for f in prof["files"]),
                 "",
             ]
+    out += large_section(results)
     out += locomo_section(results)
     out += embedding_section(results)
     out += bulk_ingest_section(results)

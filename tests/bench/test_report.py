@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.report import goals, refresh, task_growth_table, with_largest_cold_search
+from bench.report import goals, refresh, render, task_growth_table, with_largest_cold_search
 
 
 def _verdicts(result: dict) -> dict[str, tuple[str, str]]:
@@ -127,3 +127,22 @@ def test_recomputed_figures_keep_the_notes_the_figures_do_not_give() -> None:
     assert "conditions: run beside another benchmark" in notes
     assert "sizes [10000000] not run: projected past the 60-minute budget at the measured rate" in notes
     assert "search_cold_p95_ms: a note the figures give, recomputed" not in notes
+
+
+def test_a_run_of_chosen_sizes_gets_its_own_section_judged_on_its_own_sizes(tmp_path: Path) -> None:
+    recorded = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" / "full.json").read_text())
+    assert "Past the full run" not in render(tmp_path)  # no such run recorded: no section
+    by_size = {p["events"]: p for p in recorded["pipelines"]}
+    sized = {**recorded, "mode": "sizes", "pipelines": [by_size[100_000], by_size[1_000_000]]}
+    sized["sizes_run"] = [100_000, 1_000_000]
+    sized["peak_rss_mb_by_events"] = {"100000": 500.0, "1000000": 700.0}  # refresh recomputes it from the pipelines
+    (tmp_path / "large.json").write_text(json.dumps(sized))
+    section = render(tmp_path).split("## Past the full run")[1]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    lo, hi = (by_size[n].get("peak_rss_mb_engram", by_size[n]["peak_rss_mb"]) for n in (100_000, 1_000_000))
+    flat = rows["peak RSS flat (within 20%) from 10^5 events up"]
+    assert f"{lo:,.0f} -> {hi:,.0f} MB" in flat
+    assert ("| yes (up to 1,000,000 events" if hi <= lo * 1.2 else "| no (up to 1,000,000 events") in flat
+    assert f"{LINEAR}: lifecycle" in rows and f"{LINEAR}: archive" in rows
+    assert {"100,000", "1,000,000"} <= rows.keys()  # the per-size tables
+    assert "search_cold_p95_ms" not in section
