@@ -2,7 +2,7 @@
 
     python bench/perf.py --quick        # about 3-4 minutes on two cores; writes bench/results/quick.json
     python bench/perf.py --full         # every size that fits; writes bench/results/full.json and full.png
-    python bench/perf.py --sizes 100000 3000000 --out bench/results/large.json   # chosen sizes, no time budget
+    python bench/perf.py --sizes 100000 2000000 --out bench/results/large.json   # chosen sizes, no time budget
 
 What is measured (each size runs in a child process of its own, so its peak RSS is its own):
 - pipeline: the synthetic workload (``bench/workload.py``) streamed through ``Memory.observe_many`` in batches, then
