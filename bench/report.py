@@ -264,14 +264,16 @@ def large_section(results: Path) -> list[str]:
     large = refresh(load(results / "large.json"))
     if not large or not large.get("pipelines"):
         return []
-    load_avg = " / ".join(fmt(x) for x in large["machine"].get("load_avg_at_start", []))
+    m = large["machine"]
+    load_avg = " / ".join(fmt(x) for x in m.get("load_avg_at_start", []))
     lines = [
         "## Past the full run (`make bench-large`)",
         "",
         "Sizes run: "
         + ", ".join(fmt(s) for s in large["sizes_run"])
-        + f", one after the other in one run of {fmt(large.get('wall_s'))} s (load average at start {load_avg}), "
-        "so that the larger size's memory and cost per event compare with the smaller one's measured beside it.",
+        + f", one after the other in one run of {fmt(large.get('wall_s'))} s started {large.get('started_at')} on "
+        f"{m.get('cpu_model')}, {m.get('nproc')} cores (load average at start {load_avg}), so that the larger "
+        "size's memory and cost per event compare with the smaller one's measured beside it.",
         "",
         "| goal | measured | met |",
         "| --- | ---: | --- |",
@@ -281,6 +283,7 @@ def large_section(results: Path) -> list[str]:
     lines += ["### Per size", ""] + size_table(large) + [""]
     lines += ["### Peak memory by phase (RSS, MB)", ""] + rss_table(large) + [""]
     lines += ["### Cost per event by task and size (microseconds per event)", ""] + task_growth_table(large) + [""]
+    lines += write_bound_section(large["pipelines"][-1])
     # The sizes mode runs no search: the notes on search say only that.
     lines += [f"- {n}" for n in large.get("notes", []) if not n.startswith("search_")] + [""]
     return lines
