@@ -146,3 +146,8 @@ def test_a_run_of_chosen_sizes_gets_its_own_section_judged_on_its_own_sizes(tmp_
     assert f"{LINEAR}: lifecycle" in rows and f"{LINEAR}: archive" in rows
     assert {"100,000", "1,000,000"} <= rows.keys()  # the per-size tables
     assert "search_cold_p95_ms" not in section
+    # The goals table names the verdicts of that run beside the full run's.
+    (tmp_path / "full.json").write_text(json.dumps(recorded))
+    goals_table = render(tmp_path).split("## Goals (full run)")[1].split("## Past the full run")[0]
+    assert "| peak RSS flat (within 20%) from 10^5 events up | " in goals_table
+    assert "| peak RSS flat (within 20%) from 10^5 events up (`make bench-large` run) | " in goals_table

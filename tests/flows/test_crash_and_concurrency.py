@@ -140,6 +140,9 @@ def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(
     assert_every_event_in_exactly_one_place(memory.store, "acme")
 
 
+# On PostgreSQL, where two claims run at once (FOR UPDATE SKIP LOCKED); SQLite serialises its writers, and
+# tests/reliability/test_concurrency.py runs two consolidating shard workers at once on it.
+@pytest.mark.parametrize("store_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
 def test_two_consolidations_at_once_never_process_an_episode_twice(
     memory: Memory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
