@@ -61,7 +61,7 @@ bench: $(STAMP)
 
 # The pipeline past the full run's hour (bench/results/large.json): 2 x 10^6 events beside 10^5, in one run.
 bench-large: $(STAMP)
-	$(BIN)/python bench/perf.py --sizes 100000 2000000 --out bench/results/large.json
+	$(BIN)/python bench/perf.py --sizes 100000 2000000
 	$(BIN)/python bench/report.py
 
 # One shard worker against two on the same backlog, on PostgreSQL (bench/results/scale.json), about two minutes.

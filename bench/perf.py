@@ -2,7 +2,7 @@
 
     python bench/perf.py --quick        # about 3-4 minutes on two cores; writes bench/results/quick.json
     python bench/perf.py --full         # every size that fits; writes bench/results/full.json and full.png
-    python bench/perf.py --sizes 100000 2000000 --out bench/results/large.json   # chosen sizes, no time budget
+    python bench/perf.py --sizes 100000 2000000   # chosen sizes, no time budget; bench/results/large.json
 
 What is measured (each size runs in a child process of its own, so its peak RSS is its own):
 - pipeline: the synthetic workload (``bench/workload.py``) streamed through ``Memory.observe_many`` in batches, then
@@ -736,7 +736,11 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--quick", action="store_true", help="small sizes, a few minutes (the default)")
     group.add_argument("--full", action="store_true", help="every size that fits in about an hour")
     group.add_argument(
-        "--sizes", type=int, nargs="+", metavar="EVENTS", help="the pipeline at these sizes only, with no time budget"
+        "--sizes",
+        type=int,
+        nargs="+",
+        metavar="EVENTS",
+        help="the pipeline at these sizes only, with no time budget (writes bench/results/large.json)",
     )
     group.add_argument("--child", choices=["pipeline", "search", "cold"], help=argparse.SUPPRESS)
     parser.add_argument("--events", type=int, default=10_000, help=argparse.SUPPRESS)
@@ -761,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(result, default=str))
         return 0
     mode = "sizes" if args.sizes else "full" if args.full else "quick"
-    out = args.out or RESULTS / f"{mode}.json"
+    out = args.out or RESULTS / ("large.json" if mode == "sizes" else f"{mode}.json")
     budget = args.budget_minutes * 60
     results = parent(mode, args.embeddings, args.tenants, args.seed, args.batch_size, out, budget, args.sizes)
     print(

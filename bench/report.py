@@ -149,9 +149,12 @@ def goals(result: dict[str, Any]) -> list[str]:
         if key == "search_cold_p95_ms" and result.get("search_cold_compacted"):
             met += f" (compacted archive; {fmt(result.get('search_cold_uncompacted_p95_ms'))} ms before compaction)"
         lines.append(f"| {label} | {fmt(value)} | {met} |")
-    lines += rss_flat_goal(result.get("peak_rss_mb_by_events") or {})
-    lines += linearity_goal(result.get("pipelines") or [])
-    return lines
+    return lines + size_goals(result)
+
+
+def size_goals(result: dict[str, Any]) -> list[str]:
+    """The rows of the goals that depend on size: peak RSS flat, costs linear."""
+    return rss_flat_goal(result.get("peak_rss_mb_by_events") or {}) + linearity_goal(result.get("pipelines") or [])
 
 
 def rss_flat_goal(peaks: dict[str, float]) -> list[str]:
@@ -258,20 +261,17 @@ def write_bound_section(pipeline: dict[str, Any]) -> list[str]:
     return lines
 
 
-def larger_sizes_goals(results: Path) -> list[str]:
+def larger_sizes_goals(large: dict[str, Any] | None) -> list[str]:
     """The goal rows that depend on size, judged again on the run of chosen sizes (``large.json``), for the goals
     table: the full run's verdict holds only up to its own largest size."""
-    large = refresh(load(results / "large.json"))
     if not large or not large.get("pipelines"):
         return []
-    rows = rss_flat_goal(large.get("peak_rss_mb_by_events") or {}) + linearity_goal(large["pipelines"])
-    return [row.replace(" | ", " (`make bench-large` run) | ", 1) for row in rows]
+    return [row.replace(" | ", " (`make bench-large` run) | ", 1) for row in size_goals(large)]
 
 
-def large_section(results: Path) -> list[str]:
+def large_section(large: dict[str, Any] | None) -> list[str]:
     """The sizes past the full run's hour (``bench/perf.py --sizes``, ``large.json``): per size, memory by phase,
     cost per event by task, and the two goals that depend on size judged on this run alone."""
-    large = refresh(load(results / "large.json"))
     if not large or not large.get("pipelines"):
         return []
     m = large["machine"]
@@ -288,8 +288,7 @@ def large_section(results: Path) -> list[str]:
         "| goal | measured | met |",
         "| --- | ---: | --- |",
     ]
-    lines += rss_flat_goal(large.get("peak_rss_mb_by_events") or {})
-    lines += linearity_goal(large["pipelines"]) + [""]
+    lines += size_goals(large) + [""]
     lines += ["### Per size", ""] + size_table(large) + [""]
     lines += ["### Peak memory by phase (RSS, MB)", ""] + rss_table(large) + [""]
     lines += ["### Cost per event by task and size (microseconds per event)", ""] + task_growth_table(large) + [""]
@@ -636,6 +635,7 @@ def render(results: Path) -> str:
     quick_runs = [(p.stem, refresh(load(p))) for p in sorted(results.glob("quick*.json"))]
     quick_runs = [(n, r) for n, r in quick_runs if r]
     full = refresh(load(results / "full.json"))
+    large = refresh(load(results / "large.json"))
     any_run = full or (quick_runs[-1][1] if quick_runs else None)
     out = [
         "# Benchmarks",
@@ -698,7 +698,7 @@ def render(results: Path) -> str:
         label = "full run" if full else ("quick" if dict(quick_runs).get("quick") else quick_runs[-1][0])
         top = target["pipelines"][-1]
         out += [f"## Goals ({label})", ""] + goals(with_largest_cold_search(target, results))
-        out += larger_sizes_goals(results) + [""]
+        out += larger_sizes_goals(large) + [""]
         out += [
             f"## Where the lifecycle time goes ({label}, {fmt(top['events'])} events)",
             "",
@@ -723,7 +723,7 @@ def render(results: Path) -> str:
                 + ", ".join(f"`bench/results/{f}`" for f in prof["files"]),
                 "",
             ]
-    out += large_section(results)
+    out += large_section(large)
     out += locomo_section(results)
     out += embedding_section(results)
     out += bulk_ingest_section(results)
