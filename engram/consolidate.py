@@ -19,8 +19,9 @@ Contract (the store and the flow rely on these columns):
     salience (float in [0, 1]); content_hash (str: equal for near-duplicates, differs when the content changed).
 
 ``plan_changes(candidates, existing, now)`` compares candidates with the current (``valid_to`` is null) semantic
-items, hot or archived, that share their fact keys (``existing`` has the ``SemanticItem`` columns plus ``sources``)
-and returns a ``ConsolidationPlan``:
+items, hot or archived, that share their fact keys (``existing`` has the ``SemanticItem`` columns plus ``sources``:
+the item's lineage, or at least the part of it that names a candidate's source event, which is all the plan reads
+and all the store hands it) and returns a ``ConsolidationPlan``:
     - ``new_items``: rows for ``semantic_items`` (all columns but ``seq``) plus ``sources``, for facts not seen before
       (version 1) and for new versions of changed facts (version n+1);
     - ``merges``: existing item_id -> {support_delta, last_seen, new sources}, for near-duplicates of a current item;
@@ -649,7 +650,8 @@ def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime
     Args:
         candidates: rows with ``FACT_COLUMNS`` (what ``Consolidator.distill`` returns).
         existing: the current semantic items (``valid_to`` null) that share a fact key with a candidate, with the
-            ``SemanticItem`` columns plus ``sources``; other rows are ignored. Archived ones are among them (as
+            ``SemanticItem`` columns plus ``sources`` (at least the item's source events that are also a
+            candidate's); other rows are ignored. Archived ones are among them (as
             their tombstones, text blank, ``content_hash`` kept): see "Archived versions" in the module's
             docstring.
         now: when the plan is made; not used to date facts (a fact is dated by when it was said), kept so that a
@@ -688,7 +690,8 @@ def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime
             current[(tenant, key)] = new
             plan.new_items.append(new)
             continue
-        fresh = [s for s in sources if s not in set(item["sources"])]
+        held = set(item["sources"])
+        fresh = [s for s in sources if s not in held]
         if not fresh:
             continue  # a rerun: the current version already holds this candidate's sources
         if item["_hash"] is not None and item["_hash"] == cand["content_hash"]:

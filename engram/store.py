@@ -162,6 +162,14 @@ def transition_row(
     }
 
 
+def _sources_by_tenant(candidates: Any) -> dict[str, set[str]]:
+    """The source event ids of a consolidator's candidate facts, by tenant."""
+    wanted: dict[str, set[str]] = {}
+    for tenant, sources in zip(candidates["tenant"], candidates["sources"], strict=True):
+        wanted.setdefault(tenant, set()).update(sources if sources is not None else [])
+    return wanted
+
+
 def _sqlite_url_with_dirs(url: str) -> str:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         path = Path(url.removeprefix("sqlite:///"))
@@ -959,15 +967,7 @@ class Store:
             self._with_legacy_archived_hashes(conn, existing_rows)
             existing = pd.DataFrame(existing_rows)
             if len(existing):
-                lineage: dict[tuple[str, str], list[str]] = {}
-                ids = [(r["tenant"], r["item_id"]) for r in existing_rows]
-                for chunk in pair_chunks(ids):
-                    for r in conn.execute(
-                        select(LINEAGE.c.tenant, LINEAGE.c.item_id, LINEAGE.c.event_id).where(
-                            self._pairs_in(LINEAGE.c.tenant, LINEAGE.c.item_id, chunk)
-                        )
-                    ):
-                        lineage.setdefault((r.tenant, r.item_id), []).append(r.event_id)
+                lineage = self._lineage_among(conn, existing_rows, _sources_by_tenant(candidates))
                 existing["sources"] = [lineage.get((r["tenant"], r["item_id"]), []) for r in existing_rows]
             changes = plan(candidates, existing, as_of) if len(candidates) else None
             episode_of = self._episode_of_events(conn, episodes)
@@ -1036,15 +1036,36 @@ class Store:
             if (r["tenant"], r["item_id"]) in found and not r.get("content_hash"):
                 r["content_hash"] = found[(r["tenant"], r["item_id"])]
 
+    def _lineage_among(
+        self, conn: Connection, items: list[dict[str, Any]], events: Mapping[str, set[str]]
+    ) -> dict[tuple[str, str], list[str]]:
+        """The lineage of ``items`` that names one of ``events`` (by tenant): ``(tenant, item_id) -> event ids``.
+
+        All the plan asks of an item's lineage is whether it already holds a candidate's source (a rerun of the
+        batch), so only those rows are read, through the lineage's event index. An item's whole lineage grows with
+        every episode that restates its fact: reading all of it made each batch cost more as the store grew.
+        """
+        wanted = {(r["tenant"], r["item_id"]) for r in items}
+        out: dict[tuple[str, str], list[str]] = {}
+        for tenant, ids in events.items():
+            ordered = sorted(ids)
+            for start in range(0, len(ordered), INSERT_CHUNK):
+                for r in conn.execute(
+                    select(LINEAGE.c.item_id, LINEAGE.c.event_id).where(
+                        LINEAGE.c.tenant == tenant, LINEAGE.c.event_id.in_(ordered[start : start + INSERT_CHUNK])
+                    )
+                ):
+                    if (tenant, r.item_id) in wanted:
+                        out.setdefault((tenant, r.item_id), []).append(r.event_id)
+        return out
+
     def _with_living_sources(self, conn: Connection, candidates: Any) -> Any:
         """The candidate facts whose source events all still exist.
 
         A forget that committed after the episodes were read (it takes the same tenant lock) removed the others'
         events; writing such a fact would bring the forgotten subject back, with lineage to nothing.
         """
-        wanted: dict[str, set[str]] = {}
-        for tenant, sources in zip(candidates["tenant"], candidates["sources"], strict=True):
-            wanted.setdefault(tenant, set()).update(sources if sources is not None else [])
+        wanted = _sources_by_tenant(candidates)
         present: set[tuple[str, str]] = set()
         for tenant, ids in wanted.items():
             ordered = sorted(ids)

@@ -194,3 +194,51 @@ def test_insert_ignore_writes_and_counts_only_the_new_rows(memory: Memory) -> No
         "e": "second",
         "f": "third",
     }
+
+
+def test_merging_into_a_long_lived_fact_reads_only_the_lineage_its_batch_names(tmp_path: Path) -> None:
+    """A fact restated in every session keeps a lineage row per restatement. A later batch asks the lineage only
+    whether the item already holds the batch's own sources, so it reads those rows, not the whole history."""
+    from sqlalchemy import func
+
+    from engram.store import SEMANTIC
+
+    memory = Memory(f"sqlite:///{tmp_path / 'engram.db'}", (tmp_path / "archive").as_uri())
+    store = memory.store
+    dog = "I have a dog named Rex and we walk every morning."
+
+    def restate(first: int, sessions: int) -> None:
+        memory.observe_many(
+            [
+                {
+                    "tenant": "acme",
+                    "event_id": f"e{s}",
+                    "session_id": f"s{s}",
+                    "actor": "Caroline",
+                    "text": dog,
+                    "at": T0 + timedelta(days=s),
+                }
+                for s in range(first, first + sessions)
+            ]
+        )
+
+    restate(0, 30)
+    consolidate_pending(store, "acme", AS_OF + timedelta(days=40))
+    restate(30, 1)
+    statements, counts = _recorded(store, lambda: consolidate_pending(store, "acme", AS_OF + timedelta(days=41)))
+
+    assert (counts["episodes"], counts["merged"], counts["new"]) == (1, 1, 0)
+    with store.read() as conn:
+        item = conn.execute(select(SEMANTIC.c.item_id, SEMANTIC.c.support_count)).one()
+        lineage = conn.execute(select(func.count()).select_from(LINEAGE).where(LINEAGE.c.item_id == item[0]))
+        assert (item[1], lineage.scalar_one()) == (31, 31)
+    # The batch's reads of the lineage, run again now that it committed: of the item's 31 rows, they find the one
+    # row of the batch's own source (the read before the commit found none, so the batch merged it).
+    db = sqlite3.connect(f"file:{tmp_path / 'engram.db'}?mode=ro", uri=True)
+    try:
+        lineage_reads = [sql_params for sql_params in statements if re.search(r"\bFROM lineage\b", sql_params[0])]
+        found = [db.execute(sql, params).fetchall() for sql, params in lineage_reads]
+    finally:
+        db.close()
+    assert [row for rows in found for row in rows] == [(item[0], "e30")]
+    memory.close()
