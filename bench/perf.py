@@ -98,14 +98,54 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def heap_mb() -> dict[str, float]:
+    """What the memory is made of, to tell live data from freed memory that an allocator keeps: Python's objects
+    (pymalloc blocks in use, a count), glibc malloc's bytes in use and free-but-held (native buffers: SQLite, pandas
+    and numpy), and pyarrow's own pool."""
+    import ctypes
+    import sys
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    out: dict[str, float] = {"python_blocks": float(sys.getallocatedblocks())}
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+        out["malloc_in_use_mb"] = round((info.uordblks + info.hblkhd) / 2**20, 1)
+        out["malloc_free_held_mb"] = round(info.fordblks / 2**20, 1)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    if "pyarrow" in sys.modules:
+        out["arrow_pool_mb"] = round(sys.modules["pyarrow"].total_allocated_bytes() / 2**20, 1)
+    return out
+
+
 class RssSampler:
     """The peak RSS of each phase of a run, sampled every 20 ms on a thread (``ru_maxrss`` only knows the process's
-    peak so far, so the references that run after engram's phases would hide engram's own peak)."""
+    peak so far, so the references that run after engram's phases would hide engram's own peak), and what the
+    memory was made of at that peak (``heap_mb``)."""
 
     def __init__(self, first: str = "observe_many") -> None:
         import threading
 
         self.peaks: dict[str, float] = {first: rss_mb()}
+        self.heap_at_peak: dict[str, dict[str, float]] = {first: heap_mb()}
         self._current = first
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -117,7 +157,9 @@ class RssSampler:
 
     def _sample(self) -> None:
         now, name = rss_mb(), self._current
-        self.peaks[name] = max(self.peaks.get(name, 0.0), now)
+        if now > self.peaks.get(name, 0.0):
+            self.peaks[name] = now
+            self.heap_at_peak[name] = heap_mb()
 
     def phase(self, name: str) -> None:
         self._sample()
@@ -393,6 +435,7 @@ def job_pipeline(events: int, tenants: int, seed: int, batch_size: int, profile_
         "archive": None,
         "rss_mb_by_phase": {k: round(v, 1) for k, v in phases.items()},
         "peak_rss_mb_by_phase": peaks,
+        "heap_at_peak_by_phase": sampler.heap_at_peak,
         # engram's own phases; the references run after them in the same process and are reported apart.
         "peak_rss_mb_engram": max(peaks[k] for k in ("observe_many", "lifecycle", "archive")),
         "live_dataframes_after_lifecycle": live_frames,
