@@ -136,6 +136,32 @@ def rss_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def heap_table(result: dict[str, Any]) -> list[str]:
+    """What the memory was made of at each phase's peak (``heap_at_peak_by_phase``, recorded since the pipeline's
+    sampler took it): none when no size of the run has it."""
+    pipelines = [p for p in result.get("pipelines", []) if p.get("heap_at_peak_by_phase")]
+    if not pipelines:
+        return []
+    lines = [
+        "What the memory was made of at each phase's peak: glibc malloc's bytes in use (native buffers: SQLite, "
+        "pandas, numpy) and freed but held, pyarrow's pool, and Python's small objects (pymalloc blocks in use, "
+        "a count).",
+        "",
+        "| events | phase | peak RSS, MB | malloc in use, MB | malloc free but held, MB | pyarrow pool, MB "
+        "| Python blocks, millions |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for p in pipelines:
+        for phase, heap in p["heap_at_peak_by_phase"].items():
+            blocks = heap.get("python_blocks")
+            lines.append(
+                f"| {fmt(p['events'])} | {phase} | {fmt((p.get('peak_rss_mb_by_phase') or {}).get(phase))} "
+                f"| {fmt(heap.get('malloc_in_use_mb'))} | {fmt(heap.get('malloc_free_held_mb'))} "
+                f"| {fmt(heap.get('arrow_pool_mb'))} | {fmt(None if blocks is None else round(blocks / 1e6, 2))} |"
+            )
+    return lines + [""]
+
+
 def goals(result: dict[str, Any]) -> list[str]:
     lines = ["| goal | measured | met |", "| --- | ---: | --- |"]
     for label, key, ok in GOALS:
@@ -290,7 +316,7 @@ def large_section(large: dict[str, Any] | None) -> list[str]:
     ]
     lines += size_goals(large) + [""]
     lines += ["### Per size", ""] + size_table(large) + [""]
-    lines += ["### Peak memory by phase (RSS, MB)", ""] + rss_table(large) + [""]
+    lines += ["### Peak memory by phase (RSS, MB)", ""] + rss_table(large) + [""] + heap_table(large)
     lines += ["### Cost per event by task and size (microseconds per event)", ""] + task_growth_table(large) + [""]
     lines += write_bound_section(large["pipelines"][-1])
     # The sizes mode runs no search: the notes on search say only that.

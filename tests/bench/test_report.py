@@ -136,7 +136,13 @@ def test_a_run_of_chosen_sizes_gets_its_own_section_judged_on_its_own_sizes(tmp_
     sized = {**recorded, "mode": "sizes", "pipelines": [by_size[100_000], by_size[1_000_000]]}
     sized["sizes_run"] = [100_000, 1_000_000]
     (tmp_path / "large.json").write_text(json.dumps(sized))
+    assert "malloc in use" not in render(tmp_path)  # no size recorded the heap: no table of it
+    heap = {"python_blocks": 2_345_678.0, "malloc_in_use_mb": 123.4, "malloc_free_held_mb": 56.7}
+    sized["pipelines"] = [sized["pipelines"][0], {**sized["pipelines"][1], "heap_at_peak_by_phase": {"archive": heap}}]
+    (tmp_path / "large.json").write_text(json.dumps(sized))
     section = render(tmp_path).split("## Past the full run")[1]
+    archive_peak = by_size[1_000_000]["peak_rss_mb_by_phase"]["archive"]
+    assert f"| 1,000,000 | archive | {archive_peak:,.0f} | 123 | 57 | null | 2.35 |" in section
     rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
     lo, hi = (by_size[n].get("peak_rss_mb_engram", by_size[n]["peak_rss_mb"]) for n in (100_000, 1_000_000))
     flat = rows["peak RSS flat (within 20%) from 10^5 events up"]
