@@ -690,7 +690,7 @@ def render(results: Path) -> str:
         "```",
         "make bench-quick   # bench/results/quick.json, a few minutes",
         "make bench         # bench/results/full.json and full.png, about an hour",
-        "make bench-large   # bench/results/large.json: 10^5 and 2 x 10^6 events, over an hour",
+        "make bench-large   # bench/results/large.json: 10^5 and 2 x 10^6 events, 40 to 75 minutes",
         "make bench-scale   # bench/results/scale.json: one shard worker against two, on PostgreSQL",
         "make bench-cold    # bench/results/cold_search.json: archival search over 10^7 archived items",
         "python bench/archive_throughput.py   # bench/results/archive_throughput.json, a minute",
