@@ -41,6 +41,7 @@ would bound consolidation at about 200 facts a second.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import json
 import os
@@ -98,39 +99,47 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2``."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in [
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        ]
+    ]
+
+
+@functools.cache
+def _mallinfo2() -> Any:
+    """glibc's ``mallinfo2``, loaded once; None off glibc (or before 2.33)."""
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
 def heap_mb() -> dict[str, float]:
     """What the memory is made of, to tell live data from freed memory that an allocator keeps: Python's objects
     (pymalloc blocks in use, a count), glibc malloc's bytes in use and free-but-held (native buffers: SQLite, pandas
     and numpy), and pyarrow's own pool."""
-    import ctypes
-    import sys
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (name, ctypes.c_size_t)
-            for name in (
-                "arena",
-                "ordblks",
-                "smblks",
-                "hblks",
-                "hblkhd",
-                "usmblks",
-                "fsmblks",
-                "uordblks",
-                "fordblks",
-                "keepcost",
-            )
-        ]
-
     out: dict[str, float] = {"python_blocks": float(sys.getallocatedblocks())}
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = MallInfo2
-        info = libc.mallinfo2()
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is not None:
+        info = mallinfo2()
         out["malloc_in_use_mb"] = round((info.uordblks + info.hblkhd) / 2**20, 1)
         out["malloc_free_held_mb"] = round(info.fordblks / 2**20, 1)
-    except (OSError, AttributeError):  # not glibc
-        pass
     if "pyarrow" in sys.modules:
         out["arrow_pool_mb"] = round(sys.modules["pyarrow"].total_allocated_bytes() / 2**20, 1)
     return out
