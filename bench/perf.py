@@ -140,15 +140,19 @@ def heap_mb() -> dict[str, float]:
         info = mallinfo2()
         out["malloc_in_use_mb"] = round((info.uordblks + info.hblkhd) / 2**20, 1)
         out["malloc_free_held_mb"] = round(info.fordblks / 2**20, 1)
-    if "pyarrow" in sys.modules:
-        out["arrow_pool_mb"] = round(sys.modules["pyarrow"].total_allocated_bytes() / 2**20, 1)
+    # The sampler thread can look while another thread is still importing pyarrow: the module is then in
+    # sys.modules without its functions yet.
+    arrow_total = getattr(sys.modules.get("pyarrow"), "total_allocated_bytes", None)
+    if arrow_total is not None:
+        out["arrow_pool_mb"] = round(arrow_total() / 2**20, 1)
     return out
 
 
 class RssSampler:
     """The peak RSS of each phase of a run, sampled every 20 ms on a thread (``ru_maxrss`` only knows the process's
     peak so far, so the references that run after engram's phases would hide engram's own peak), and what the
-    memory was made of at that peak (``heap_mb``)."""
+    memory was made of at that peak (``heap_mb``). A sampler thread that died would leave only the samples taken at
+    phase changes: ``stop`` raises then, rather than report them as peaks."""
 
     def __init__(self, first: str = "observe_many") -> None:
         import threading
@@ -156,13 +160,17 @@ class RssSampler:
         self.peaks: dict[str, float] = {first: rss_mb()}
         self.heap_at_peak: dict[str, dict[str, float]] = {first: heap_mb()}
         self._current = first
+        self._failure: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self._sample()
+        try:
+            while not self._stop.wait(0.02):
+                self._sample()
+        except Exception as exc:  # reported by stop()
+            self._failure = exc
 
     def _sample(self) -> None:
         now, name = rss_mb(), self._current
@@ -179,6 +187,8 @@ class RssSampler:
         self._sample()
         self._stop.set()
         self._thread.join()
+        if self._failure is not None:
+            raise RuntimeError(f"the RSS sampler stopped early, its peaks are not peaks: {self._failure!r}")
         return {k: round(v, 1) for k, v in self.peaks.items()}
 
 
