@@ -22,7 +22,7 @@ from tasks.archive import (
     verify_archive_files,
     write_archive_files,
 )
-from tasks.common import Stopwatch, resolve_as_of
+from tasks.common import Stopwatch, release_freed_memory, resolve_as_of
 from tasks.reporting import publish_run_summary
 
 
@@ -58,6 +58,7 @@ def archive(
             totals["rows_verified"] += sum(v.rows for v in verified)
             moved = tombstone_archived_rows(store_url, verified, as_of)
             totals.update(moved)
+            release_freed_memory()
             if not moved.get("semantic_items") and not moved.get("episodes"):
                 break  # every picked row changed since it was read; the next run takes them as they are then
     return publish_run_summary("archive", dict(totals), clock.seconds)
@@ -93,6 +94,7 @@ def rehydrate(
         ids = item_ids[start : start + batch_size] if item_ids is not None else None
         counts = rehydrate_archived_items(store_url, storage, tenant, ids, as_of, batch_size)
         totals.update(counts)
+        release_freed_memory()
         if ids is None and not counts["candidates"]:
             break
     return publish_run_summary("rehydrate", dict(totals), clock.seconds)
@@ -126,6 +128,7 @@ def compact_archive(
         counts = compact_tenant_archives(store_url, storage, chunk, as_of, target_rows)
         failed.update(counts.pop("failed", {}))
         totals.update(counts)
+        release_freed_memory()
     totals["tenants_failed"] = len(failed)
     summary = publish_run_summary("compact_archive", dict(totals), clock.seconds)
     if failed:

@@ -8,7 +8,7 @@ from datetime import datetime
 from prefect import flow
 
 from engram.policy import LifecyclePolicy
-from tasks.common import Stopwatch, resolve_as_of, worker_id
+from tasks.common import Stopwatch, release_freed_memory, resolve_as_of, worker_id
 from tasks.consolidation import claim_episodes, consolidate_batch, load_consolidator
 from tasks.reporting import publish_run_summary, publish_validation
 
@@ -49,5 +49,6 @@ def consolidate(
         counts, result = consolidate_batch(store_url, episodes, owner, as_of, max_reject_fraction, consolidator)
         results.append(result)
         totals.update(counts)
+        release_freed_memory()
     publish_validation("episodic_to_semantic", results)
     return publish_run_summary("consolidate", dict(totals), clock.seconds)

@@ -8,7 +8,7 @@ from datetime import datetime
 from prefect import flow
 
 from engram.policy import LifecyclePolicy
-from tasks.common import Stopwatch, resolve_as_of
+from tasks.common import Stopwatch, release_freed_memory, resolve_as_of
 from tasks.ingest import gate_sensory_batch, read_sensory_batch, route_to_working
 from tasks.reporting import publish_run_summary, publish_validation
 
@@ -34,5 +34,6 @@ def ingest(
         results.append(gate.result)
         totals["rows_in"] += len(events)
         totals.update(route_to_working(store_url, gate, as_of, policy.working_ttl))
+        release_freed_memory()
     publish_validation("sensory_to_working", results)
     return publish_run_summary("ingest", dict(totals), clock.seconds)

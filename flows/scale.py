@@ -18,7 +18,7 @@ from prefect.concurrency.sync import concurrency
 from engram.policy import LifecyclePolicy
 from engram.quality import prepare_gates
 from engram.service import ScalingPolicy, decide_parallelism
-from tasks.common import Stopwatch, resolve_as_of, worker_id
+from tasks.common import Stopwatch, release_freed_memory, resolve_as_of, worker_id
 from tasks.consolidation import claim_episodes, consolidate_batch
 from tasks.reporting import publish_run_summary
 from tasks.service import (
@@ -102,6 +102,7 @@ def consolidate_shards(
             while episodes := claim_episodes(store_url, as_of, owner, lease, batch_size, tenants):
                 counts, _ = consolidate_batch(store_url, episodes, owner, as_of, max_reject_fraction)
                 totals.update(counts)
+                release_freed_memory()
                 if not renew_shard(store_url, pool, shard, owner, lease, len(episodes)):
                     break
             release_shard(store_url, pool, shard, owner)

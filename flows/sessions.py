@@ -8,7 +8,7 @@ from datetime import datetime
 from prefect import flow
 
 from engram.policy import LifecyclePolicy
-from tasks.common import Stopwatch, resolve_as_of, worker_id
+from tasks.common import Stopwatch, release_freed_memory, resolve_as_of, worker_id
 from tasks.reporting import publish_run_summary
 from tasks.sessions import (
     announce_closed_sessions,
@@ -45,6 +45,7 @@ def close_sessions(
         closed = turn_sessions_into_episodes(store_url, sessions, owner, as_of)
         totals.update(closed)
         announce_closed_sessions(sessions, closed.get("episodes", 0))
+        release_freed_memory()
     return publish_run_summary("close_sessions", dict(totals), clock.seconds)
 
 
@@ -62,6 +63,7 @@ def expire_working(
     for _ in range(max_batches):
         n = discard_expired_working(store_url, as_of, batch_size, tenant)
         discarded += n
+        release_freed_memory()
         if n < batch_size:
             break
     return publish_run_summary("expire_working", {"discarded": discarded}, clock.seconds)
