@@ -16,7 +16,7 @@ from engram.archive import ArchiveLocation
 from engram.errors import ArchiveError, InvalidInput, NotFound
 from engram.layers import Layer
 from engram.search import Hit, IndexRegistry, TenantIndex
-from engram.settings import Settings
+from engram.settings import Settings, url_parameter
 from engram.store import Store, new_id, stable_id, transition_row
 from engram.text import render
 from engram.validation import (
@@ -656,7 +656,8 @@ class Memory:
         when = to_utc(as_of, "as_of") if as_of is not None else None
         if tenant is not None:
             tenant = check_tenant(tenant)
-        return lifecycle(store_url=self.store_url, archive_url=self.archive_url, as_of=when, tenant=tenant)
+        store_url = url_parameter(self.store_url)  # Prefect keeps flow parameters: never a password in clear
+        return lifecycle(store_url=store_url, archive_url=self.archive_url, as_of=when, tenant=tenant)
 
     # -- moving a tenant between stores ------------------------------------------------------------------------
 

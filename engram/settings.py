@@ -64,6 +64,25 @@ class Settings(BaseSettings):
         return (self.data_dir / "archive").resolve().as_uri()
 
 
+def url_parameter(url: str) -> str | SecretStr:
+    """A store URL as a flow parameter: a ``SecretStr`` when it holds a password, so that Prefect records and shows
+    ``**********`` in its place; as it is otherwise, so that a run shows which store it used. The flows take either
+    and ``reveal`` it for their tasks."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        return SecretStr(url)  # not a form we can read: hide it whole
+    return url if password is None else SecretStr(url)
+
+
+def reveal(url: str | SecretStr | None) -> str | None:
+    """The URL inside a ``SecretStr`` flow parameter, or the parameter as it is."""
+    return url.get_secret_value() if isinstance(url, SecretStr) else url
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings, read once."""

@@ -6,8 +6,10 @@ from collections import Counter
 from datetime import datetime
 
 from prefect import flow
+from pydantic import SecretStr
 
 from engram.errors import ArchiveError
+from engram.settings import reveal
 from engram.validation import check_tenant
 from tasks.archive import (
     compact_tenant_archives,
@@ -28,7 +30,7 @@ from tasks.reporting import publish_run_summary
 
 @flow(name="archive")
 def archive(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     archive_url: str | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
@@ -44,6 +46,7 @@ def archive(
     ``archive_url`` or ``ENGRAM_ARCHIVE_URL``); ``retention_block`` a ``RetentionPolicy`` block (else defaults).
     ``batch_size`` bounds the hot rows of a batch, an episode's turns counted with it.
     """
+    store_url = reveal(store_url)
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
     tenant = check_tenant(tenant) if tenant is not None else None  # before any object is touched
     storage, rules = load_archive_storage(archive_url, archive_block), load_retention_rules(retention_block)
@@ -66,7 +69,7 @@ def archive(
 
 @flow(name="rehydrate")
 def rehydrate(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     archive_url: str | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
@@ -80,6 +83,7 @@ def rehydrate(
     """Bring archived facts back to the semantic layer: the given ids, the best matches of a query, or (with
     neither) a tenant's whole archive. Idempotent; each move is audited as ``rehydrate``.
     """
+    store_url = reveal(store_url)
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
     tenant = check_tenant(tenant) if tenant is not None else None  # before any object is touched
     storage = load_archive_storage(archive_url, archive_block)
@@ -102,7 +106,7 @@ def rehydrate(
 
 @flow(name="compact_archive")
 def compact_archive(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     archive_url: str | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
@@ -117,6 +121,7 @@ def compact_archive(
     transaction; what an interrupted run wrote is dropped by the next (see ``engram.compaction``). ``batch_size``
     is the number of tenants one task compacts.
     """
+    store_url = reveal(store_url)
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
     tenant = check_tenant(tenant) if tenant is not None else None  # before any object is touched
     storage = load_archive_storage(archive_url, archive_block)

@@ -6,8 +6,10 @@ from collections import Counter
 from datetime import datetime
 
 from prefect import flow
+from pydantic import SecretStr
 
 from engram.policy import LifecyclePolicy
+from engram.settings import reveal
 from tasks.common import Stopwatch, release_freed_memory, resolve_as_of, worker_id
 from tasks.consolidation import claim_episodes, consolidate_batch, load_consolidator
 from tasks.reporting import publish_run_summary, publish_validation
@@ -18,7 +20,7 @@ LLM_BATCH = 50
 
 @flow(name="consolidate")
 def consolidate(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
     batch_size: int | None = None,
@@ -36,6 +38,7 @@ def consolidate(
     task runs and gate runs per episode) and 50 with a chat model, whose calls take seconds each and whose batch
     must be committed within its lease.
     """
+    store_url = reveal(store_url)
     clock, as_of, policy, owner = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings(), worker_id()
     consolidator = load_consolidator(consolidator_block)
     if batch_size is None:

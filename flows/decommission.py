@@ -8,9 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow
+from pydantic import SecretStr
 
 from engram.policy import LifecyclePolicy
 from engram.service import hot_rows
+from engram.settings import reveal
 from flows.consolidate import consolidate
 from flows.ingest import ingest
 from flows.registry import FLOWS
@@ -32,12 +34,12 @@ from tasks.service import (
 
 @flow(name="decommission")
 def decommission(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     archive_url: str | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
     batch_size: int = 500,
-    target_store_url: str | None = None,
+    target_store_url: str | SecretStr | None = None,
     staging_url: str | None = None,
 ) -> dict:
     """Pause the schedules (whole service only), drain (route pending events, close every session, discard scratch
@@ -46,20 +48,21 @@ def decommission(
 
     A step that cannot run here is reported as ``unavailable`` with the reason, never skipped silently.
     """
+    url = reveal(store_url)  # the subflows get store_url as given, so that a SecretStr stays hidden in their runs
     clock, as_of, policy = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings()
     scope = f"tenant {tenant}" if tenant else "service"
     common: dict[str, Any] = {"store_url": store_url, "tenant": tenant, "batch_size": batch_size}
-    before = count_layers(store_url, tenant)
+    before = count_layers(url, tenant)
     steps: dict[str, Any] = {}
     scheduled = [f"{s.name}/{s.name}" for s in FLOWS if s.interval_seconds and s.name != "decommission"]
     steps["pause_schedules"] = pause_schedules(scheduled) if tenant is None else "skipped: other tenants keep running"
     steps["ingest"] = ingest(**common, as_of=as_of)
-    steps["close_requested"] = close_open_sessions(store_url, tenant, as_of)
+    steps["close_requested"] = close_open_sessions(url, tenant, as_of)
     steps["close_sessions"] = close_sessions(**common, as_of=as_of)
     steps["expire_working"] = expire_working(**common, as_of=as_of + policy.working_ttl)
     steps["consolidate"] = consolidate(**common, as_of=as_of)
     steps["migrate"] = migrate_memory(store_url, archive_url, as_of, tenant, batch_size, target_store_url, staging_url)
-    after = count_layers(store_url, tenant)
+    after = count_layers(url, tenant)
     steps["verify"] = (
         "ok: no rows left in the hot layers" if hot_rows(after) == 0 else f"{hot_rows(after)} hot rows left"
     )
@@ -70,23 +73,24 @@ def decommission(
 
 
 def migrate_memory(
-    store_url: str | None,
+    store_url: str | SecretStr | None,
     archive_url: str | None,
     as_of: datetime,
     tenant: str | None,
     batch_size: int,
-    target_store_url: str | None,
+    target_store_url: str | SecretStr | None,
     staging_url: str | None,
 ) -> Any:
     """Move the drained memory out of the hot layers: to another store when one is named, else to the archive."""
-    if target_store_url:
+    url, target = reveal(store_url), reveal(target_store_url)
+    if target:
         if importlib.util.find_spec("engram.portable") is None:
             return "unavailable: store-to-store export is not installed (engram.portable)"
         if not staging_url:
             return "unavailable: a store-to-store move needs staging_url (a folder or s3:// prefix for the export)"
-        tenants = [tenant] if tenant else list_tenants(store_url)
-        moved = move_tenants_to_store(store_url, target_store_url, tenants, archive_url, staging_url)
-        return {**moved, "forgotten_in_source": forget_tenants(store_url, archive_url, tenants)}
+        tenants = [tenant] if tenant else list_tenants(url)
+        moved = move_tenants_to_store(url, target, tenants, archive_url, staging_url)
+        return {**moved, "forgotten_in_source": forget_tenants(url, archive_url, tenants)}
     if importlib.util.find_spec("flows.archive") is None:
         return "unavailable: the archive flow is not installed (flows/archive.py)"
     from flows.archive import archive

@@ -7,7 +7,9 @@ from datetime import datetime
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
+from engram.settings import reveal
 from tasks.common import Stopwatch, current_run_id, resolve_as_of
 from tasks.reporting import publish_run_summary
 
@@ -26,11 +28,12 @@ def forget_subject(store_url: str | None, archive_url: str | None, tenant: str, 
 def forget(
     tenant: str,
     subject: str | None = None,
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     archive_url: str | None = None,
     as_of: datetime | None = None,
 ) -> dict:
     """Remove every memory of ``subject`` in ``tenant`` (the whole tenant when ``subject`` is None)."""
+    store_url = reveal(store_url)
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
     receipt = forget_subject(store_url, archive_url, tenant, subject)
     publish_run_summary("forget", {"receipt": receipt["receipt_id"], "removed": receipt["total"]}, clock.seconds)

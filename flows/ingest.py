@@ -6,8 +6,10 @@ from collections import Counter
 from datetime import datetime
 
 from prefect import flow
+from pydantic import SecretStr
 
 from engram.policy import LifecyclePolicy
+from engram.settings import reveal
 from tasks.common import Stopwatch, release_freed_memory, resolve_as_of
 from tasks.ingest import gate_sensory_batch, read_sensory_batch, route_to_working
 from tasks.reporting import publish_run_summary, publish_validation
@@ -15,7 +17,7 @@ from tasks.reporting import publish_run_summary, publish_validation
 
 @flow(name="ingest")
 def ingest(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
     batch_size: int = 20_000,
@@ -23,6 +25,7 @@ def ingest(
     max_batches: int = 10_000,
 ) -> dict:
     """Validate sensory events batch by batch, quarantine the bad rows, move the rest into working memory."""
+    store_url = reveal(store_url)
     clock, as_of, policy = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings()
     totals: Counter[str] = Counter()
     results = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from prefect import flow
+from pydantic import SecretStr
 
 from flows.consolidate import consolidate
 from flows.ingest import ingest
@@ -14,7 +15,7 @@ from tasks.common import resolve_as_of
 
 @flow(name="lifecycle")
 def lifecycle(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     archive_url: str | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
@@ -22,7 +23,8 @@ def lifecycle(
 ) -> dict[str, dict]:
     """Ingest, close finished sessions, expire stale working memory, consolidate episodes.
 
-    ``batch_size``, when given, overrides each subflow's own default.
+    ``batch_size``, when given, overrides each subflow's own default. ``store_url`` goes to the subflows as given:
+    a ``SecretStr`` (``engram.settings.url_parameter``) stays hidden in every run's recorded parameters.
     """
     common = {"store_url": store_url, "as_of": resolve_as_of(as_of), "tenant": tenant}
     if batch_size is not None:

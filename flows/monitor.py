@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from prefect import flow
+from pydantic import SecretStr
 
 from engram.service import MonitorThresholds, decide_signals
+from engram.settings import reveal
 from flows.registry import FLOWS
 from tasks.common import Stopwatch, resolve_as_of
 from tasks.reporting import publish_run_summary
@@ -22,7 +24,7 @@ from tasks.service import (
 
 @flow(name="monitor")
 def monitor(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     archive_url: str | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
@@ -37,6 +39,7 @@ def monitor(
     publish them as a table and a chart of layer sizes over time; emit ``engram.alert.*`` and ``engram.backlog.high``
     events.
     """
+    store_url = reveal(store_url)
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
     thresholds = MonitorThresholds(backlog_high, max_lag_hours, max_quarantine_growth, max_forget_age_hours)
     checks = check_health(store_url, archive_url)

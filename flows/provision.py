@@ -6,9 +6,11 @@ from dataclasses import asdict
 from datetime import datetime
 
 from prefect import flow
+from pydantic import SecretStr
 
 from engram.policy import LifecyclePolicy
 from engram.service import MonitorThresholds, ScalingPolicy, changed
+from engram.settings import reveal
 from flows.registry import FLOWS
 from tasks.common import Stopwatch, resolve_as_of
 from tasks.reporting import publish_run_summary
@@ -25,13 +27,16 @@ from tasks.service import (
 
 
 @flow(name="provision")
-def provision(store_url: str | None = None, archive_url: str | None = None, as_of: datetime | None = None) -> dict:
+def provision(
+    store_url: str | SecretStr | None = None, archive_url: str | None = None, as_of: datetime | None = None
+) -> dict:
     """Migrate the store to head, save the default blocks, create the archive's folder or bucket, the work pools,
     the consolidation concurrency limit, the policy variables and the alert automations, each only when missing.
 
     Returns every resource with ``created``, ``updated``, ``unchanged`` or ``pending`` (an automation whose
     deployment is not registered yet), and ``changed``: the list of what this run created or updated.
     """
+    store_url = reveal(store_url)
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
     lifecycle, scaling = LifecyclePolicy.from_settings(), ScalingPolicy()
     summary: dict[str, str] = {}

@@ -14,10 +14,12 @@ from datetime import datetime
 
 from prefect import flow
 from prefect.concurrency.sync import concurrency
+from pydantic import SecretStr
 
 from engram.policy import LifecyclePolicy
 from engram.quality import prepare_gates
 from engram.service import ScalingPolicy, decide_parallelism
+from engram.settings import reveal
 from tasks.common import Stopwatch, release_freed_memory, resolve_as_of, worker_id
 from tasks.consolidation import claim_episodes, consolidate_batch
 from tasks.reporting import publish_run_summary
@@ -40,7 +42,7 @@ SHARD_POOL = "engram-semantic"
 
 @flow(name="scale")
 def scale(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
     batch_size: int = 200,
@@ -53,7 +55,17 @@ def scale(
 ) -> dict:
     """Measure the consolidation backlog, decide the parallelism (raise when the backlog needs more workers, lower
     once it is drained), apply it to the pool and the consolidation concurrency limit, and start shard workers.
+
+    The shard workers run as deployments, on other machines too: they get ``store_url`` as a run parameter, which
+    Prefect records. A ``SecretStr`` URL (one with a password) is refused when workers are to be started; set
+    ``ENGRAM_STORE_URL`` on the workers instead and leave ``store_url`` out.
     """
+    if launch and isinstance(store_url, SecretStr):
+        raise ValueError(
+            "store_url: a URL with a password would be recorded as the shard workers' run parameter; "
+            "set ENGRAM_STORE_URL on the workers and leave store_url out"
+        )
+    store_url = reveal(store_url)
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
     policy = ScalingPolicy(backlog_per_worker, min_workers, max_workers, shard_count)
     backlog = measure_backlog(store_url, as_of, tenant)
@@ -69,7 +81,7 @@ def scale(
 
 @flow(name="consolidate_shards")
 def consolidate_shards(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
     batch_size: int = 200,
@@ -81,6 +93,7 @@ def consolidate_shards(
     """One shard worker: lease a shard with waiting episodes, consolidate its tenants, release it, repeat until no
     free shard has work. ``tenant`` limits the worker to that tenant's shard.
     """
+    store_url = reveal(store_url)
     clock, as_of, policy, owner = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings(), worker_id()
     lease = policy.lease.total_seconds()
     totals: Counter[str] = Counter()

@@ -6,8 +6,10 @@ from collections import Counter
 from datetime import datetime
 
 from prefect import flow
+from pydantic import SecretStr
 
 from engram.policy import LifecyclePolicy
+from engram.settings import reveal
 from tasks.common import Stopwatch, release_freed_memory, resolve_as_of, worker_id
 from tasks.reporting import publish_run_summary
 from tasks.sessions import (
@@ -20,13 +22,14 @@ from tasks.sessions import (
 
 @flow(name="close_sessions")
 def close_sessions(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
     batch_size: int = 2_000,
     max_batches: int = 10_000,
 ) -> dict:
     """Turn every session that is idle past the policy's timeout, or closed explicitly, into an episode."""
+    store_url = reveal(store_url)
     clock, as_of, policy, owner = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings(), worker_id()
     totals: Counter[str] = Counter()
     for _ in range(max_batches):
@@ -51,13 +54,14 @@ def close_sessions(
 
 @flow(name="expire_working")
 def expire_working(
-    store_url: str | None = None,
+    store_url: str | SecretStr | None = None,
     as_of: datetime | None = None,
     tenant: str | None = None,
     batch_size: int = 5_000,
     max_batches: int = 10_000,
 ) -> dict:
     """Discard working memory past its TTL that belongs to no open session, auditing each discard."""
+    store_url = reveal(store_url)
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
     discarded = 0
     for _ in range(max_batches):
