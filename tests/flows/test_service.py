@@ -82,7 +82,7 @@ def test_scale_raises_parallelism_and_a_shard_worker_drains_every_shard(sqlite_m
     tenants = [f"t{i}" for i in range(6)]
     _with_episodes(sqlite_memory, tenants, sessions=2)
     url = sqlite_memory.store_url
-    apply_parallelism("engram-semantic", 1)  # start from one worker, whatever earlier tests left
+    apply_parallelism.fn("engram-semantic", 1)  # start from one worker, whatever earlier tests left (no task run)
     decision = scale(store_url=url, as_of=AS_OF, backlog_per_worker=4, max_workers=3, shard_count=8, launch=False)
     assert decision["backlog"] == 12 and decision["action"] == "raise" and decision["workers"].endswith("-> 3")
     done = consolidate_shards(store_url=url, as_of=AS_OF, shard_count=8)
