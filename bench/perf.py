@@ -122,11 +122,11 @@ class _MallInfo2(ctypes.Structure):
 @functools.cache
 def _mallinfo2() -> Any:
     """glibc's ``mallinfo2``, loaded once; None off glibc (or before 2.33)."""
-    try:
-        fn = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return None
-    fn.restype = _MallInfo2
+    from tasks.common import glibc
+
+    fn = getattr(glibc(), "mallinfo2", None)
+    if fn is not None:
+        fn.restype = _MallInfo2
     return fn
 
 
@@ -160,7 +160,7 @@ class RssSampler:
         self.peaks: dict[str, float] = {first: rss_mb()}
         self.heap_at_peak: dict[str, dict[str, float]] = {first: heap_mb()}
         self._current = first
-        self._failure: BaseException | None = None
+        self._failure: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

@@ -42,12 +42,22 @@ def resolve_as_of(as_of: datetime | None) -> datetime:
 
 
 @cache
-def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim``, loaded once; None where the C library is not glibc (macOS, musl)."""
+def glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc, loaded once, for its malloc's own functions; None elsewhere (macOS, musl)."""
     try:
-        fn = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
         return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+@cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``; None off glibc."""
+    libc = glibc()
+    if libc is None:
+        return None
+    fn = libc.malloc_trim
     fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
     return fn
 
