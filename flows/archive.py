@@ -24,7 +24,7 @@ from tasks.archive import (
     verify_archive_files,
     write_archive_files,
 )
-from tasks.common import Stopwatch, release_freed_memory, resolve_as_of
+from tasks.common import BatchMemory, Stopwatch, resolve_as_of
 from tasks.reporting import publish_run_summary
 
 
@@ -51,6 +51,7 @@ def archive(
     tenant = check_tenant(tenant) if tenant is not None else None  # before any object is touched
     storage, rules = load_archive_storage(archive_url, archive_block), load_retention_rules(retention_block)
     totals: Counter[str] = Counter(settle_unfinished_manifests(store_url, storage, as_of, tenant))
+    batches = BatchMemory()
     for layer in ("semantic", "episodic"):
         for _ in range(max_batches):
             keys = select_cold_items(store_url, layer, as_of, rules, tenant, batch_size)
@@ -61,7 +62,7 @@ def archive(
             totals["rows_verified"] += sum(v.rows for v in verified)
             moved = tombstone_archived_rows(store_url, verified, as_of)
             totals.update(moved)
-            release_freed_memory()
+            batches.release()
             if not moved.get("semantic_items") and not moved.get("episodes"):
                 break  # every picked row changed since it was read; the next run takes them as they are then
     return publish_run_summary("archive", dict(totals), clock.seconds)
@@ -92,13 +93,14 @@ def rehydrate(
             raise ValueError("tenant: a rehydrate by query needs the tenant whose archive to search")
         item_ids = find_archived_items(store_url, storage, tenant, query, query_limit)
     totals: Counter[str] = Counter()
+    batches = BatchMemory()
     if item_ids is not None and not item_ids:
         return publish_run_summary("rehydrate", {"rehydrated": 0}, clock.seconds)
     for start in range(0, len(item_ids), batch_size) if item_ids is not None else range(max_batches):
         ids = item_ids[start : start + batch_size] if item_ids is not None else None
         counts = rehydrate_archived_items(store_url, storage, tenant, ids, as_of, batch_size)
         totals.update(counts)
-        release_freed_memory()
+        batches.release()
         if ids is None and not counts["candidates"]:
             break
     return publish_run_summary("rehydrate", dict(totals), clock.seconds)
@@ -128,12 +130,13 @@ def compact_archive(
     names = tenants_to_compact(store_url, tenant)
     totals: Counter[str] = Counter({"tenants": len(names)})
     failed: dict[str, str] = {}
+    batches = BatchMemory()
     for start in range(0, len(names), max(1, batch_size)):
         chunk = names[start : start + max(1, batch_size)]
         counts = compact_tenant_archives(store_url, storage, chunk, as_of, target_rows)
         failed.update(counts.pop("failed", {}))
         totals.update(counts)
-        release_freed_memory()
+        batches.release()
     totals["tenants_failed"] = len(failed)
     summary = publish_run_summary("compact_archive", dict(totals), clock.seconds)
     if failed:

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from engram.policy import LifecyclePolicy
 from engram.settings import reveal
-from tasks.common import Stopwatch, release_freed_memory, resolve_as_of, worker_id
+from tasks.common import BatchMemory, Stopwatch, resolve_as_of, worker_id
 from tasks.consolidation import claim_episodes, consolidate_batch, load_consolidator
 from tasks.reporting import publish_run_summary, publish_validation
 
@@ -45,6 +45,7 @@ def consolidate(
         batch_size = LLM_BATCH if consolidator_block else LOCAL_BATCH
     totals: Counter[str] = Counter()
     results = []
+    batches = BatchMemory()
     for _ in range(max_batches):
         episodes = claim_episodes(store_url, as_of, owner, policy.lease.total_seconds(), batch_size, tenant)
         if not episodes:
@@ -52,6 +53,6 @@ def consolidate(
         counts, result = consolidate_batch(store_url, episodes, owner, as_of, max_reject_fraction, consolidator)
         results.append(result)
         totals.update(counts)
-        release_freed_memory()
+        batches.release()
     publish_validation("episodic_to_semantic", results)
     return publish_run_summary("consolidate", dict(totals), clock.seconds)

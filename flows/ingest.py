@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from engram.policy import LifecyclePolicy
 from engram.settings import reveal
-from tasks.common import Stopwatch, release_freed_memory, resolve_as_of
+from tasks.common import BatchMemory, Stopwatch, resolve_as_of
 from tasks.ingest import gate_sensory_batch, read_sensory_batch, route_to_working
 from tasks.reporting import publish_run_summary, publish_validation
 
@@ -29,6 +29,7 @@ def ingest(
     clock, as_of, policy = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings()
     totals: Counter[str] = Counter()
     results = []
+    batches = BatchMemory()
     for _ in range(max_batches):
         events = read_sensory_batch(store_url, tenant, batch_size)
         if events.empty:
@@ -37,6 +38,6 @@ def ingest(
         results.append(gate.result)
         totals["rows_in"] += len(events)
         totals.update(route_to_working(store_url, gate, as_of, policy.working_ttl))
-        release_freed_memory()
+        batches.release()
     publish_validation("sensory_to_working", results)
     return publish_run_summary("ingest", dict(totals), clock.seconds)

@@ -20,7 +20,7 @@ from engram.policy import LifecyclePolicy
 from engram.quality import prepare_gates
 from engram.service import ScalingPolicy, decide_parallelism
 from engram.settings import reveal
-from tasks.common import Stopwatch, release_freed_memory, resolve_as_of, worker_id
+from tasks.common import BatchMemory, Stopwatch, resolve_as_of, worker_id
 from tasks.consolidation import claim_episodes, consolidate_batch
 from tasks.reporting import publish_run_summary
 from tasks.service import (
@@ -101,6 +101,7 @@ def consolidate_shards(
     prepare_shards(store_url, pool, shard_count)
     prepare_gates()
     work_started = time.time()  # wall clock, comparable across workers: when this worker began on shards
+    batches = BatchMemory()
     with concurrency(CONSOLIDATE_LIMIT, occupy=1):
         for _ in range(max_shards):
             waiting = shards_with_backlog(store_url, as_of, shard_count)
@@ -115,7 +116,7 @@ def consolidate_shards(
             while episodes := claim_episodes(store_url, as_of, owner, lease, batch_size, tenants):
                 counts, _ = consolidate_batch(store_url, episodes, owner, as_of, max_reject_fraction)
                 totals.update(counts)
-                release_freed_memory()
+                batches.release()
                 if not renew_shard(store_url, pool, shard, owner, lease, len(episodes)):
                     break
             release_shard(store_url, pool, shard, owner)

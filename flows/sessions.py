@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from engram.policy import LifecyclePolicy
 from engram.settings import reveal
-from tasks.common import Stopwatch, release_freed_memory, resolve_as_of, worker_id
+from tasks.common import BatchMemory, Stopwatch, resolve_as_of, worker_id
 from tasks.reporting import publish_run_summary
 from tasks.sessions import (
     announce_closed_sessions,
@@ -32,6 +32,7 @@ def close_sessions(
     store_url = reveal(store_url)
     clock, as_of, policy, owner = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings(), worker_id()
     totals: Counter[str] = Counter()
+    batches = BatchMemory()
     for _ in range(max_batches):
         sessions = claim_sessions_to_close(
             store_url,
@@ -48,7 +49,7 @@ def close_sessions(
         closed = turn_sessions_into_episodes(store_url, sessions, owner, as_of)
         totals.update(closed)
         announce_closed_sessions(sessions, closed.get("episodes", 0))
-        release_freed_memory()
+        batches.release()
     return publish_run_summary("close_sessions", dict(totals), clock.seconds)
 
 
@@ -64,10 +65,11 @@ def expire_working(
     store_url = reveal(store_url)
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
     discarded = 0
+    batches = BatchMemory()
     for _ in range(max_batches):
         n = discard_expired_working(store_url, as_of, batch_size, tenant)
         discarded += n
-        release_freed_memory()
+        batches.release()
         if n < batch_size:
             break
     return publish_run_summary("expire_working", {"discarded": discarded}, clock.seconds)

@@ -63,18 +63,55 @@ def _malloc_trim() -> Any:
 
 
 def release_freed_memory() -> None:
-    """Hand the memory that a finished batch freed back to the operating system.
+    """Hand the memory that the process has freed back to the operating system.
 
     glibc's malloc keeps freed memory for reuse, and memory freed between long-lived allocations (SQLite's pages,
-    a batch's strings and frames, Prefect's results) stays mapped: over a long run a worker's RSS creeps up with
-    the number of batches it has done. The flows call this after every batch, which keeps that creep to what one
-    batch frees (BENCHMARKS.md, ``make bench-large``: peak RSS at 2 x 10^6 events with and without it).
-    ``malloc_trim(0)`` returns the whole free pages of every arena; it costs little against a batch's seconds.
-    Elsewhere than glibc it does nothing.
+    a batch's strings and frames) stays mapped: over a long run a worker's RSS creeps up with the number of batches
+    it has done. ``malloc_trim(0)`` returns the whole free pages of every arena; it costs little against a batch's
+    seconds. Elsewhere than glibc it does nothing.
     """
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+class BatchMemory:
+    """Releases, after each batch of a flow's batch loop, what the batch left behind, so that a run's memory
+    follows its largest batch and not the number of batches it has done.
+
+    - Prefect's links from task results to their task runs. For dependency tracking, a flow run keeps an entry per
+      task result, and per item of a returned list or dict, for the flow run's whole life
+      (``EngineContext.run_results``): a batch of 2,000 claimed sessions leaves 2,000 entries behind, and a run of
+      10^7 events millions. A batch's results are passed on within the batch only, so its links are dropped at its
+      end. Results linked before the loop started (the archive storage and retention rules, the consolidator, which
+      every batch takes as inputs) keep theirs, and the run's task graph still shows them upstream of each batch.
+    - The freed memory glibc holds (``release_freed_memory``).
+
+    Example:
+        >>> batches = BatchMemory()  # doctest: +SKIP
+        >>> for _ in range(max_batches):  # doctest: +SKIP
+        ...     ...  # the batch's tasks
+        ...     batches.release()
+    """
+
+    def __init__(self) -> None:
+        results = self._run_results()
+        self._before = frozenset(results) if results is not None else frozenset()
+
+    @staticmethod
+    def _run_results() -> dict[int, Any] | None:
+        from prefect.context import FlowRunContext
+
+        context = FlowRunContext.get()
+        return getattr(context, "run_results", None) if context is not None else None
+
+    def release(self) -> None:
+        results = self._run_results()
+        if results is not None:
+            for key in list(results):  # list(): a snapshot of the keys, taken at once
+                if key not in self._before:
+                    results.pop(key, None)
+        release_freed_memory()
 
 
 class Stopwatch:
