@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from engram.policy import LifecyclePolicy
 from engram.quality import prepare_gates
 from engram.service import ScalingPolicy, decide_parallelism
-from engram.settings import reveal
+from engram.settings import reveal, url_parameter
 from tasks.common import BatchMemory, Stopwatch, resolve_as_of, worker_id
 from tasks.consolidation import claim_episodes, consolidate_batch
 from tasks.reporting import publish_run_summary
@@ -57,10 +57,10 @@ def scale(
     once it is drained), apply it to the pool and the consolidation concurrency limit, and start shard workers.
 
     The shard workers run as deployments, on other machines too: they get ``store_url`` as a run parameter, which
-    Prefect records. A ``SecretStr`` URL (one with a password) is refused when workers are to be started; set
-    ``ENGRAM_STORE_URL`` on the workers instead and leave ``store_url`` out.
+    Prefect records. A URL with a password, as a ``SecretStr`` or as plain text, is refused when workers are to be
+    started; set ``ENGRAM_STORE_URL`` on the workers instead and leave ``store_url`` out.
     """
-    if launch and isinstance(store_url, SecretStr):
+    if launch and store_url is not None and isinstance(url_parameter(reveal(store_url)), SecretStr):
         raise ValueError(
             "store_url: a URL with a password would be recorded as the shard workers' run parameter; "
             "set ENGRAM_STORE_URL on the workers and leave store_url out"

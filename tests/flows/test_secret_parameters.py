@@ -55,3 +55,5 @@ def test_the_lifecycle_on_a_store_with_a_password_records_no_password(tmp_path: 
 def test_scale_refuses_to_hand_a_password_to_the_workers_it_starts() -> None:
     with pytest.raises(ValueError, match="store_url: a URL with a password"):
         scale(store_url=SecretStr(f"postgresql://app:{PASSWORD}@db/engram"), launch=True)
+    with pytest.raises(ValueError, match="store_url: a URL with a password"):  # the same URL as plain text
+        scale(store_url=f"postgresql://app:{PASSWORD}@db/engram", launch=True)
