@@ -81,10 +81,11 @@ class BatchMemory:
 
     - Prefect's links from task results to their task runs. For dependency tracking, a flow run keeps an entry per
       task result, and per item of a returned list or dict, for the flow run's whole life
-      (``EngineContext.run_results``): a batch of 2,000 claimed sessions leaves 2,000 entries behind, and a run of
-      10^7 events millions. A batch's results are passed on within the batch only, so its links are dropped at its
-      end. Results linked before the loop started (the archive storage and retention rules, the consolidator, which
-      every batch takes as inputs) keep theirs, and the run's task graph still shows them upstream of each batch.
+      (``EngineContext.run_results``): a batch of 2,000 claimed sessions leaves 2,000 entries behind (fewer once
+      freed objects' ids are reused: 162,721 after 200 results of 5,000 keys each). A batch's results are passed
+      on within the batch only, so its links are dropped at its end. Results linked before the loop started (the
+      archive storage and retention rules, the consolidator, which every batch takes as inputs) keep theirs, and
+      the run's task graph still shows them upstream of each batch.
     - The freed memory glibc holds (``release_freed_memory``).
 
     Example:
