@@ -715,7 +715,7 @@ def render(results: Path) -> str:
         out += ["", ""] + headline_table([("full", full)]) + [""]
         out += ["### Per size", ""] + size_table(full) + [""]
         out += ["![throughput and memory against size](bench/results/full.png)", ""]
-        out += ["### Peak memory by phase (RSS, MB)", ""] + rss_table(full) + [""]
+        out += ["### Peak memory by phase (RSS, MB)", ""] + rss_table(full) + [""] + heap_table(full)
         out += [f"- {n}" for n in full.get("notes", [])] + [""]
     # The goals are judged on the full run, else on quick.json (what ``make bench-quick`` last wrote).
     newest = dict(quick_runs).get("quick") or (quick_runs[-1][1] if quick_runs else None)
