@@ -93,9 +93,9 @@ def rehydrate(
             raise ValueError("tenant: a rehydrate by query needs the tenant whose archive to search")
         item_ids = find_archived_items(store_url, storage, tenant, query, query_limit)
     totals: Counter[str] = Counter()
-    batches = BatchMemory()
     if item_ids is not None and not item_ids:
         return publish_run_summary("rehydrate", {"rehydrated": 0}, clock.seconds)
+    batches = BatchMemory()
     for start in range(0, len(item_ids), batch_size) if item_ids is not None else range(max_batches):
         ids = item_ids[start : start + batch_size] if item_ids is not None else None
         counts = rehydrate_archived_items(store_url, storage, tenant, ids, as_of, batch_size)

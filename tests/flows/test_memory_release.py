@@ -65,8 +65,8 @@ def test_a_flow_keeps_no_links_to_the_results_of_its_finished_batches(
     sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Prefect keeps an entry per task result, and per item of a returned list, for the whole flow run: a batch's
-    claimed sessions (a list of keys) would stay linked to the end of the run, and a run of 10^7 events would hold
-    millions of entries."""
+    claimed sessions (a list of keys) would stay linked to the end of the run, and the entries would grow with the
+    number of batches."""
     linked: list[int] = []
     claim = Store.claim_sessions_to_close
 
