@@ -354,12 +354,24 @@ def archive_rows_per_s(archive: dict[str, Any] | None) -> int | None:
     return round(rows / archive["seconds"]) if rows else None
 
 
-def job_pipeline(events: int, tenants: int, seed: int, batch_size: int, profile_dir: Path | None) -> dict[str, Any]:
-    """One size: observe_many + lifecycle, then the raw references on the same storage."""
+def job_pipeline(
+    events: int, tenants: int, seed: int, batch_size: int, profile_dir: Path | None, progress: Path | None = None
+) -> dict[str, Any]:
+    """One size: observe_many + lifecycle, then the raw references on the same storage. With ``progress``, what is
+    measured so far is written there after each phase, so that a long size stopped midway still leaves its figures."""
     from engram import Memory
 
     phases: dict[str, float] = {"start": rss_mb()}
     sampler = RssSampler()
+    so_far: dict[str, Any] = {"events": events}
+
+    def checkpoint(phase: str, **figures: Any) -> None:
+        if progress is None:
+            return
+        so_far.update(figures, phase_done=phase, rss_mb_by_phase=dict(phases), peak_rss_mb_by_phase=dict(sampler.peaks))
+        so_far["at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        progress.write_text(json.dumps(so_far, indent=2, default=str) + "\n")
+
     workload = Workload(events, tenants=tenants, seed=seed, batch_size=batch_size)
     with tempfile.TemporaryDirectory(prefix="engram-perf-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'engram.db'}"
@@ -386,6 +398,7 @@ def job_pipeline(events: int, tenants: int, seed: int, batch_size: int, profile_
             profiler.stop()
             save_profile(profiler, profile_dir, f"observe_many_{events}")
         phases["after_observe_many"] = rss_mb()
+        checkpoint("observe_many", observe_many_s=round(observe_s, 3))
         sampler.phase("lifecycle")
         if accepted != events:
             raise SystemExit(f"observe_many accepted {accepted} of {events}")
@@ -405,6 +418,7 @@ def job_pipeline(events: int, tenants: int, seed: int, batch_size: int, profile_
             save_profile(profiler, profile_dir, f"lifecycle_{events}")
         clock.uninstall()
         phases["after_lifecycle"] = rss_mb()
+        checkpoint("lifecycle", lifecycle_s=round(lifecycle_s, 3), flows=summary, task_seconds=dict(clock.seconds))
         live_frames = live_dataframes()
         stats = memory.stats()
         stored = stored_rows(url)
@@ -412,9 +426,11 @@ def job_pipeline(events: int, tenants: int, seed: int, batch_size: int, profile_
         archive_run = run_archive_flow(memory, as_of + timedelta(days=3650))
         memory.close()
         phases["after_archive"] = rss_mb()
+        checkpoint("archive", archive=archive_run)
         sampler.phase("raw_insert")
         raw_s = raw_bulk_insert(url, workload)
         phases["after_raw_insert"] = rss_mb()
+        checkpoint("raw_insert", raw_bulk_insert_s=round(raw_s, 3))
         sampler.phase("raw_parquet")
         parquet = raw_parquet(archive, workload)
         phases["after_raw_parquet"] = rss_mb()
@@ -586,10 +602,15 @@ def run_child(args: list[str], api_url: str, home: Path, embeddings: bool, timeo
     )
     with tempfile.NamedTemporaryFile("w+", suffix=".json", delete=False) as out:
         out_path = Path(out.name)
+    # A pipeline child writes what it has measured after each phase here (kept if the child fails or is stopped).
+    progress = out_path.with_suffix(".progress.json")
+    if args[0] == "pipeline":
+        print(f"child {' '.join(args)}: figures so far in {progress}", flush=True)
     log = home / "child.log"
     with log.open("ab") as log_file:
         proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--child", *args, "--out", str(out_path)],
+            [sys.executable, str(Path(__file__).resolve()), "--child", *args, "--out", str(out_path)]
+            + (["--progress", str(progress)] if args[0] == "pipeline" else []),
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -601,6 +622,7 @@ def run_child(args: list[str], api_url: str, home: Path, embeddings: bool, timeo
         raise SystemExit(f"child {' '.join(args)} failed ({proc.returncode}):\n{tail}")
     result = json.loads(out_path.read_text())
     out_path.unlink()
+    progress.unlink(missing_ok=True)
     return result
 
 
@@ -808,6 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=10_000, help=argparse.SUPPRESS)
     parser.add_argument("--queries", type=int, default=300, help=argparse.SUPPRESS)
     parser.add_argument("--profile-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--progress", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tenants", type=int, default=100, help="tenants in the pipeline workload")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=5_000, help="events per observe_many call")
@@ -817,7 +840,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         if args.child == "pipeline":
-            result = job_pipeline(args.events, args.tenants, args.seed, args.batch_size, args.profile_dir)
+            result = job_pipeline(
+                args.events, args.tenants, args.seed, args.batch_size, args.profile_dir, args.progress
+            )
         elif args.child == "search":
             result = job_search(args.events, args.seed, args.queries, args.batch_size)
         else:
