@@ -17,6 +17,7 @@ from flows.consolidate import consolidate
 from flows.ingest import ingest
 from flows.registry import FLOWS
 from flows.sessions import close_sessions, expire_working
+from flows.subflows import heartbeat_of_parent
 from tasks.common import Stopwatch, resolve_as_of
 from tasks.reporting import publish_run_summary
 from tasks.service import (
@@ -56,12 +57,15 @@ def decommission(
     steps: dict[str, Any] = {}
     scheduled = [f"{s.name}/{s.name}" for s in FLOWS if s.interval_seconds and s.name != "decommission"]
     steps["pause_schedules"] = pause_schedules(scheduled) if tenant is None else "skipped: other tenants keep running"
-    steps["ingest"] = ingest(**common, as_of=as_of)
-    steps["close_requested"] = close_open_sessions(url, tenant, as_of)
-    steps["close_sessions"] = close_sessions(**common, as_of=as_of)
-    steps["expire_working"] = expire_working(**common, as_of=as_of + policy.working_ttl)
-    steps["consolidate"] = consolidate(**common, as_of=as_of)
-    steps["migrate"] = migrate_memory(store_url, archive_url, as_of, tenant, batch_size, target_store_url, staging_url)
+    with heartbeat_of_parent():
+        steps["ingest"] = ingest(**common, as_of=as_of)
+        steps["close_requested"] = close_open_sessions(url, tenant, as_of)
+        steps["close_sessions"] = close_sessions(**common, as_of=as_of)
+        steps["expire_working"] = expire_working(**common, as_of=as_of + policy.working_ttl)
+        steps["consolidate"] = consolidate(**common, as_of=as_of)
+        steps["migrate"] = migrate_memory(
+            store_url, archive_url, as_of, tenant, batch_size, target_store_url, staging_url
+        )
     after = count_layers(url, tenant)
     steps["verify"] = (
         "ok: no rows left in the hot layers" if hot_rows(after) == 0 else f"{hot_rows(after)} hot rows left"

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from flows.consolidate import consolidate
 from flows.ingest import ingest
 from flows.sessions import close_sessions, expire_working
+from flows.subflows import heartbeat_of_parent
 from tasks.common import resolve_as_of
 
 
@@ -29,9 +30,10 @@ def lifecycle(
     common = {"store_url": store_url, "as_of": resolve_as_of(as_of), "tenant": tenant}
     if batch_size is not None:
         common["batch_size"] = batch_size
-    return {
-        "ingest": ingest(**common),
-        "close_sessions": close_sessions(**common),
-        "expire_working": expire_working(**common),
-        "consolidate": consolidate(**common),
-    }
+    with heartbeat_of_parent():
+        return {
+            "ingest": ingest(**common),
+            "close_sessions": close_sessions(**common),
+            "expire_working": expire_working(**common),
+            "consolidate": consolidate(**common),
+        }
