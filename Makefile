@@ -10,7 +10,7 @@ export ENGRAM_TEST_PG_URL ?= $(PG_URL)
 # The CPU build of torch lies on these machines' disk; pip looks there before the index.
 export PIP_FIND_LINKS ?= /opt/wheels
 
-.PHONY: install demo test test-fast soak test-sqlite test-postgres lint bench bench-quick bench-large bench-scale bench-cold locomo serve up down provision deploy clean
+.PHONY: install demo test test-fast soak test-sqlite test-postgres lint bench bench-quick bench-large bench-1e7 bench-scale bench-cold locomo serve up down provision deploy clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -62,6 +62,11 @@ bench: $(STAMP)
 # The pipeline past the full run's hour (bench/results/large.json): 2 x 10^6 events beside 10^5, in one run.
 bench-large: $(STAMP)
 	$(BIN)/python bench/perf.py --sizes 100000 2000000
+	$(BIN)/python bench/report.py
+
+# The pipeline at 10^7 events beside 10^5 (bench/results/large_1e7.json): most of three hours on two cores.
+bench-1e7: $(STAMP)
+	$(BIN)/python bench/perf.py --sizes 100000 10000000 --out bench/results/large_1e7.json
 	$(BIN)/python bench/report.py
 
 # One shard worker against two on the same backlog, on PostgreSQL (bench/results/scale.json), about two minutes.

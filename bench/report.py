@@ -287,23 +287,34 @@ def write_bound_section(pipeline: dict[str, Any]) -> list[str]:
     return lines
 
 
-def larger_sizes_goals(large: dict[str, Any] | None) -> list[str]:
-    """The goal rows that depend on size, judged again on the run of chosen sizes (``large.json``), for the goals
-    table: the full run's verdict holds only up to its own largest size."""
+# The runs of chosen sizes (``bench/perf.py --sizes``): the file each writes, and the make target that runs it.
+SIZED_RUNS = {"large.json": "make bench-large", "large_1e7.json": "make bench-1e7"}
+
+
+def sized_runs(results: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The recorded runs of chosen sizes, as (make target, results), smallest largest size first."""
+    runs = [(target, refresh(load(results / name))) for name, target in SIZED_RUNS.items()]
+    runs = [(t, r) for t, r in runs if r and r.get("pipelines")]
+    return sorted(runs, key=lambda tr: max(tr[1]["sizes_run"]))
+
+
+def larger_sizes_goals(large: dict[str, Any] | None, target: str = "make bench-large") -> list[str]:
+    """The goal rows that depend on size, judged again on a run of chosen sizes, for the goals table: the full
+    run's verdict holds only up to its own largest size."""
     if not large or not large.get("pipelines"):
         return []
-    return [row.replace(" | ", " (`make bench-large` run) | ", 1) for row in size_goals(large)]
+    return [row.replace(" | ", f" (`{target}` run) | ", 1) for row in size_goals(large)]
 
 
-def large_section(large: dict[str, Any] | None) -> list[str]:
-    """The sizes past the full run's hour (``bench/perf.py --sizes``, ``large.json``): per size, memory by phase,
+def large_section(large: dict[str, Any] | None, target: str = "make bench-large") -> list[str]:
+    """The sizes past the full run's hour (``bench/perf.py --sizes``, run by ``target``): per size, memory by phase,
     cost per event by task, and the two goals that depend on size judged on this run alone."""
     if not large or not large.get("pipelines"):
         return []
     m = large["machine"]
     load_avg = " / ".join(fmt(x) for x in m.get("load_avg_at_start", []))
     lines = [
-        "## Past the full run (`make bench-large`)",
+        f"## Past the full run (`{target}`)",
         "",
         "Sizes run: "
         + ", ".join(fmt(s) for s in large["sizes_run"])
@@ -477,6 +488,7 @@ def flow_overhead_section(results: Path) -> list[str]:
         return []
     med = data["median_s"]
     machine = data.get("machine", {})
+    notes = [f"- {n}" for n in data.get("notes", [])]
     return (
         [
             "## Orchestration alone (`bench/flow_overhead.py`)",
@@ -495,14 +507,15 @@ def flow_overhead_section(results: Path) -> list[str]:
             f"{', '.join(str(x) for x in data['runs_s']['subflows_with_own_heartbeats'])} |",
             "",
             "Prefect joins a flow run's heartbeat thread when the run ends, and the thread sleeps in whole seconds, so "
-            "each flow run's end waits for the rest of its current second. Subflows run in their parent's process, whose "
-            "heartbeat already says it is alive; `flows.subflows.heartbeat_of_parent` runs them without their own "
+            "each flow run's end waits for the rest of its current second. Subflows run in their parent's process, "
+            "whose heartbeat already says it is alive; `flows.subflows.heartbeat_of_parent` runs them without their "
+            "own "
             f"({data['saved_per_run_s']} s less for this run; a subflow of more than a second waited for the rest of "
             "its last second, half a second on average).",
             "",
         ]
-        + [f"- {n}" for n in data.get("notes", [])]
-        + ([""] if data.get("notes") else [])
+        + notes
+        + ([""] if notes else [])
     )
 
 
@@ -697,7 +710,7 @@ def render(results: Path) -> str:
     quick_runs = [(p.stem, refresh(load(p))) for p in sorted(results.glob("quick*.json"))]
     quick_runs = [(n, r) for n, r in quick_runs if r]
     full = refresh(load(results / "full.json"))
-    large = refresh(load(results / "large.json"))
+    sized = sized_runs(results)
     any_run = full or (quick_runs[-1][1] if quick_runs else None)
     out = [
         "# Benchmarks",
@@ -727,6 +740,7 @@ def render(results: Path) -> str:
         "make bench-quick   # bench/results/quick.json, a few minutes",
         "make bench         # bench/results/full.json and full.png, about an hour",
         "make bench-large   # bench/results/large.json: 10^5 and 2 x 10^6 events, 40 to 75 minutes",
+        "make bench-1e7     # bench/results/large_1e7.json: 10^5 and 10^7 events, about three hours",
         "make bench-scale   # bench/results/scale.json: one shard worker against two, on PostgreSQL",
         "make bench-cold    # bench/results/cold_search.json: archival search over 10^7 archived items",
         "python bench/archive_throughput.py   # bench/results/archive_throughput.json, a minute",
@@ -761,7 +775,9 @@ def render(results: Path) -> str:
         label = "full run" if full else ("quick" if dict(quick_runs).get("quick") else quick_runs[-1][0])
         top = target["pipelines"][-1]
         out += [f"## Goals ({label})", ""] + goals(with_largest_cold_search(target, results))
-        out += larger_sizes_goals(large) + [""]
+        for make_target, run in sized:
+            out += larger_sizes_goals(run, make_target)
+        out += [""]
         out += [
             f"## Where the lifecycle time goes ({label}, {fmt(top['events'])} events)",
             "",
@@ -786,7 +802,8 @@ def render(results: Path) -> str:
                 + ", ".join(f"`bench/results/{f}`" for f in prof["files"]),
                 "",
             ]
-    out += large_section(large)
+    for make_target, run in sized:
+        out += large_section(run, make_target)
     out += locomo_section(results)
     out += embedding_section(results)
     out += bulk_ingest_section(results)

@@ -158,3 +158,27 @@ def test_a_run_of_chosen_sizes_gets_its_own_section_judged_on_its_own_sizes(tmp_
     goals_table = render(tmp_path).split("## Goals (full run)")[1].split("## Past the full run")[0]
     assert "| peak RSS flat (within 20%) from 10^5 events up | " in goals_table
     assert "| peak RSS flat (within 20%) from 10^5 events up (`make bench-large` run) | " in goals_table
+
+
+def test_each_run_of_chosen_sizes_gets_its_section_and_its_goal_rows(tmp_path: Path) -> None:
+    recorded = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" / "full.json").read_text())
+    by_size = {p["events"]: p for p in recorded["pipelines"]}
+    small = {**recorded, "mode": "sizes", "pipelines": [by_size[100_000], by_size[300_000]]}
+    small["sizes_run"] = [100_000, 300_000]
+    big = {**small, "pipelines": [by_size[100_000], {**by_size[1_000_000], "events": 10_000_000}]}
+    big["sizes_run"] = [100_000, 10_000_000]
+    (tmp_path / "full.json").write_text(json.dumps(recorded))
+    (tmp_path / "large.json").write_text(json.dumps(small))
+    (tmp_path / "large_1e7.json").write_text(json.dumps(big))
+    text = render(tmp_path)
+    assert text.index("## Past the full run (`make bench-large`)") < text.index(
+        "## Past the full run (`make bench-1e7`)"
+    )
+    goals_table = text.split("## Goals (full run)")[1].split("## Where the lifecycle time goes")[0]
+    rows = [line for line in goals_table.splitlines() if line.startswith("| peak RSS flat")]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| peak RSS flat (within 20%) from 10^5 events up",
+        "| peak RSS flat (within 20%) from 10^5 events up (`make bench-large` run)",
+        "| peak RSS flat (within 20%) from 10^5 events up (`make bench-1e7` run)",
+    ]
+    assert "(up to 300,000 events; 10^7 not run)" in rows[1] and "10^7 not run" not in rows[2]
