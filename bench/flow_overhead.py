@@ -62,7 +62,10 @@ def measure(repeats: int) -> dict[str, Any]:
 
     runs = {"lifecycle": lifecycle, "subflows_with_own_heartbeats": subflows_with_own_heartbeats()}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
-    with tempfile.TemporaryDirectory(prefix="engram-flow-overhead-") as tmp, prefect_test_harness(180):
+    with (
+        tempfile.TemporaryDirectory(prefix="engram-flow-overhead-") as tmp,
+        prefect_test_harness(server_startup_timeout=180),
+    ):
         heartbeat_s = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
         memory = Memory(f"sqlite:///{Path(tmp) / 'engram.db'}", Path(tmp).as_uri())
         as_of = datetime(2026, 1, 1, tzinfo=UTC)

@@ -14,7 +14,8 @@ def prefect_harness() -> Iterator[str]:
 
     Flow runs in this process send no heartbeats: at the end of every flow run, Prefect (3.9) joins its heartbeat
     thread, which sleeps in whole seconds, so each run would wait up to a second for it (a parent flow with four
-    subflows: 5.1 s against 0.9 s). No test here is about heartbeats; the deployment tests (tests/service) keep them.
+    subflows: 5.1 s against 0.9 s). ``test_heartbeats.py`` turns them back on for what it checks; the deployment
+    tests (tests/service) keep them.
     """
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
