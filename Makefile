@@ -64,7 +64,7 @@ bench-large: $(STAMP)
 	$(BIN)/python bench/perf.py --sizes 100000 2000000
 	$(BIN)/python bench/report.py
 
-# The pipeline at 10^7 events beside 10^5 (bench/results/large_1e7.json): most of three hours on two cores.
+# The pipeline at 10^7 events beside 10^5 (bench/results/large_1e7.json): about four hours on two cores.
 bench-1e7: $(STAMP)
 	$(BIN)/python bench/perf.py --sizes 100000 10000000 --out bench/results/large_1e7.json
 	$(BIN)/python bench/report.py

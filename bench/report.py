@@ -783,7 +783,7 @@ def render(results: Path) -> str:
         "make bench-quick   # bench/results/quick.json, a few minutes",
         "make bench         # bench/results/full.json and full.png, about an hour",
         "make bench-large   # bench/results/large.json: 10^5 and 2 x 10^6 events, 40 to 75 minutes",
-        "make bench-1e7     # bench/results/large_1e7.json: 10^5 and 10^7 events, about three hours",
+        "make bench-1e7     # bench/results/large_1e7.json: 10^5 and 10^7 events, about four hours",
         "make bench-scale   # bench/results/scale.json: one shard worker against two, on PostgreSQL",
         "make bench-cold    # bench/results/cold_search.json: archival search over 10^7 archived items",
         "python bench/archive_throughput.py   # bench/results/archive_throughput.json, a minute",
