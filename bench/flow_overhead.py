@@ -29,23 +29,15 @@ if str(ROOT) not in sys.path:
 
 
 def subflows_with_own_heartbeats() -> Any:
-    """A parent flow calling the lifecycle's four subflows as ``lifecycle`` does, but outside
-    ``flows.subflows.heartbeat_of_parent``: each subflow run sends its own heartbeat."""
+    """A parent flow running the lifecycle's steps outside ``flows.subflows.heartbeat_of_parent``: each subflow run
+    sends its own heartbeat."""
     from prefect import flow
 
-    from flows.consolidate import consolidate
-    from flows.ingest import ingest
-    from flows.sessions import close_sessions, expire_working
+    from flows.lifecycle import lifecycle_steps
 
     @flow(name="lifecycle_subflow_heartbeats")
     def parent(store_url: str, as_of: datetime) -> dict[str, dict]:
-        common = {"store_url": store_url, "as_of": as_of}
-        return {
-            "ingest": ingest(**common),
-            "close_sessions": close_sessions(**common),
-            "expire_working": expire_working(**common),
-            "consolidate": consolidate(**common),
-        }
+        return lifecycle_steps({"store_url": store_url, "as_of": as_of})
 
     return parent
 

@@ -298,19 +298,15 @@ def sized_runs(results: Path) -> list[tuple[str, dict[str, Any]]]:
     return sorted(runs, key=lambda tr: max(tr[1]["sizes_run"]))
 
 
-def larger_sizes_goals(large: dict[str, Any] | None, target: str = "make bench-large") -> list[str]:
+def larger_sizes_goals(large: dict[str, Any], target: str) -> list[str]:
     """The goal rows that depend on size, judged again on a run of chosen sizes, for the goals table: the full
     run's verdict holds only up to its own largest size."""
-    if not large or not large.get("pipelines"):
-        return []
     return [row.replace(" | ", f" (`{target}` run) | ", 1) for row in size_goals(large)]
 
 
-def large_section(large: dict[str, Any] | None, target: str = "make bench-large") -> list[str]:
+def large_section(large: dict[str, Any], target: str) -> list[str]:
     """The sizes past the full run's hour (``bench/perf.py --sizes``, run by ``target``): per size, memory by phase,
     cost per event by task, and the two goals that depend on size judged on this run alone."""
-    if not large or not large.get("pipelines"):
-        return []
     m = large["machine"]
     load_avg = " / ".join(fmt(x) for x in m.get("load_avg_at_start", []))
     lines = [
@@ -332,49 +328,6 @@ def large_section(large: dict[str, Any] | None, target: str = "make bench-large"
     lines += write_bound_section(large["pipelines"][-1])
     # The sizes mode runs no search: the notes on search say only that.
     lines += [f"- {n}" for n in large.get("notes", []) if not n.startswith("search_")] + [""]
-    return lines
-
-
-def stopped_run_section(results: Path) -> list[str]:
-    """A size stopped before its end (``stopped_*.json``): the phases it finished and how far it got in the one it
-    was in, with the memory seen, beside the same phases of the largest size that ran to its end."""
-    lines: list[str] = []
-    done = refresh(load(results / "large.json"))
-    ref = done["pipelines"][-1] if done and done.get("pipelines") else None
-    for path in sorted(results.glob("stopped_*.json")):
-        data = load(path)
-        if not data:
-            continue
-        m = data["machine"]
-        lines += [
-            f"## {fmt(data['events'])} events: a run stopped in its {data['stopped_in']} phase (`{path.name}`)",
-            "",
-            f"`{data['command']}` at commit {data['commit']}, started {data['started_at']} on {m.get('cpu_model')}, "
-            f"{m.get('nproc')} cores, stopped {data['stopped_at']}: {data['why_stopped']}",
-            "",
-            "| phase | state | seconds | events/s | peak RSS MB (where seen) |"
-            + (f" {fmt(ref['events'])} events: events/s |" if ref else ""),
-            "| --- | --- | ---: | ---: | --- |" + (" ---: |" if ref else ""),
-        ]
-        for ph in data["phases"]:
-            ref_rate = None
-            if ref:
-                ref_rate = (
-                    ref["observe_many_rows_per_s"]
-                    if ph["phase"] == "observe_many"
-                    else ref["flows"].get(ph["phase"], {}).get("events_per_s")
-                )
-            row = [ph["phase"], ph["state"], fmt(ph.get("seconds")), fmt(ph.get("events_per_s")), ph.get("peak_rss")]
-            lines.append("| " + " | ".join(str(x) for x in row) + " |" + (f" {fmt(ref_rate)} |" if ref else ""))
-        if ref:
-            peaks = ref["peak_rss_mb_by_phase"]
-            lines += [
-                "",
-                f"Peak RSS of the {fmt(ref['events'])}-event run (`make bench-large`, run to its end): observe_many "
-                f"{fmt(peaks.get('observe_many'))} MB, lifecycle {fmt(peaks.get('lifecycle'))} MB, archive "
-                f"{fmt(peaks.get('archive'))} MB.",
-            ]
-        lines += [""] + [f"- {n}" for n in data.get("notes", [])] + [""]
     return lines
 
 
@@ -847,7 +800,6 @@ def render(results: Path) -> str:
             ]
     for make_target, run in sized:
         out += large_section(run, make_target)
-    out += stopped_run_section(results)
     out += locomo_section(results)
     out += embedding_section(results)
     out += bulk_ingest_section(results)

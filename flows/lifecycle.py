@@ -31,9 +31,14 @@ def lifecycle(
     if batch_size is not None:
         common["batch_size"] = batch_size
     with heartbeat_of_parent():
-        return {
-            "ingest": ingest(**common),
-            "close_sessions": close_sessions(**common),
-            "expire_working": expire_working(**common),
-            "consolidate": consolidate(**common),
-        }
+        return lifecycle_steps(common)
+
+
+def lifecycle_steps(common: dict) -> dict[str, dict]:
+    """The lifecycle's four subflows in order, each called with ``common`` (their shared parameters)."""
+    return {
+        "ingest": ingest(**common),
+        "close_sessions": close_sessions(**common),
+        "expire_working": expire_working(**common),
+        "consolidate": consolidate(**common),
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.report import fmt, goals, refresh, render, task_growth_table, with_largest_cold_search
+from bench.report import goals, refresh, render, task_growth_table, with_largest_cold_search
 
 
 def _verdicts(result: dict) -> dict[str, tuple[str, str]]:
@@ -182,31 +182,3 @@ def test_each_run_of_chosen_sizes_gets_its_section_and_its_goal_rows(tmp_path: P
         "| peak RSS flat (within 20%) from 10^5 events up (`make bench-1e7` run)",
     ]
     assert "(up to 300,000 events; 10^7 not run)" in rows[1] and "10^7 not run" not in rows[2]
-
-
-def test_a_stopped_run_shows_the_phases_it_finished_beside_the_largest_finished_run(tmp_path: Path) -> None:
-    recorded = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" / "full.json").read_text())
-    finished = {**recorded, "mode": "sizes", "sizes_run": [100_000, 1_000_000]}
-    (tmp_path / "large.json").write_text(json.dumps(finished))
-    assert "a run stopped" not in render(tmp_path)  # none recorded: no section
-    stopped = {
-        "events": 10_000_000,
-        "command": "make bench-1e7",
-        "commit": "abc1234",
-        "started_at": "2026-01-01T00:00:00+00:00",
-        "stopped_at": "2026-01-01T02:00:00+00:00",
-        "stopped_in": "consolidate",
-        "why_stopped": "out of time.",
-        "machine": recorded["machine"],
-        "phases": [
-            {"phase": "ingest", "state": "completed", "seconds": 2000.0, "events_per_s": 5000, "peak_rss": "500"},
-            {"phase": "consolidate", "state": "stopped", "seconds": 600.0, "events_per_s": None, "peak_rss": "700"},
-        ],
-        "notes": ["a note"],
-    }
-    (tmp_path / "stopped_1e7.json").write_text(json.dumps(stopped))
-    section = render(tmp_path).split("## 10,000,000 events: a run stopped in its consolidate phase")[1]
-    ingest_rate = fmt(finished["pipelines"][-1]["flows"]["ingest"]["events_per_s"])
-    assert f"| ingest | completed | 2,000 | 5,000 | 500 | {ingest_rate} |" in section
-    assert "| consolidate | stopped | 600 | null | 700 |" in section
-    assert "- a note" in section
