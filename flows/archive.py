@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import datetime
 
 from prefect import flow
+from prefect.utilities.annotations import opaque
 from pydantic import SecretStr
 
 from engram.errors import ArchiveError
@@ -57,10 +58,11 @@ def archive(
             keys = select_cold_items(store_url, layer, as_of, rules, tenant, batch_size)
             if not keys:
                 break
-            manifests = write_archive_files(store_url, storage, layer, keys, as_of)
-            verified = verify_archive_files(store_url, storage, manifests)
+            # opaque: each result is linked to the next task run, but Prefect does not walk its rows one by one
+            manifests = write_archive_files(store_url, storage, layer, opaque(keys), as_of)
+            verified = verify_archive_files(store_url, storage, opaque(manifests))
             totals["rows_verified"] += sum(v.rows for v in verified)
-            moved = tombstone_archived_rows(store_url, verified, as_of)
+            moved = tombstone_archived_rows(store_url, opaque(verified), as_of)
             totals.update(moved)
             batches.release()
             if not moved.get("semantic_items") and not moved.get("episodes"):

@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import datetime
 
 from prefect import flow
+from prefect.utilities.annotations import opaque
 from pydantic import SecretStr
 
 from engram.policy import LifecyclePolicy
@@ -37,7 +38,8 @@ def ingest(
         gate = gate_sensory_batch(events, max_reject_fraction)
         results.append(gate.result)
         totals["rows_in"] += len(events)
-        totals.update(route_to_working(store_url, gate, as_of, policy.working_ttl))
+        # opaque: the gate's result is linked to the task run, but Prefect does not walk its rejected rows
+        totals.update(route_to_working(store_url, opaque(gate), as_of, policy.working_ttl))
         batches.release()
     publish_validation("sensory_to_working", results)
     return publish_run_summary("ingest", dict(totals), clock.seconds)

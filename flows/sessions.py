@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import datetime
 
 from prefect import flow
+from prefect.utilities.annotations import opaque
 from pydantic import SecretStr
 
 from engram.policy import LifecyclePolicy
@@ -46,9 +47,10 @@ def close_sessions(
         if not sessions:
             break
         totals["sessions_in"] += len(sessions)
-        closed = turn_sessions_into_episodes(store_url, sessions, owner, as_of)
+        # opaque: Prefect links the claim's result to these task runs without walking its thousands of tuples
+        closed = turn_sessions_into_episodes(store_url, opaque(sessions), owner, as_of)
         totals.update(closed)
-        announce_closed_sessions(sessions, closed.get("episodes", 0))
+        announce_closed_sessions(opaque(sessions), closed.get("episodes", 0))
         batches.release()
     return publish_run_summary("close_sessions", dict(totals), clock.seconds)
 

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import opaque
 
 from engram.consolidate import Consolidator, LocalConsolidator, plan_changes
 from engram.errors import LeaseLost, QualityGateFailed
@@ -105,9 +106,10 @@ def consolidate_batch(
 ) -> tuple[dict[str, int], Any]:
     """One leased batch through the tasks above: distil, gate, embed, commit. Called from a flow (the tasks run as
     its task runs); returns the batch's counts (with ``rows_in`` and ``quarantined``) and the gate's result."""
-    candidates = distill_facts(store_url, episodes, consolidator)
+    # opaque: Prefect links the claim's result to these task runs without walking its thousand tuples
+    candidates = distill_facts(store_url, opaque(episodes), consolidator)
     gate = gate_facts(candidates, max_reject_fraction)
-    counts = dict(commit_facts(store_url, episodes, gate.valid, owner, as_of, embed_facts(gate.valid)))
+    counts = dict(commit_facts(store_url, opaque(episodes), gate.valid, owner, as_of, embed_facts(gate.valid)))
     counts["rows_in"] = counts.get("rows_in", 0) + len(candidates)
     counts["quarantined"] = counts.get("quarantined", 0) + len(gate.rejected)
     return counts, gate.result
