@@ -51,22 +51,27 @@ locomo: $(STAMP)
 
 # Performance benchmarks (bench/perf.py): bench-quick takes a few minutes; bench runs every size that fits in about an
 # hour. Both rewrite BENCHMARKS.md from the JSON they write under bench/results/.
+# The Prefect server they report to runs on a fresh database of the PostgreSQL server at PG_URL, as in a fleet.
 bench-quick: $(STAMP)
-	$(BIN)/python bench/perf.py --quick
+	bash infra/ensure-postgres.sh "$(PG_URL)"
+	$(BIN)/python bench/perf.py --quick --prefect-database "$(PG_URL)"
 	$(BIN)/python bench/report.py
 
 bench: $(STAMP)
-	$(BIN)/python bench/perf.py --full
+	bash infra/ensure-postgres.sh "$(PG_URL)"
+	$(BIN)/python bench/perf.py --full --prefect-database "$(PG_URL)"
 	$(BIN)/python bench/report.py
 
 # The pipeline past the full run's hour (bench/results/large.json): 2 x 10^6 events beside 10^5, in one run.
 bench-large: $(STAMP)
-	$(BIN)/python bench/perf.py --sizes 100000 2000000
+	bash infra/ensure-postgres.sh "$(PG_URL)"
+	$(BIN)/python bench/perf.py --sizes 100000 2000000 --prefect-database "$(PG_URL)"
 	$(BIN)/python bench/report.py
 
 # The pipeline at 10^7 events beside 10^5 (bench/results/large_1e7.json): about four hours on two cores.
 bench-1e7: $(STAMP)
-	$(BIN)/python bench/perf.py --sizes 100000 10000000 --out bench/results/large_1e7.json
+	bash infra/ensure-postgres.sh "$(PG_URL)"
+	$(BIN)/python bench/perf.py --sizes 100000 10000000 --out bench/results/large_1e7.json --prefect-database "$(PG_URL)"
 	$(BIN)/python bench/report.py
 
 # One shard worker against two on the same backlog, on PostgreSQL (bench/results/scale.json), about two minutes.

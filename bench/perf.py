@@ -33,8 +33,15 @@ What is measured (each size runs in a child process of its own, so its peak RSS 
   recorded beside it.
 - a pyinstrument profile of one pipeline run (observe_many and the lifecycle flow), as text and HTML.
 
-Prefect runs against a temporary Prefect server (Prefect's test harness) started once by the parent; its startup is
-not timed. Embeddings are off (``ENGRAM_EMBEDDINGS=false``) unless ``--embeddings`` is given: the CPU embedder alone
+Prefect runs against a temporary Prefect server started once by the parent; its startup is not timed. With
+``--prefect-database postgresql://...`` (what ``make bench-quick`` and the other make targets pass) it is a Prefect
+server on a fresh database of that PostgreSQL server, as a fleet runs it (``infra/docker-compose.yml``); with
+``--prefect-database sqlite`` (the default) it is Prefect's test harness, a server on a fresh SQLite file, as
+``make up`` runs it on a laptop. A SQLite-backed Prefect server answers 503 when two of its writes collide (its
+background services record task runs and events while the flows create runs), and Prefect's client waits about two
+seconds before it retries; the pipeline counts those retries (``prefect_api_retries``).
+
+Embeddings are off (``ENGRAM_EMBEDDINGS=false``) unless ``--embeddings`` is given: the CPU embedder alone
 would bound consolidation at about 200 facts a second.
 """
 
@@ -44,6 +51,7 @@ import argparse
 import ctypes
 import functools
 import json
+import logging
 import os
 import platform
 import resource
@@ -247,6 +255,46 @@ class TaskClock:
         return sum(s for n, s in self.seconds.items() if n not in REPORTING_TASKS)
 
 
+class ApiRetryCounter(logging.Filter):
+    """Counts the API requests Prefect's client retries (its debug record "... retryable status code 503 ...") while
+    installed, by status code; those debug records stay out of the log."""
+
+    LOGGER = "prefect.client"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codes: dict[str, int] = {}
+        self._level: int | None = None
+        self._shown_from = logging.INFO
+
+    def install(self) -> None:
+        import prefect  # noqa: F401 - Prefect configures its loggers on import; the level set below must come after
+
+        logger = logging.getLogger(self.LOGGER)
+        self._level, self._shown_from = logger.level, logger.getEffectiveLevel()
+        logger.setLevel(logging.DEBUG)
+        logger.addFilter(self)
+
+    def uninstall(self) -> None:
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeFilter(self)
+        if self._level is not None:
+            logger.setLevel(self._level)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "retryable" in message:
+            words = message.split()
+            code = next((w.rstrip(".") for w in words if w.rstrip(".").isdigit() and len(w.rstrip(".")) == 3), None)
+            key = code or "exception"
+            self.codes[key] = self.codes.get(key, 0) + 1
+        return record.levelno >= self._shown_from
+
+    @property
+    def count(self) -> int:
+        return sum(self.codes.values())
+
+
 # -- child jobs: each runs in a process of its own --------------------------------------------------------------
 
 
@@ -403,8 +451,9 @@ def job_pipeline(
         if accepted != events:
             raise SystemExit(f"observe_many accepted {accepted} of {events}")
         as_of = last_at + timedelta(days=2)
-        clock = TaskClock()
+        clock, retries = TaskClock(), ApiRetryCounter()
         clock.install()
+        retries.install()
         if profiler:
             from pyinstrument import Profiler
 
@@ -417,6 +466,7 @@ def job_pipeline(
             profiler.stop()
             save_profile(profiler, profile_dir, f"lifecycle_{events}")
         clock.uninstall()
+        retries.uninstall()
         phases["after_lifecycle"] = rss_mb()
         checkpoint("lifecycle", lifecycle_s=round(lifecycle_s, 3), flows=summary, task_seconds=dict(clock.seconds))
         live_frames = live_dataframes()
@@ -462,6 +512,8 @@ def job_pipeline(
         "task_calls": dict(sorted(clock.calls.items())),
         "engram_task_s": round(engram_s, 3),
         "orchestration_overhead_fraction": round(max(0.0, 1 - engram_s / lifecycle_s), 4),
+        "prefect_api_retries": retries.count,
+        "prefect_api_retries_by_status": dict(sorted(retries.codes.items())),
         "raw_parquet": {
             "write_s": round(parquet["write_s"], 3),
             "read_s": round(parquet["read_s"], 3),
@@ -581,10 +633,20 @@ def job_search(items: int, seed: int, queries: int, batch_size: int) -> dict[str
 
 
 @contextmanager
-def prefect_server() -> Iterator[str]:
-    """A temporary Prefect API for the children (Prefect's test harness, a server of its own with a fresh database)."""
+def prefect_server(database: str = "sqlite") -> Iterator[str]:
+    """A temporary Prefect API for the children: with ``database`` a PostgreSQL URL, a Prefect server on a fresh
+    database there (dropped afterwards); with ``sqlite``, Prefect's test harness (a server on a fresh SQLite file)."""
     # The server's telemetry heartbeat only adds noise (and lock errors on its SQLite database) to the log.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if database != "sqlite":
+        from engram.testing import prefect_server as server_start
+
+        with (
+            tempfile.TemporaryDirectory(prefix="engram-perf-prefect-") as home,
+            server_start(Path(home), database) as url,
+        ):
+            yield f"{url}/api"
+        return
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
@@ -710,6 +772,7 @@ def summarise(
         "peak_rss_mb": max(peaks.values()),
         "peak_rss_mb_by_events": peaks,
         "orchestration_overhead_fraction": top["orchestration_overhead_fraction"],
+        "prefect_api_retries": top.get("prefect_api_retries"),
         "measured_at_events": top["events"],
         "notes": notes,
     }
@@ -724,6 +787,7 @@ def parent(
     out: Path,
     budget_s: float = FULL_BUDGET_S,
     sizes: list[int] | None = None,
+    prefect_database: str = "sqlite",
 ) -> dict[str, Any]:
     """Run a mode's sizes, each in a child of its own. Mode ``sizes`` runs the pipeline at the given ``sizes`` only
     (no budget, no profile, no search): the sizes past the full run's hour, with a smaller size beside them so that
@@ -745,10 +809,11 @@ def parent(
             "embeddings": embeddings,
             "budget_s": budget_s,
         },
+        "prefect_server_database": "sqlite" if prefect_database == "sqlite" else "postgresql",
     }
     pipelines: list[dict[str, Any]] = []
     skipped: list[int] = []
-    with tempfile.TemporaryDirectory(prefix="engram-perf-home-") as home, prefect_server() as api_url:
+    with tempfile.TemporaryDirectory(prefix="engram-perf-home-") as home, prefect_server(prefect_database) as api_url:
         home_path = Path(home)
         print(f"prefect server ready after {time.perf_counter() - started:.1f}s", flush=True)
         run_sizes = list(plan["pipeline_sizes"])
@@ -837,6 +902,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embeddings", action="store_true", help="consolidate with the CPU embedder on")
     parser.add_argument("--out", type=Path, help="where to write the JSON")
     parser.add_argument("--budget-minutes", type=float, default=FULL_BUDGET_S / 60, help="time budget of --full")
+    parser.add_argument(
+        "--prefect-database",
+        default=os.environ.get("ENGRAM_BENCH_PREFECT_DATABASE", "sqlite"),
+        help="the Prefect server's database: sqlite (Prefect's test harness, the default) or a postgresql:// URL,"
+        " on whose server a fresh database is made for the run",
+    )
     args = parser.parse_args(argv)
     if args.child:
         if args.child == "pipeline":
@@ -854,7 +925,11 @@ def main(argv: list[str] | None = None) -> int:
     mode = "sizes" if args.sizes else "full" if args.full else "quick"
     out = args.out or RESULTS / ("large.json" if mode == "sizes" else f"{mode}.json")
     budget = args.budget_minutes * 60
-    results = parent(mode, args.embeddings, args.tenants, args.seed, args.batch_size, out, budget, args.sizes)
+    if args.prefect_database != "sqlite" and not args.prefect_database.startswith("postgresql"):
+        parser.error(f"--prefect-database: sqlite or a postgresql:// URL, not {args.prefect_database!r}")
+    results = parent(
+        mode, args.embeddings, args.tenants, args.seed, args.batch_size, out, budget, args.sizes, args.prefect_database
+    )
     print(
         json.dumps(
             {

@@ -33,6 +33,8 @@ HEADLINE = (
     ("search_cold_warm_p95_ms", "archival search p95, ms (later searches)"),
     ("peak_rss_mb", "peak RSS of engram's phases (observe_many, lifecycle, archive), MB, largest over the sizes"),
     ("orchestration_overhead_fraction", "orchestration overhead (share of lifecycle wall time)"),
+    ("prefect_server_database", "the Prefect server's database"),
+    ("prefect_api_retries", "Prefect API requests retried in the lifecycle (the server answered 503)"),
     ("measured_at_events", "pipeline figures measured at, events"),
 )
 GOALS = (

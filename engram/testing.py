@@ -71,3 +71,92 @@ def drop_pg_schema(server_url: str, schema: str) -> None:
     with engine.begin() as conn:
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     engine.dispose()
+
+
+@contextmanager
+def prefect_server(
+    home: Path,
+    database_server: str | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    startup_timeout: float = 180,
+) -> Iterator[str]:
+    """``prefect server start`` on a free loopback port, in its own process group, with ``PREFECT_HOME`` ``home``
+    and its log in ``home/server.log``; yields its URL (``http://127.0.0.1:PORT``, the API under ``/api``) once it
+    answers, and stops it afterwards.
+
+    With ``database_server`` (a PostgreSQL URL), the server keeps its state in a fresh database on that server,
+    dropped afterwards, as a fleet runs it; else in a SQLite file in ``home``, which turns away concurrent writes
+    with 503 (Prefect's client then waits about two seconds before it retries). ``env`` is the server's environment
+    (default: this process's, without its ``PREFECT_`` settings); ``port`` a free port (default: one found free).
+    """
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = env if env is not None else {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    if port is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server_env = {**base, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    admin, database = None, None
+    if database_server is not None:
+        database = f"prefect_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(database_server, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{database}"'))
+        server_url = make_url(database_server).set(drivername="postgresql+asyncpg", database=database, query={})
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = server_url.render_as_string(hide_password=False)
+    log = home / "server.log"
+    try:
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1"]
+                + ["--port", str(port)],
+                env=server_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                try:
+                    with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"prefect server did not answer in {startup_timeout} s:\n{log.read_text()[-3000:]}"
+                    )
+                time.sleep(0.5)
+            yield url
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    finally:
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+            admin.dispose()

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,53 +61,6 @@ class PrefectServer:
         )
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"prefect server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def _server_database() -> tuple[str, str] | None:
-    """A fresh PostgreSQL database for the server when the test server answers (SQLite, the default, turns away
-    requests with 503 under a dozen concurrent flow runs on two cores); None to use SQLite."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from tests.conftest import PG_OK, PG_URL
-
-    if not PG_OK:
-        return None
-    name = f"prefect_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    url = make_url(PG_URL).set(drivername="postgresql+asyncpg", database=name, query={})
-    return name, url.render_as_string(hide_password=False)
-
-
-def _drop_database(name: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    from tests.conftest import PG_URL
-
-    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
-
-
 def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
     """End a process we started, and its process group (a worker's flow-run subprocesses)."""
     if proc.poll() is None:
@@ -127,6 +79,9 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from engram.testing import prefect_server as start_prefect_server
+    from tests.conftest import PG_OK, PG_URL
+
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -137,20 +92,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": f"{url}/api",
     }
-    database = _server_database()
-    if database is not None:
-        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database[1]
-    log = home / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=server_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_healthy(url, proc, log)
+    # On PostgreSQL when the test server answers: a SQLite-backed Prefect server turns away requests with 503 under a
+    # dozen concurrent flow runs on two cores.
+    with start_prefect_server(home, PG_URL if PG_OK else None, env=server_env, port=port):
         client_env = {
             **base,
             "PREFECT_HOME": str(home),
@@ -163,8 +107,4 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
             "PYTHONPATH": str(REPO),
         }
         with temporary_settings(updates={PREFECT_API_URL: f"{url}/api"}):
-            yield PrefectServer(url, home, client_env, log)
-    finally:
-        stop(proc)
-        if database is not None:
-            _drop_database(database[0])
+            yield PrefectServer(url, home, client_env, home / "server.log")
