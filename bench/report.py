@@ -517,6 +517,35 @@ def flow_overhead_section(results: Path) -> list[str]:
     )
 
 
+def prefect_server_section(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Orchestration overhead by the Prefect server's database, from the quick runs that counted client retries."""
+    rows = [
+        f"| {name} | {run.get('prefect_server_database')} | {fmt(p['events'])} | {fmt(p['lifecycle_s'])} | "
+        f"{fmt(p['engram_task_s'])} | {fmt(round(p['lifecycle_s'] - p['engram_task_s'], 2))} | "
+        f"{fmt(p['orchestration_overhead_fraction'])} | {fmt(p['prefect_api_retries'])} |"
+        for name, run in runs
+        for p in run.get("pipelines", [])
+        if "prefect_api_retries" in p
+    ]
+    if not rows:
+        return []
+    return [
+        "## Orchestration overhead and the Prefect server's database",
+        "",
+        "The lifecycle's wall time less its tasks' own time, with the Prefect server on PostgreSQL (a fresh database, "
+        "as `infra/docker-compose.yml` runs it; what the make targets use) and on SQLite (Prefect's test harness, as "
+        "`make up` runs it on a laptop). A SQLite-backed Prefect server answers 503 when two writes collide: a "
+        "subflow's run being created while the server records task runs and events. Prefect's client retries after "
+        "about 2 s, and the flow waits.",
+        "",
+        "| run | Prefect server's database | events | lifecycle s | engram's tasks s | Prefect s | overhead | API "
+        "requests retried |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+    ]
+
+
 def cold_section(results: Path) -> list[str]:
     """Archival search at each size ``bench/cold_search.py`` was run at (``make bench-cold`` for 10^7)."""
     data = load(results / "cold_search.json")
@@ -671,6 +700,8 @@ def refresh(result: dict[str, Any] | None) -> dict[str, Any] | None:
     from bench.perf import summarise
 
     summary = summarise(result["pipelines"], result.get("search_hot"), result.get("search_cold"))
+    # Runs recorded before the option existed reported to Prefect's test harness, a SQLite-backed server.
+    summary["prefect_server_database"] = result.get("prefect_server_database", "sqlite")
     return {**result, **summary} | (
         {"notes": summary["notes"] + [n for n in result.get("notes", []) if n.startswith(RECORDED_NOTES)]}
     )
@@ -807,6 +838,7 @@ def render(results: Path) -> str:
     out += bulk_ingest_section(results)
     out += archive_section(results)
     out += archive_reads_section(results)
+    out += prefect_server_section(quick_runs)
     out += flow_overhead_section(results)
     out += cold_section(results)
     out += scale_section(results)

@@ -1,0 +1,165 @@
+"""What an insert into the audit trail costs as it grows, with random keys (as engram writes them) and with
+time-ordered ones.
+
+The lifecycle's write-heavy tasks (``commit_facts``, ``route_to_working``) cost more per event as the store grows.
+Their rows go to tables keyed by sha256 ids: ``transitions`` (primary key ``(tenant, transition_id)``) and the item
+index ``(tenant, item_id, at)``, both at random places in their B-trees. This benchmark takes the store out of the
+picture: a table shaped like ``transitions``, with its primary key and indexes, in a SQLite file set up as engram's
+store (WAL, ``synchronous=NORMAL``, SQLite's default page cache), filled in transactions of ``--batch`` rows (a
+task's batch) with plain ``sqlite3`` ``executemany``, and timed per transaction as it grows to ``--rows`` rows.
+
+Variants, each in a fresh file, one after the other:
+- ``random``: transition and item ids are sha256 hex digests, as engram's are;
+- ``ordered``: the same ids with a zero-padded counter in front, so that each transaction appends at the end of
+  every B-tree.
+
+    python bench/index_growth.py [--rows 10000000] [--batch 20000] [--out bench/results/index_growth.json]
+
+The figure is microseconds per row by size (the mean of the transactions in each step of ``--step`` rows) and the
+ratio of the last step to the first: a flat line is a cost linear in rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.perf import machine  # noqa: E402
+
+SCHEMA = (
+    "CREATE TABLE transitions (tenant VARCHAR(64) NOT NULL, transition_id VARCHAR(64) NOT NULL, "
+    "item_id VARCHAR(128) NOT NULL, from_layer VARCHAR(16), to_layer VARCHAR(16), action VARCHAR(32) NOT NULL, "
+    "flow_run_id VARCHAR(64), at DATETIME NOT NULL, detail JSON NOT NULL, seq INTEGER NOT NULL, "
+    "PRIMARY KEY (tenant, transition_id))",
+    "CREATE INDEX ix_transitions_item ON transitions (tenant, item_id, at)",
+    "CREATE INDEX ix_transitions_seq ON transitions (tenant, seq)",
+    "CREATE INDEX ix_transitions_run ON transitions (flow_run_id)",
+)
+INSERT = "INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+TENANTS = 100
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def batch_rows(start: int, size: int, ordered: bool) -> list[tuple[Any, ...]]:
+    """Rows ``start`` .. ``start + size``: 100 tenants, ids from the row number (sha256, or counter + sha256)."""
+    rows = []
+    run_id = sha(f"run{start}")[:36]
+    for n in range(start, start + size):
+        transition, item = sha(f"t{n}"), sha(f"i{n}")
+        if ordered:
+            transition, item = f"{n:012d}{transition[:52]}", f"{n:012d}{item[:52]}"
+        rows.append(
+            (
+                f"tenant-{n % TENANTS:03d}",
+                transition,
+                item,
+                "episodic",
+                "semantic",
+                "consolidate",
+                run_id,
+                (T0 + timedelta(seconds=n)).isoformat(sep=" "),
+                '{"fact_key": "user.lives_in", "version": 1}',
+                n,
+            )
+        )
+    return rows
+
+
+def grow(
+    path: Path, rows: int, batch: int, step: int, ordered: bool, report: Callable[[list[dict[str, Any]]], None]
+) -> dict[str, Any]:
+    """Fill a fresh table to ``rows`` rows; ``report`` gets the steps measured so far after each step."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    for statement in SCHEMA:
+        conn.execute(statement)
+    steps: list[dict[str, Any]] = []
+    spent, done, step_rows = 0.0, 0, 0
+    started = time.perf_counter()
+    while done < rows:
+        size = min(batch, rows - done)
+        data = batch_rows(done, size, ordered)  # made outside the timed part
+        t = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.executemany(INSERT, data)
+        conn.execute("COMMIT")
+        spent += time.perf_counter() - t
+        done += size
+        step_rows += size
+        if step_rows >= step or done == rows:
+            steps.append(
+                {
+                    "rows": done,
+                    "us_per_row": round(spent / step_rows * 1e6, 2),
+                    "file_mb": round(path.stat().st_size / 1e6),
+                    "wal_mb": round(Path(f"{path}-wal").stat().st_size / 1e6) if Path(f"{path}-wal").exists() else 0,
+                }
+            )
+            name = "ordered" if ordered else "random"
+            print(f"{name} {done:>12,} rows: {steps[-1]['us_per_row']} us/row", flush=True)
+            report(steps)
+            spent, step_rows = 0.0, 0
+    conn.close()
+    return {
+        "steps": steps,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "last_to_first": round(steps[-1]["us_per_row"] / steps[0]["us_per_row"], 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--batch", type=int, default=20_000, help="rows per transaction")
+    parser.add_argument("--step", type=int, default=1_000_000, help="rows per reported step")
+    parser.add_argument("--variants", nargs="+", choices=["random", "ordered"], default=["random", "ordered"])
+    parser.add_argument("--dir", type=Path, help="where the SQLite files go (a temporary folder by default)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "index_growth.json")
+    args = parser.parse_args(argv)
+    out: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "sqlite": sqlite3.sqlite_version,
+        "rows": args.rows,
+        "batch": args.batch,
+        "variants": {},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every step, so that a run stopped midway keeps what it measured
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+    for variant in args.variants:
+
+        def report(steps: list[dict[str, Any]], variant: str = variant) -> None:
+            out["variants"][variant] = {"steps": steps, "finished": False}
+            save()
+
+        with tempfile.TemporaryDirectory(prefix="engram-index-growth-", dir=args.dir) as tmp:
+            grown = grow(Path(tmp) / "t.db", args.rows, args.batch, args.step, variant == "ordered", report)
+        out["variants"][variant] = {**grown, "finished": True}
+        save()
+    print(json.dumps({v: r["last_to_first"] for v, r in out["variants"].items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

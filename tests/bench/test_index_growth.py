@@ -1,0 +1,34 @@
+"""The audit-trail growth benchmark: rows shaped like ``transitions``, random or ordered keys, a figure per step."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from bench.index_growth import SCHEMA, batch_rows, main
+
+
+def test_ordered_ids_append_in_key_order_and_random_ones_do_not() -> None:
+    ordered, random = batch_rows(0, 500, ordered=True), batch_rows(0, 500, ordered=False)
+    assert [r[1] for r in ordered] == sorted(r[1] for r in ordered)
+    assert [r[1] for r in random] != sorted(r[1] for r in random)
+    # The same rows otherwise, and rows that the table's schema takes.
+    assert [r[0] for r in ordered] == [r[0] for r in random] and [r[9] for r in ordered] == list(range(500))
+    conn = sqlite3.connect(":memory:")
+    for statement in SCHEMA:
+        conn.execute(statement)
+    conn.executemany("INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", ordered + random)
+    assert conn.execute("SELECT count(*) FROM transitions").fetchone() == (1000,)
+
+
+def test_a_run_reports_each_step_of_each_variant(tmp_path) -> None:
+    out = tmp_path / "growth.json"
+    assert main(["--rows", "5000", "--batch", "1000", "--step", "2000", "--out", str(out), "--dir", str(tmp_path)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {"random", "ordered"}
+    for variant in result["variants"].values():
+        assert variant["finished"] is True
+        assert [s["rows"] for s in variant["steps"]] == [2000, 4000, 5000]
+        assert all(s["us_per_row"] > 0 for s in variant["steps"])
+        assert variant["last_to_first"] > 0
+    assert list(tmp_path.glob("engram-index-growth-*")) == []  # each variant's file is removed after it
