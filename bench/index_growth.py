@@ -9,7 +9,7 @@ store (WAL, ``synchronous=NORMAL``, SQLite's default page cache), filled in tran
 task's batch) with plain ``sqlite3`` ``executemany``, and timed per transaction as it grows to ``--rows`` rows.
 
 Variants, each in a fresh file, one after the other:
-- ``random``: transition and item ids are sha256 hex digests, as engram's are;
+- ``random``: transition and item ids are a prefix and 32 hex digits of a sha256 digest, as engram's are;
 - ``ordered``: the same ids with a zero-padded counter in front, so that each transaction appends at the end of
   every B-tree.
 
@@ -64,7 +64,9 @@ def batch_rows(start: int, size: int, ordered: bool) -> list[tuple[Any, ...]]:
     for n in range(start, start + size):
         transition, item = sha(f"t{n}"), sha(f"i{n}")
         if ordered:
-            transition, item = f"{n:012d}{transition[:52]}", f"{n:012d}{item[:52]}"
+            transition, item = f"{n:012d}{transition[:20]}", f"{n:012d}{item[:20]}"
+        # shaped as engram's ids (``engram.store.stable_id``): a prefix and 32 hex digits
+        transition, item = f"tr-{transition[:32]}", f"fa-{item[:32]}"
         rows.append(
             (
                 f"tenant-{n % TENANTS:03d}",

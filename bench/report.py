@@ -546,6 +546,47 @@ def prefect_server_section(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
     ]
 
 
+def index_growth_section(results: Path) -> list[str]:
+    """The audit trail's insert cost by size, random keys against time-ordered ones (``bench/index_growth.py``)."""
+    data = load(results / "index_growth.json")
+    if not data or not data.get("variants"):
+        return []
+    variants = data["variants"]
+    names = [n for n in ("random", "ordered") if n in variants]
+    by_rows: dict[int, dict[str, dict[str, Any]]] = {}
+    for name in names:
+        for step in variants[name]["steps"]:
+            by_rows.setdefault(step["rows"], {})[name] = step
+    head = " | ".join(f"{n}: us/row | {n}: WAL MB" for n in names)
+    lines = [
+        "## The audit trail's inserts as it grows (`bench/index_growth.py`)",
+        "",
+        "A table shaped like `transitions` (its primary key and three indexes) in a SQLite file set up as the store's, "
+        f"filled with plain `sqlite3` in transactions of {fmt(data['batch'])} rows to {fmt(data['rows'])} rows: ids "
+        "that are sha256 digests (`random`, as engram's are) against the same ids behind a counter (`ordered`). "
+        "Microseconds per row over each step, and the WAL file's size after it: every page a transaction changes is "
+        "written there first and copied back into the database file at the next checkpoint, and the file keeps the "
+        "size of the largest transaction so far, so WAL MB over the rows of a transaction is what each row rewrote. "
+        f"Load average {data['machine'].get('load_avg_at_start')} at the start.",
+        "",
+        f"| rows | {head} |",
+        "| ---: |" + " ---: | ---: |" * len(names),
+    ]
+    for rows in sorted(by_rows):
+        cells = []
+        for name in names:
+            step = by_rows[rows].get(name)
+            cells += [fmt(step["us_per_row"]), fmt(step["wal_mb"])] if step else ["", ""]
+        lines.append(f"| {fmt(rows)} | " + " | ".join(cells) + " |")
+    ratios = [
+        f"{n}: {fmt(round(variants[n]['steps'][-1]['us_per_row'] / variants[n]['steps'][0]['us_per_row'], 2))}"
+        + ("" if variants[n].get("finished") else f" (stopped at {fmt(variants[n]['steps'][-1]['rows'])} rows)")
+        for n in names
+    ]
+    lines += ["", "Last step against the first: " + ", ".join(ratios) + ".", ""]
+    return lines + [f"- {n}" for n in data.get("notes", [])] + ([""] if data.get("notes") else [])
+
+
 def cold_section(results: Path) -> list[str]:
     """Archival search at each size ``bench/cold_search.py`` was run at (``make bench-cold`` for 10^7)."""
     data = load(results / "cold_search.json")
@@ -766,7 +807,8 @@ def render(results: Path) -> str:
         "## How to reproduce",
         "",
         "```",
-        "make bench-quick   # bench/results/quick.json, a few minutes",
+        "make bench-quick   # bench/results/quick.json, a few minutes (Prefect server on PostgreSQL at PG_URL)",
+        "python bench/perf.py --quick --prefect-database sqlite --out bench/results/quick_prefect_sqlite.json",
         "make bench         # bench/results/full.json and full.png, about an hour",
         "make bench-large   # bench/results/large.json: 10^5 and 2 x 10^6 events, 40 to 75 minutes",
         "make bench-1e7     # bench/results/large_1e7.json: 10^5 and 10^7 events, about four hours",
@@ -775,6 +817,7 @@ def render(results: Path) -> str:
         "python bench/archive_throughput.py   # bench/results/archive_throughput.json, a minute",
         "python bench/archive_reads.py        # bench/results/archive_reads.json, under a minute",
         "python bench/flow_overhead.py        # bench/results/flow_overhead.json, under a minute",
+        "python bench/index_growth.py         # bench/results/index_growth.json, random against ordered keys",
         "python bench/report.py   # rewrites this file from the JSON",
         "```",
         "",
@@ -839,6 +882,7 @@ def render(results: Path) -> str:
     out += archive_section(results)
     out += archive_reads_section(results)
     out += prefect_server_section(quick_runs)
+    out += index_growth_section(results)
     out += flow_overhead_section(results)
     out += cold_section(results)
     out += scale_section(results)
