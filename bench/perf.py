@@ -54,6 +54,7 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -284,9 +285,8 @@ class ApiRetryCounter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "retryable" in message:
-            words = message.split()
-            code = next((w.rstrip(".") for w in words if w.rstrip(".").isdigit() and len(w.rstrip(".")) == 3), None)
-            key = code or "exception"
+            code = re.search(r"status code (\d{3})", message)
+            key = code.group(1) if code else "exception"
             self.codes[key] = self.codes.get(key, 0) + 1
         return record.levelno >= self._shown_from
 

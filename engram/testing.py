@@ -1,8 +1,13 @@
-"""What users need to test code that uses engram: a fixed clock and a fresh temporary memory."""
+"""What users need to test code that uses engram: a fixed clock, a fresh temporary memory, a Prefect server."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -73,6 +78,48 @@ def drop_pg_schema(server_url: str, schema: str) -> None:
     engine.dispose()
 
 
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """End a process started with ``start_new_session=True``, and its process group (a server's or a worker's
+    children): SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _wait_until_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"prefect server did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
 @contextmanager
 def prefect_server(
     home: Path,
@@ -91,71 +138,38 @@ def prefect_server(
     with 503 (Prefect's client then waits about two seconds before it retries). ``env`` is the server's environment
     (default: this process's, without its ``PREFECT_`` settings); ``port`` a free port (default: one found free).
     """
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
     import uuid
 
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     base = env if env is not None else {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    if port is None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port or free_port()}"
     server_env = {**base, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    admin, database = None, None
+    admin, database = None, f"prefect_{uuid.uuid4().hex[:12]}"
     if database_server is not None:
-        database = f"prefect_{uuid.uuid4().hex[:12]}"
         admin = create_engine(database_server, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{database}"'))
         server_url = make_url(database_server).set(drivername="postgresql+asyncpg", database=database, query={})
         server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = server_url.render_as_string(hide_password=False)
     log = home / "server.log"
+    proc = None
     try:
         with log.open("w") as out:
             proc = subprocess.Popen(
                 [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1"]
-                + ["--port", str(port)],
+                + ["--port", url.rsplit(":", 1)[1]],
                 env=server_env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-                try:
-                    with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"prefect server did not answer in {startup_timeout} s:\n{log.read_text()[-3000:]}"
-                    )
-                time.sleep(0.5)
-            yield url
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        _wait_until_healthy(url, proc, log, startup_timeout)
+        yield url
     finally:
+        if proc is not None:
+            stop_process_group(proc, timeout=30)
         if admin is not None:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))

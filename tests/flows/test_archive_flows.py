@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ from engram.archive import (
 from engram.errors import ArchiveMismatch
 from engram.layers import Layer
 from engram.store import SEMANTIC, TRANSITIONS
-from engram.testing import FixedClock
+from engram.testing import FixedClock, free_port
 from flows.archive import archive, rehydrate
 from tests.conftest import s3_location
 from tests.engram.archive_helpers import COLD, LATER, contents, fill
@@ -95,12 +94,6 @@ def test_archive_and_rehydrate_flows_with_blocks(filled: tuple[Memory, ArchiveLo
 # -- faults -------------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _committed(memory: Memory) -> int:
     return sum(1 for m in memory.store.manifests("acme") if m["status"] == "committed")
 
@@ -109,7 +102,7 @@ def _committed(memory: Memory) -> int:
 def test_storage_outage_midway_then_rerun_finishes(sqlite_memory: Memory) -> None:
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     location = s3_location(f"http://127.0.0.1:{port}")

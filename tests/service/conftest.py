@@ -4,7 +4,6 @@ with its own PREFECT_HOME; workers, ``prefect deploy`` and ``prefect deployment 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from engram.testing import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -59,20 +54,6 @@ class PrefectServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """End a process we started, and its process group (a worker's flow-run subprocesses)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, 15)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,11 @@ from sqlalchemy import func, select
 from engram import Memory
 from engram.service import hot_rows
 from engram.store import EPISODES, SEMANTIC, TRANSITIONS
+from engram.testing import stop_process_group as stop
 from flows.registry import FLOWS
 from tests.conftest import PG_OK, PG_URL, REQUIRE_PG, T0, _drop_pg_schema, _fresh_pg_schema
 from tests.flows.helpers import artifacts_with_keys, conversation_rows
-from tests.service.conftest import BIN, REPO, PrefectServer, stop
+from tests.service.conftest import BIN, REPO, PrefectServer
 
 pytestmark = pytest.mark.integration
 AS_OF = T0 + timedelta(days=30)
