@@ -11,9 +11,14 @@ task's batch) with plain ``sqlite3`` ``executemany``, and timed per transaction 
 Variants, each in a fresh file, one after the other:
 - ``random``: transition and item ids are a prefix and 32 hex digits of a sha256 digest, as engram's are;
 - ``ordered``: the same ids with a zero-padded counter in front, so that each transaction appends at the end of
-  every B-tree.
+  every B-tree;
+- ``ordered_transition_id``: transition ids ordered, item ids random: what ordering the audit trail's own ids
+  would give while the items' ids stay as they are;
+- ``random_cache``: random ids, as ``random``, with a page cache of ``--cache-mb`` (SQLite's default is 2 MB), so
+  that the B-trees' inner pages stay in memory.
 
     python bench/index_growth.py [--rows 10000000] [--batch 20000] [--out bench/results/index_growth.json]
+        [--variants random ordered ordered_transition_id random_cache] [--cache-mb 256]
 
 The figure is microseconds per row by size (the mean of the transactions in each step of ``--step`` rows) and the
 ratio of the last step to the first: a flat line is a cost linear in rows.
@@ -50,6 +55,13 @@ SCHEMA = (
 )
 INSERT = "INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 TENANTS = 100
+# variant: (transition ids ordered, item ids ordered, uses --cache-mb)
+VARIANTS = {
+    "random": (False, False, False),
+    "ordered": (True, True, False),
+    "ordered_transition_id": (True, False, False),
+    "random_cache": (False, False, True),
+}
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -57,14 +69,19 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def batch_rows(start: int, size: int, ordered: bool) -> list[tuple[Any, ...]]:
-    """Rows ``start`` .. ``start + size``: 100 tenants, ids from the row number (sha256, or counter + sha256)."""
+def batch_rows(start: int, size: int, ordered: bool, ordered_items: bool | None = None) -> list[tuple[Any, ...]]:
+    """Rows ``start`` .. ``start + size``: 100 tenants, ids from the row number (sha256, or counter + sha256).
+
+    ``ordered`` orders the transition ids, ``ordered_items`` the item ids (the same as ``ordered`` if None)."""
+    ordered_items = ordered if ordered_items is None else ordered_items
     rows = []
     run_id = sha(f"run{start}")[:36]
     for n in range(start, start + size):
         transition, item = sha(f"t{n}"), sha(f"i{n}")
         if ordered:
-            transition, item = f"{n:012d}{transition[:20]}", f"{n:012d}{item[:20]}"
+            transition = f"{n:012d}{transition[:20]}"
+        if ordered_items:
+            item = f"{n:012d}{item[:20]}"
         # shaped as engram's ids (``engram.store.stable_id``): a prefix and 32 hex digits
         transition, item = f"tr-{transition[:32]}", f"fa-{item[:32]}"
         rows.append(
@@ -84,21 +101,38 @@ def batch_rows(start: int, size: int, ordered: bool) -> list[tuple[Any, ...]]:
     return rows
 
 
-def grow(
-    path: Path, rows: int, batch: int, step: int, ordered: bool, report: Callable[[list[dict[str, Any]]], None]
-) -> dict[str, Any]:
-    """Fill a fresh table to ``rows`` rows; ``report`` gets the steps measured so far after each step."""
+def open_table(path: Path, cache_mb: int | None = None) -> sqlite3.Connection:
+    """A fresh file set up as the store's (WAL, ``synchronous=NORMAL``) with the table; ``cache_mb`` sets the
+    connection's page cache (``PRAGMA cache_size``), None keeps SQLite's default."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    if cache_mb is not None:
+        conn.execute(f"PRAGMA cache_size=-{int(cache_mb) * 1024}")
     for statement in SCHEMA:
         conn.execute(statement)
+    return conn
+
+
+def grow(
+    path: Path,
+    rows: int,
+    batch: int,
+    step: int,
+    variant: str,
+    report: Callable[[list[dict[str, Any]]], None],
+    cache_mb: int | None = None,
+) -> dict[str, Any]:
+    """Fill a fresh table to ``rows`` rows with ``variant``'s ids; ``report`` gets the steps measured so far after
+    each step. ``cache_mb`` is the page cache of a variant that uses one."""
+    ordered, ordered_items, uses_cache = VARIANTS[variant]
+    conn = open_table(path, cache_mb if uses_cache else None)
     steps: list[dict[str, Any]] = []
     spent, done, step_rows = 0.0, 0, 0
     started = time.perf_counter()
     while done < rows:
         size = min(batch, rows - done)
-        data = batch_rows(done, size, ordered)  # made outside the timed part
+        data = batch_rows(done, size, ordered, ordered_items)  # made outside the timed part
         t = time.perf_counter()
         conn.execute("BEGIN")
         conn.executemany(INSERT, data)
@@ -115,8 +149,7 @@ def grow(
                     "wal_mb": round(Path(f"{path}-wal").stat().st_size / 1e6) if Path(f"{path}-wal").exists() else 0,
                 }
             )
-            name = "ordered" if ordered else "random"
-            print(f"{name} {done:>12,} rows: {steps[-1]['us_per_row']} us/row", flush=True)
+            print(f"{variant} {done:>12,} rows: {steps[-1]['us_per_row']} us/row", flush=True)
             report(steps)
             spent, step_rows = 0.0, 0
     conn.close()
@@ -132,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--batch", type=int, default=20_000, help="rows per transaction")
     parser.add_argument("--step", type=int, default=1_000_000, help="rows per reported step")
-    parser.add_argument("--variants", nargs="+", choices=["random", "ordered"], default=["random", "ordered"])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["random", "ordered"])
+    parser.add_argument("--cache-mb", type=int, default=256, help="the page cache of the random_cache variant")
     parser.add_argument("--dir", type=Path, help="where the SQLite files go (a temporary folder by default)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "index_growth.json")
     args = parser.parse_args(argv)
@@ -142,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "sqlite": sqlite3.sqlite_version,
         "rows": args.rows,
         "batch": args.batch,
+        "cache_mb": args.cache_mb,
         "variants": {},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             save()
 
         with tempfile.TemporaryDirectory(prefix="engram-index-growth-", dir=args.dir) as tmp:
-            grown = grow(Path(tmp) / "t.db", args.rows, args.batch, args.step, variant == "ordered", report)
+            grown = grow(Path(tmp) / "t.db", args.rows, args.batch, args.step, variant, report, args.cache_mb)
         out["variants"][variant] = {**grown, "finished": True}
         save()
     print(json.dumps({v: r["last_to_first"] for v, r in out["variants"].items()}))

@@ -229,7 +229,23 @@ def linearity_goal(pipelines: list[dict[str, Any]]) -> list[str]:
             f"| {label}: {what} | {fmt(lo['events'])} -> {fmt(hi['events'])} events: {cost_lo:.3f} -> {cost_hi:.3f}"
             f" s ({growth:.2f}x) | {met} |"
         )
+    lines += reference_growth(lo, hi)
     return lines
+
+
+def reference_growth(lo: dict[str, Any], hi: dict[str, Any]) -> list[str]:
+    """The lifecycle's growth in cost per event beside that of its physical reference, the raw bulk insert of the
+    same rows measured at each size in the same run: the part of the growth that storing rows in B-trees of that size
+    costs anyway, and the part that is engram's own. Information beside the goal, not the goal."""
+    raw_lo, raw_hi = lo.get("raw_bulk_insert_rows_per_s"), hi.get("raw_bulk_insert_rows_per_s")
+    if not (raw_lo and raw_hi and lo.get("pipeline_events_per_s") and hi.get("pipeline_events_per_s")):
+        return []
+    own = (lo["pipeline_events_per_s"] / hi["pipeline_events_per_s"]) / (raw_lo / raw_hi)
+    return [
+        f"| the raw bulk insert's cost per row at the same sizes, measured in the same run (the reference) |"
+        f" {fmt(lo['events'])} -> {fmt(hi['events'])} rows: {1e6 / raw_lo:.1f} -> {1e6 / raw_hi:.1f} us"
+        f" ({raw_lo / raw_hi:.2f}x); the lifecycle's growth over it: {own:.2f}x | information |"
+    ]
 
 
 def task_growth_table(result: dict[str, Any], min_share: float = 0.01) -> list[str]:
@@ -546,36 +562,64 @@ def prefect_server_section(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
     ]
 
 
+# ``bench/index_growth.py``'s variants, in the order the report shows them, and what each one's ids are.
+INDEX_GROWTH_VARIANTS = {
+    "random": "ids that are sha256 digests, as engram's are",
+    "ordered": "the same ids behind a counter",
+    "ordered_transition_id": "transition ids behind a counter, item ids random",
+    "random_cache": "random ids with a page cache of {cache_mb} MB instead of SQLite's default 2 MB",
+}
+
+
 def index_growth_section(results: Path) -> list[str]:
-    """The audit trail's insert cost by size, random keys against time-ordered ones (``bench/index_growth.py``)."""
-    data = load(results / "index_growth.json")
-    if not data or not data.get("variants"):
-        return []
+    """The audit trail's insert cost by size, random keys against time-ordered ones (``bench/index_growth.py``): a
+    table per results file (``index_growth.json``, the long run; ``index_growth_*.json``, shorter runs of more
+    variants)."""
+    lines: list[str] = []
+    for path in sorted(results.glob("index_growth*.json")):
+        data = load(path)
+        if data and data.get("variants"):
+            lines += index_growth_table(path.name, data, first=not lines)
+    return lines
+
+
+def index_growth_table(name: str, data: dict[str, Any], first: bool) -> list[str]:
+    """One run of ``bench/index_growth.py``: microseconds per row and WAL size by size, a column pair per variant."""
     variants = data["variants"]
-    names = [n for n in ("random", "ordered") if n in variants]
+    names = [n for n in INDEX_GROWTH_VARIANTS if n in variants]
     by_rows: dict[int, dict[str, dict[str, Any]]] = {}
-    for name in names:
-        for step in variants[name]["steps"]:
-            by_rows.setdefault(step["rows"], {})[name] = step
+    for variant in names:
+        for step in variants[variant]["steps"]:
+            by_rows.setdefault(step["rows"], {})[variant] = step
     head = " | ".join(f"{n}: us/row | {n}: WAL MB" for n in names)
-    lines = [
-        "## The audit trail's inserts as it grows (`bench/index_growth.py`)",
+    what = "; ".join(f"`{n}`: {INDEX_GROWTH_VARIANTS[n].format(cache_mb=fmt(data.get('cache_mb')))}" for n in names)
+    lines = (
+        [
+            "## The audit trail's inserts as it grows (`bench/index_growth.py`)",
+            "",
+            "A table shaped like `transitions` (its primary key and three indexes) in a SQLite file set up as the "
+            "store's, filled with plain `sqlite3` in transactions of rows, timed per transaction. Microseconds per "
+            "row over each step, and the WAL file's size after it: every page a transaction changes is written there "
+            "first and copied back into the database file at the next checkpoint, and the file keeps the size of the "
+            "largest transaction so far, so WAL MB over the rows of a transaction is what each row rewrote.",
+            "",
+        ]
+        if first
+        else []
+    )
+    lines += [
+        f"### `{name}`: {fmt(data['rows'])} rows in transactions of {fmt(data['batch'])}",
         "",
-        "A table shaped like `transitions` (its primary key and three indexes) in a SQLite file set up as the store's, "
-        f"filled with plain `sqlite3` in transactions of {fmt(data['batch'])} rows to {fmt(data['rows'])} rows: ids "
-        "that are sha256 digests (`random`, as engram's are) against the same ids behind a counter (`ordered`). "
-        "Microseconds per row over each step, and the WAL file's size after it: every page a transaction changes is "
-        "written there first and copied back into the database file at the next checkpoint, and the file keeps the "
-        "size of the largest transaction so far, so WAL MB over the rows of a transaction is what each row rewrote. "
-        f"Load average {data['machine'].get('load_avg_at_start')} at the start.",
+        f"Variants, one after the other in one run: {what}. Load average {data['machine'].get('load_avg_at_start')}"
+        " at the start.",
         "",
         f"| rows | {head} |",
         "| ---: |" + " ---: | ---: |" * len(names),
     ]
     for rows in sorted(by_rows):
         cells = []
-        for name in names:
-            step = by_rows[rows].get(name)
+        for variant in names:
+            step = by_rows[rows].get(variant)
             cells += [fmt(step["us_per_row"]), fmt(step["wal_mb"])] if step else ["", ""]
         lines.append(f"| {fmt(rows)} | " + " | ".join(cells) + " |")
     ratios = [
@@ -818,6 +862,8 @@ def render(results: Path) -> str:
         "python bench/archive_reads.py        # bench/results/archive_reads.json, under a minute",
         "python bench/flow_overhead.py        # bench/results/flow_overhead.json, under a minute",
         "python bench/index_growth.py         # bench/results/index_growth.json, random against ordered keys",
+        "python bench/index_growth.py --rows 4000000 --step 500000 --variants random ordered ordered_transition_id"
+        " random_cache --out bench/results/index_growth_variants.json   # ten minutes",
         "python bench/report.py   # rewrites this file from the JSON",
         "```",
         "",

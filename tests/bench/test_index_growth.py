@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from bench.index_growth import SCHEMA, batch_rows, main
+from bench.index_growth import SCHEMA, batch_rows, main, open_table
 
 
 def test_ordered_ids_append_in_key_order_and_random_ones_do_not() -> None:
@@ -14,6 +14,9 @@ def test_ordered_ids_append_in_key_order_and_random_ones_do_not() -> None:
     assert [r[1] for r in random] != sorted(r[1] for r in random)
     # The same rows otherwise, and rows that the table's schema takes.
     assert [r[0] for r in ordered] == [r[0] for r in random] and [r[9] for r in ordered] == list(range(500))
+    # Ordering the transition ids alone leaves the item ids as random as before.
+    partial = batch_rows(0, 500, ordered=True, ordered_items=False)
+    assert [r[1] for r in partial] == [r[1] for r in ordered] and [r[2] for r in partial] == [r[2] for r in random]
     conn = sqlite3.connect(":memory:")
     for statement in SCHEMA:
         conn.execute(statement)
@@ -32,3 +35,15 @@ def test_a_run_reports_each_step_of_each_variant(tmp_path) -> None:
         assert all(s["us_per_row"] > 0 for s in variant["steps"])
         assert variant["last_to_first"] > 0
     assert list(tmp_path.glob("engram-index-growth-*")) == []  # each variant's file is removed after it
+
+
+def test_the_cache_variant_sets_its_page_cache_and_the_others_keep_sqlite_s_default(tmp_path) -> None:
+    default = sqlite3.connect(":memory:").execute("PRAGMA cache_size").fetchone()[0]
+    assert open_table(tmp_path / "a.db").execute("PRAGMA cache_size").fetchone() == (default,)
+    assert open_table(tmp_path / "b.db", cache_mb=8).execute("PRAGMA cache_size").fetchone() == (-8192,)
+    out = tmp_path / "growth.json"
+    args = ["--rows", "2000", "--batch", "1000", "--step", "1000", "--variants", "random_cache", "--cache-mb", "8"]
+    assert main([*args, "--out", str(out), "--dir", str(tmp_path)]) == 0
+    result = json.loads(out.read_text())
+    assert result["cache_mb"] == 8 and list(result["variants"]) == ["random_cache"]
+    assert [s["rows"] for s in result["variants"]["random_cache"]["steps"]] == [1000, 2000]

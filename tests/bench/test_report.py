@@ -89,6 +89,23 @@ def test_costs_are_linear_when_the_cost_per_event_stays_within_a_fifth_from_1e5_
     assert verdicts[f"{LINEAR}: archive"] == ("100,000 -> 1,000,000 events: 0.167 -> 0.182 s (1.09x)", "yes")
 
 
+def test_the_lifecycle_s_growth_is_shown_beside_the_raw_insert_s_at_the_same_sizes() -> None:
+    lo, hi = _pipeline(100_000, 2_000.0, None, {}), _pipeline(1_000_000, 1_000.0, None, {})
+    lo["raw_bulk_insert_rows_per_s"], hi["raw_bulk_insert_rows_per_s"] = 50_000.0, 40_000.0
+    verdicts = _verdicts({"pipelines": [lo, hi]})
+    assert verdicts[f"{LINEAR}: lifecycle"][1] == "no"  # 2x, judged on its own: the reference does not change it
+    # 20 -> 25 us per raw row is 1.25x; the lifecycle's 2x over it is 1.6x.
+    assert verdicts[REFERENCE] == (
+        "100,000 -> 1,000,000 rows: 20.0 -> 25.0 us (1.25x); the lifecycle's growth over it: 1.60x",
+        "information",
+    )
+    del hi["raw_bulk_insert_rows_per_s"]
+    assert REFERENCE not in _verdicts({"pipelines": [lo, hi]})
+
+
+REFERENCE = "the raw bulk insert's cost per row at the same sizes, measured in the same run (the reference)"
+
+
 def test_linearity_needs_two_sizes_from_1e5_and_an_archive_figure_at_both() -> None:
     one = _verdicts({"pipelines": [_pipeline(10_000, 500.0, None, {}), _pipeline(100_000, 2_000.0, None, {})]})
     assert one[LINEAR] == ("measured at 1 size(s) >= 10^5", "not measured at two sizes >= 10^5")
@@ -182,3 +199,38 @@ def test_each_run_of_chosen_sizes_gets_its_section_and_its_goal_rows(tmp_path: P
         "| peak RSS flat (within 20%) from 10^5 events up (`make bench-1e7` run)",
     ]
     assert "(up to 300,000 events; 10^7 not run)" in rows[1] and "10^7 not run" not in rows[2]
+
+
+def _growth(variants: dict[str, list[float]], finished: bool = True) -> dict:
+    return {
+        "rows": 2_000_000,
+        "batch": 20_000,
+        "cache_mb": 256,
+        "machine": {"load_avg_at_start": [0.1, 0.2, 0.3]},
+        "variants": {
+            name: {
+                "steps": [{"rows": (k + 1) * 1_000_000, "us_per_row": us, "wal_mb": 16} for k, us in enumerate(steps)],
+                "finished": finished,
+            }
+            for name, steps in variants.items()
+        },
+    }
+
+
+def test_each_index_growth_run_gets_a_table_with_its_variants_in_a_fixed_order(tmp_path: Path) -> None:
+    from bench.report import index_growth_section
+
+    (tmp_path / "index_growth.json").write_text(json.dumps(_growth({"ordered": [20, 40], "random": [30, 90]})))
+    (tmp_path / "index_growth_variants.json").write_text(
+        json.dumps(_growth({"random_cache": [25, 50], "random": [30, 60]}, finished=False))
+    )
+    text = "\n".join(index_growth_section(tmp_path))
+    assert text.count("## The audit trail's inserts") == 1  # one heading, a table per run
+    first, second = text.split("### `index_growth_variants.json`")
+    assert "| rows | random: us/row | random: WAL MB | ordered: us/row | ordered: WAL MB |" in first
+    assert "| 2,000,000 | 90 | 16 | 40 | 16 |" in first
+    assert "Last step against the first: random: 3, ordered: 2." in first
+    assert "`random_cache`: random ids with a page cache of 256 MB" in second
+    assert "| rows | random: us/row | random: WAL MB | random_cache: us/row | random_cache: WAL MB |" in second
+    assert "random: 2 (stopped at 2,000,000 rows), random_cache: 2 (stopped at 2,000,000 rows)." in second
+    assert index_growth_section(tmp_path / "nothing-here") == []
