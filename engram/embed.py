@@ -89,12 +89,18 @@ def available() -> bool:
     return True
 
 
+def enabled() -> bool:
+    """Whether facts get embedded: the extra is installed and ``ENGRAM_EMBEDDINGS`` allows it. Loads no model."""
+    from engram.settings import Settings
+
+    return Settings().embeddings and available()
+
+
 def default_embedder() -> Embedder | None:
     """The process's embedder when the extra is installed and ``ENGRAM_EMBEDDINGS`` allows it; loaded once."""
     global _DEFAULT
-    from engram.settings import Settings
 
-    if not Settings().embeddings or not available():
+    if not enabled():
         return None
     with _DEFAULT_LOCK:
         if _DEFAULT is None:

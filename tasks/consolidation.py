@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import opaque
 
 from engram.consolidate import Consolidator, LocalConsolidator, plan_changes
+from engram.embed import enabled as embeddings_enabled
 from engram.errors import LeaseLost, QualityGateFailed
 from tasks.common import current_run_id, open_store
 from tasks.reporting import publish_gate_failure
@@ -104,12 +105,15 @@ def consolidate_batch(
     max_reject_fraction: float,
     consolidator: Consolidator | None = None,
 ) -> tuple[dict[str, int], Any]:
-    """One leased batch through the tasks above: distil, gate, embed, commit. Called from a flow (the tasks run as
-    its task runs); returns the batch's counts (with ``rows_in`` and ``quarantined``) and the gate's result."""
+    """One leased batch through the tasks above: distil, gate, embed (when embeddings are on), commit. Called from
+    a flow (the tasks run as its task runs); returns the batch's counts (with ``rows_in`` and ``quarantined``) and
+    the gate's result."""
     # opaque: Prefect links the claim's result to these task runs without walking its thousand tuples
     candidates = distill_facts(store_url, opaque(episodes), consolidator)
     gate = gate_facts(candidates, max_reject_fraction)
-    counts = dict(commit_facts(store_url, opaque(episodes), gate.valid, owner, as_of, embed_facts(gate.valid)))
+    # Without embeddings there is no embedding task run: the run graph shows only work that was done.
+    vectors = embed_facts(gate.valid) if embeddings_enabled() else None
+    counts = dict(commit_facts(store_url, opaque(episodes), gate.valid, owner, as_of, vectors))
     counts["rows_in"] = counts.get("rows_in", 0) + len(candidates)
     counts["quarantined"] = counts.get("quarantined", 0) + len(gate.rejected)
     return counts, gate.result
