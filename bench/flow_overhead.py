@@ -2,16 +2,17 @@
 move, so that every second of it is orchestration (creating the flow and task runs, state changes, heartbeats),
 next to the same four subflows under a parent flow that lets each keep its own heartbeat (Prefect's default).
 
-Both run against one temporary Prefect server (Prefect's test harness), in one process, alternating, each
-``--repeats`` times after one warm-up run of each; the figures are medians. Heartbeats are on (Prefect's default
-frequency) for both parents.
+Both run against one temporary Prefect server (Prefect's test harness), or with ``--on-current-server`` against the
+one ``PREFECT_API_URL`` names, in one process, alternating, each ``--repeats`` times after one warm-up run of each;
+the figures are medians. Heartbeats are on (Prefect's default frequency) for both parents.
 
-    python bench/flow_overhead.py [--repeats N] [--out bench/results/flow_overhead.json]
+    python bench/flow_overhead.py [--repeats N] [--on-current-server] [--out bench/results/flow_overhead.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -42,11 +43,12 @@ def subflows_with_own_heartbeats() -> Any:
     return parent
 
 
-def measure(repeats: int) -> dict[str, Any]:
+def measure(repeats: int, on_current_server: bool = False) -> dict[str, Any]:
+    """Medians of ``repeats`` runs of each parent, on a temporary Prefect server or on the current one."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("ENGRAM_EMBEDDINGS", "false")
     import great_expectations  # noqa: F401 - imported once before timing, as in a worker that has run a flow
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
     from engram import Memory
@@ -54,9 +56,12 @@ def measure(repeats: int) -> dict[str, Any]:
 
     runs = {"lifecycle": lifecycle, "subflows_with_own_heartbeats": subflows_with_own_heartbeats()}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
+    if on_current_server and not PREFECT_API_URL.value():
+        raise SystemExit("--on-current-server: PREFECT_API_URL names no Prefect server")
     with (
         tempfile.TemporaryDirectory(prefix="engram-flow-overhead-") as tmp,
-        prefect_test_harness(server_startup_timeout=180),
+        contextlib.nullcontext() if on_current_server else prefect_test_harness(server_startup_timeout=180),
+        temporary_settings(restore_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY}),  # Prefect's default, whatever is set
     ):
         heartbeat_s = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
         memory = Memory(f"sqlite:///{Path(tmp) / 'engram.db'}", Path(tmp).as_uri())
@@ -72,6 +77,7 @@ def measure(repeats: int) -> dict[str, Any]:
         memory.close()
     medians = {name: round(statistics.median(v), 3) for name, v in seconds.items()}
     return {
+        "prefect_server": "current" if on_current_server else "test harness",
         "heartbeat_frequency_s": heartbeat_s,
         "repeats": repeats,
         "median_s": medians,
@@ -84,11 +90,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="the lifecycle's orchestration alone, with and without heartbeats")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "flow_overhead.json")
+    parser.add_argument(
+        "--on-current-server", action="store_true", help="use the Prefect server PREFECT_API_URL names, not a new one"
+    )
     parser.add_argument("--note", action="append", default=[], help="a note on the run's conditions, kept with it")
     args = parser.parse_args(argv)
     from bench.perf import machine, versions
 
-    result = {"machine": machine(), "versions": versions(), **measure(args.repeats), "notes": args.note}
+    result = {
+        "machine": machine(),
+        "versions": versions(),
+        **measure(args.repeats, args.on_current_server),
+        "notes": args.note,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["median_s"]))
