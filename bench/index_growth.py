@@ -15,10 +15,15 @@ Variants, each in a fresh file, one after the other:
 - ``ordered_transition_id``: transition ids ordered, item ids random: what ordering the audit trail's own ids
   would give while the items' ids stay as they are;
 - ``random_cache``: random ids, as ``random``, with a page cache of ``--cache-mb`` (SQLite's default is 2 MB), so
-  that the B-trees' inner pages stay in memory.
+  that the B-trees' inner pages stay in memory;
+- ``mixed``: the lifecycle's mix of items: two rows of three name an event (ids ordered within a tenant, as a
+  client that numbers its events sends them, and as the benchmark workload's are), one names a fact (a sha256 id);
+  transition ids random, as engram's are;
+- ``mixed_item_keyed``: the same rows in a table keyed by ``(tenant, item_id, transition_id)`` without the separate
+  item index, so that the rows of one item sit together and a row naming an ordered item appends.
 
     python bench/index_growth.py [--rows 10000000] [--batch 20000] [--out bench/results/index_growth.json]
-        [--variants random ordered ordered_transition_id random_cache] [--cache-mb 256]
+        [--variants random ordered ordered_transition_id random_cache mixed mixed_item_keyed] [--cache-mb 256]
 
 The figure is microseconds per row by size (the mean of the transactions in each step of ``--step`` rows) and the
 ratio of the last step to the first: a flat line is a cost linear in rows.
@@ -53,14 +58,22 @@ SCHEMA = (
     "CREATE INDEX ix_transitions_seq ON transitions (tenant, seq)",
     "CREATE INDEX ix_transitions_run ON transitions (flow_run_id)",
 )
+# The same columns keyed by item first: an item's audit rows together, and no separate item index to maintain.
+ITEM_KEYED_SCHEMA = (
+    SCHEMA[0].replace("PRIMARY KEY (tenant, transition_id)", "PRIMARY KEY (tenant, item_id, transition_id)"),
+    *SCHEMA[2:],
+)
+SCHEMAS = {"engram": SCHEMA, "item_keyed": ITEM_KEYED_SCHEMA}
 INSERT = "INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 TENANTS = 100
-# variant: (transition ids ordered, item ids ordered, uses --cache-mb)
-VARIANTS = {
-    "random": (False, False, False),
-    "ordered": (True, True, False),
-    "ordered_transition_id": (True, False, False),
-    "random_cache": (False, False, True),
+# variant: (transition ids ordered, item ids ordered (True, False or "mixed"), uses --cache-mb, schema)
+VARIANTS: dict[str, tuple[bool, bool | str, bool, str]] = {
+    "random": (False, False, False, "engram"),
+    "ordered": (True, True, False, "engram"),
+    "ordered_transition_id": (True, False, False, "engram"),
+    "random_cache": (False, False, True, "engram"),
+    "mixed": (False, "mixed", False, "engram"),
+    "mixed_item_keyed": (False, "mixed", False, "item_keyed"),
 }
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -69,10 +82,11 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def batch_rows(start: int, size: int, ordered: bool, ordered_items: bool | None = None) -> list[tuple[Any, ...]]:
+def batch_rows(start: int, size: int, ordered: bool, ordered_items: bool | str | None = None) -> list[tuple[Any, ...]]:
     """Rows ``start`` .. ``start + size``: 100 tenants, ids from the row number (sha256, or counter + sha256).
 
-    ``ordered`` orders the transition ids, ``ordered_items`` the item ids (the same as ``ordered`` if None)."""
+    ``ordered`` orders the transition ids, ``ordered_items`` the item ids (the same as ``ordered`` if None;
+    ``"mixed"``: two rows of three, the others random)."""
     ordered_items = ordered if ordered_items is None else ordered_items
     rows = []
     run_id = sha(f"run{start}")[:36]
@@ -80,7 +94,7 @@ def batch_rows(start: int, size: int, ordered: bool, ordered_items: bool | None 
         transition, item = sha(f"t{n}"), sha(f"i{n}")
         if ordered:
             transition = f"{n:012d}{transition[:20]}"
-        if ordered_items:
+        if ordered_items is True or (ordered_items == "mixed" and n % 3 != 2):
             item = f"{n:012d}{item[:20]}"
         # shaped as engram's ids (``engram.store.stable_id``): a prefix and 32 hex digits
         transition, item = f"tr-{transition[:32]}", f"fa-{item[:32]}"
@@ -101,15 +115,16 @@ def batch_rows(start: int, size: int, ordered: bool, ordered_items: bool | None 
     return rows
 
 
-def open_table(path: Path, cache_mb: int | None = None) -> sqlite3.Connection:
-    """A fresh file set up as the store's (WAL, ``synchronous=NORMAL``) with the table; ``cache_mb`` sets the
-    connection's page cache (``PRAGMA cache_size``), None keeps SQLite's default."""
+def open_table(path: Path, cache_mb: int | None = None, schema: str = "engram") -> sqlite3.Connection:
+    """A fresh file set up as the store's (WAL, ``synchronous=NORMAL``) with the table of ``schema`` (a key of
+    ``SCHEMAS``); ``cache_mb`` sets the connection's page cache (``PRAGMA cache_size``), None keeps SQLite's
+    default."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     if cache_mb is not None:
         conn.execute(f"PRAGMA cache_size=-{int(cache_mb) * 1024}")
-    for statement in SCHEMA:
+    for statement in SCHEMAS[schema]:
         conn.execute(statement)
     return conn
 
@@ -125,8 +140,8 @@ def grow(
 ) -> dict[str, Any]:
     """Fill a fresh table to ``rows`` rows with ``variant``'s ids; ``report`` gets the steps measured so far after
     each step. ``cache_mb`` is the page cache of a variant that uses one."""
-    ordered, ordered_items, uses_cache = VARIANTS[variant]
-    conn = open_table(path, cache_mb if uses_cache else None)
+    ordered, ordered_items, uses_cache, schema = VARIANTS[variant]
+    conn = open_table(path, cache_mb if uses_cache else None, schema)
     steps: list[dict[str, Any]] = []
     spent, done, step_rows = 0.0, 0, 0
     started = time.perf_counter()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from bench.index_growth import SCHEMA, batch_rows, main, open_table
+from bench import index_growth
+from bench.index_growth import SCHEMA, batch_rows, grow, main, open_table
 
 
 def test_ordered_ids_append_in_key_order_and_random_ones_do_not() -> None:
@@ -47,3 +48,35 @@ def test_the_cache_variant_sets_its_page_cache_and_the_others_keep_sqlite_s_defa
     result = json.loads(out.read_text())
     assert result["cache_mb"] == 8 and list(result["variants"]) == ["random_cache"]
     assert [s["rows"] for s in result["variants"]["random_cache"]["steps"]] == [1000, 2000]
+
+
+def test_the_mixed_variants_share_their_rows_and_differ_only_in_the_table_s_key(tmp_path) -> None:
+    rows = batch_rows(0, 300, ordered=False, ordered_items="mixed")
+    items = [r[2] for r in rows]
+    events, facts = items[0::3] + items[1::3], items[2::3]  # two rows of three name an event, one a fact
+    assert sorted(items[k] for k in range(300) if k % 3 != 2) == [i for k, i in enumerate(items) if k % 3 != 2]
+    assert facts != sorted(facts) and len(events) == 200
+    engram, keyed = open_table(tmp_path / "e.db"), open_table(tmp_path / "k.db", schema="item_keyed")
+    for conn in (engram, keyed):
+        conn.executemany("INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    indexes = {
+        name: {r[1] for r in conn.execute("PRAGMA index_list(transitions)")}
+        for name, conn in (("engram", engram), ("keyed", keyed))
+    }
+    assert "ix_transitions_item" in indexes["engram"] and "ix_transitions_item" not in indexes["keyed"]
+    key = [r[2] for r in keyed.execute("PRAGMA index_info(sqlite_autoindex_transitions_1)")]
+    assert key == ["tenant", "item_id", "transition_id"]
+    assert sorted(keyed.execute("SELECT * FROM transitions")) == sorted(engram.execute("SELECT * FROM transitions"))
+
+
+def test_grow_gives_the_page_cache_only_to_the_variant_that_uses_it(tmp_path, monkeypatch) -> None:
+    opened: dict[str, int | None] = {}
+
+    def spy(path, cache_mb=None, schema="engram"):  # noqa: ANN001, ANN202 - the real open_table, recorded
+        opened[path.stem] = cache_mb
+        return open_table(path, cache_mb, schema)
+
+    monkeypatch.setattr(index_growth, "open_table", spy)
+    for variant in ("random", "random_cache", "ordered"):
+        grow(tmp_path / f"{variant}.db", 100, 100, 100, variant, lambda steps: None, cache_mb=8)
+    assert opened == {"random": None, "random_cache": 8, "ordered": None}

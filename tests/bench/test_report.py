@@ -234,3 +234,16 @@ def test_each_index_growth_run_gets_a_table_with_its_variants_in_a_fixed_order(t
     assert "| rows | random: us/row | random: WAL MB | random_cache: us/row | random_cache: WAL MB |" in second
     assert "random: 2 (stopped at 2,000,000 rows), random_cache: 2 (stopped at 2,000,000 rows)." in second
     assert index_growth_section(tmp_path / "nothing-here") == []
+
+
+def test_an_index_growth_variant_the_report_does_not_describe_is_still_shown(tmp_path: Path) -> None:
+    from bench.index_growth import VARIANTS
+    from bench.report import INDEX_GROWTH_VARIANTS, index_growth_section
+
+    assert set(VARIANTS) <= set(INDEX_GROWTH_VARIANTS)  # every variant the benchmark runs is described
+    (tmp_path / "index_growth_new.json").write_text(json.dumps(_growth({"random": [30, 60], "zz_new": [10, 11]})))
+    (tmp_path / "index_growth_empty.json").write_text(json.dumps(_growth({})))
+    text = "\n".join(index_growth_section(tmp_path))
+    assert "| rows | random: us/row | random: WAL MB | zz_new: us/row | zz_new: WAL MB |" in text
+    assert "`zz_new`: see bench/index_growth.py" in text and "random: 2, zz_new: 1.1." in text
+    assert "index_growth_empty.json" not in text  # a run with no step measured has no table

@@ -26,7 +26,7 @@ def test_the_orchestration_benchmark_times_both_parents_and_renders(tmp_path: Pa
     assert "- a test run" in lines
 
 
-def test_on_the_current_server_needs_a_server_to_be_named(monkeypatch) -> None:
+def test_on_the_current_server_needs_a_server_to_be_named() -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: None}), pytest.raises(SystemExit, match="PREFECT_API_URL"):
