@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, Text, text
+from sqlalchemy import JSON, Column, Index, LargeBinary, PrimaryKeyConstraint, Text, text
 from sqlmodel import Field, SQLModel
 
 # Names of the tables, for code that speaks SQL through SQLAlchemy Core.
@@ -282,17 +282,21 @@ class ForgetIntent(SQLModel, table=True):
 
 
 class Transition(SQLModel, table=True):
-    """The audit trail: one move of one item between layers, by one flow run."""
+    """The audit trail: one move of one item between layers, by one flow run.
+
+    Keyed by item first (revision 0008): an item's history is a range of the key, and the rows of items whose ids
+    grow append at its end instead of landing at a random place, as a key on the sha256 ``transition_id`` alone did.
+    """
 
     __tablename__ = "transitions"
     __table_args__ = (
-        Index("ix_transitions_item", "tenant", "item_id", "at"),
+        PrimaryKeyConstraint("tenant", "item_id", "transition_id"),
         Index("ix_transitions_seq", "tenant", "seq"),
         Index("ix_transitions_run", "flow_run_id"),
     )
 
-    tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)
-    transition_id: str = Field(primary_key=True, max_length=64)
+    tenant: str = Field(max_length=TENANT_ID_MAX)
+    transition_id: str = Field(max_length=64)
     item_id: str = Field(max_length=128)
     from_layer: str | None = Field(default=None, max_length=16)
     to_layer: str | None = Field(default=None, max_length=16)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
+from alembic import command, op
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import DateTime, Engine, create_engine, inspect, text
+from sqlalchemy import DateTime, Engine, create_engine, func, inspect, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel
 
-from engram.migrations import current_revision, head_revision, upgrade_to_head
+from engram.migrations import alembic_config, current_revision, head_revision, upgrade_to_head
 from engram.models import ALL_TABLES
+from engram.store import TRANSITIONS, Store
 
 MODEL_TABLES = {model.__tablename__ for model in ALL_TABLES}
 
@@ -102,3 +107,104 @@ def test_times_are_stored_with_their_time_zone_on_postgresql(engine: Engine) -> 
     ]
     assert time_columns  # at, received_at, valid_from, ...
     assert [c for c in time_columns if not c[2]] == []  # every one is timestamp with time zone
+
+
+AUDIT_ROWS = [
+    {
+        "tenant": "acme",
+        "transition_id": f"tr-{n:032x}",
+        "item_id": item,
+        "from_layer": "sensory",
+        "to_layer": "working",
+        "action": action,
+        "flow_run_id": "run-1",
+        "at": datetime(2024, 3, 1, 12, n, tzinfo=UTC),
+        "detail": {"n": n},
+        "seq": n,
+    }
+    for n, (item, action) in enumerate([("ev-2", "ingest"), ("ev-1", "ingest"), ("ev-1", "close_session")])
+]
+
+
+def _insert(engine: Engine):  # noqa: ANN202 - dialect-specific Insert
+    return (pg_insert if engine.dialect.name == "postgresql" else sqlite_insert)(TRANSITIONS)
+
+
+def _upgrade_to(engine: Engine, revision: str) -> None:
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def _audit(engine: Engine) -> tuple[list[str], set[str], list[tuple]]:
+    """The audit table's key columns, its index names and its rows."""
+    inspector = inspect(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(select(TRANSITIONS).order_by(TRANSITIONS.c.transition_id)).all()
+    return (
+        inspector.get_pk_constraint("transitions")["constrained_columns"],
+        {i["name"] for i in inspector.get_indexes("transitions")},
+        [tuple(r) for r in rows],
+    )
+
+
+@pytest.fixture
+def store_engine(store_url: str) -> Iterator[Engine]:
+    """The store's own engine (what ``Store.migrate`` upgrades through: on SQLite, DDL inside its transactions)."""
+    store = Store(store_url)
+    try:
+        yield store.engine
+    finally:
+        store.dispose()
+
+
+def test_the_audit_trail_is_rekeyed_by_item_with_its_rows_and_back(store_engine: Engine) -> None:
+    _upgrade_to(store_engine, "0007")
+    with store_engine.begin() as conn:
+        conn.execute(_insert(store_engine), AUDIT_ROWS)
+    key, indexes, rows = _audit(store_engine)
+    assert key == ["tenant", "transition_id"] and "ix_transitions_item" in indexes and len(rows) == 3
+
+    upgrade_to_head(store_engine)
+    assert _audit(store_engine) == (
+        ["tenant", "item_id", "transition_id"],
+        indexes - {"ix_transitions_item"},  # the key serves an item's history now
+        rows,
+    )
+    with store_engine.begin() as conn:  # the same move again still conflicts with the row it wrote
+        again = _insert(store_engine).on_conflict_do_nothing().returning(TRANSITIONS.c.transition_id)
+        assert conn.execute(again, AUDIT_ROWS[0]).all() == []
+        assert conn.execute(select(func.count()).select_from(TRANSITIONS)).scalar_one() == 3
+
+    cfg = alembic_config()
+    with store_engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0007")
+    assert _audit(store_engine) == (key, indexes, rows)
+
+
+def test_a_rekeying_that_fails_midway_leaves_the_audit_trail_as_it_was(
+    store_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _upgrade_to(store_engine, "0007")
+    with store_engine.begin() as conn:
+        conn.execute(_insert(store_engine), AUDIT_ROWS)
+    before = _audit(store_engine)
+
+    # The fault strikes after the destructive step: SQLite has dropped the old table (its rows copied), PostgreSQL
+    # has dropped the old key.
+    def fault(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("fault injected midway through the rekeying")
+
+    monkeypatch.setattr(op, "rename_table" if store_engine.dialect.name == "sqlite" else "create_primary_key", fault)
+    with pytest.raises(RuntimeError, match="fault injected"):
+        upgrade_to_head(store_engine)
+    assert current_revision(store_engine) == "0007"
+    assert _audit(store_engine) == before
+    assert "transitions_rekeyed" not in inspect(store_engine).get_table_names()
+
+    monkeypatch.undo()
+    upgrade_to_head(store_engine)  # and the next attempt goes through, every row with it
+    assert _audit(store_engine)[0] == ["tenant", "item_id", "transition_id"]
+    assert _audit(store_engine)[2] == before[2]
