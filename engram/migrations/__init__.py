@@ -23,9 +23,17 @@ def alembic_config(url: str | None = None) -> Config:
 def upgrade_to_head(engine: Engine) -> None:
     """Upgrade the database behind ``engine`` to the newest revision; a no-op when it is already there."""
     cfg = alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        # On the store's SQLite engine, a write transaction starts with BEGIN IMMEDIATE (``Store._setup_sqlite``): the
+        # migration holds the write lock from its first statement instead of failing to take it halfway through a
+        # copy when another process wrote meanwhile.
+        conn.info["engram_write"] = True
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        finally:
+            conn.info.pop("engram_write", None)
 
 
 def current_revision(engine: Engine) -> str | None:

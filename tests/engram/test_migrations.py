@@ -9,7 +9,7 @@ import pytest
 from alembic import command, op
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import DateTime, Engine, create_engine, func, inspect, select, text
+from sqlalchemy import DateTime, Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel
@@ -31,15 +31,25 @@ def engine(store_url: str) -> Iterator[Engine]:
 
 
 def shape(engine: Engine) -> dict[str, tuple]:
-    """Each table's columns (name, type, nullability) and index names, comparable across two inspections."""
+    """Each table's columns (name, type, nullability), primary key and indexes (name, columns), comparable across two
+    inspections."""
     inspector = inspect(engine)
     return {
         name: (
             [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(name)],
-            sorted(i["name"] for i in inspector.get_indexes(name)),
+            inspector.get_pk_constraint(name)["constrained_columns"],
+            sorted((i["name"], tuple(i["column_names"])) for i in inspector.get_indexes(name)),
         )
         for name in sorted(MODEL_TABLES)
     }
+
+
+def test_every_table_has_the_primary_key_its_model_declares(engine: Engine) -> None:
+    # Alembic's comparison (schema_diff) does not compare primary keys.
+    upgrade_to_head(engine)
+    migrated = {name: table[1] for name, table in shape(engine).items()}
+    assert migrated == {m.__tablename__: [c.name for c in m.__table__.primary_key.columns] for m in ALL_TABLES}
+    assert migrated["transitions"] == ["tenant", "item_id", "transition_id"]
 
 
 def schema_diff(engine: Engine) -> list:
@@ -165,6 +175,7 @@ def test_the_audit_trail_is_rekeyed_by_item_with_its_rows_and_back(store_engine:
         conn.execute(_insert(store_engine), AUDIT_ROWS)
     key, indexes, rows = _audit(store_engine)
     assert key == ["tenant", "transition_id"] and "ix_transitions_item" in indexes and len(rows) == 3
+    at_0007 = shape(store_engine)
 
     upgrade_to_head(store_engine)
     assert _audit(store_engine) == (
@@ -182,6 +193,20 @@ def test_the_audit_trail_is_rekeyed_by_item_with_its_rows_and_back(store_engine:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0007")
     assert _audit(store_engine) == (key, indexes, rows)
+    assert shape(store_engine) == at_0007  # columns, types, nullability, key and indexes as they were
+
+
+def test_the_store_migrates_holding_the_write_lock_from_its_first_statement(store_url: str) -> None:
+    store = Store(store_url)
+    begins: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: begins.append(a[2]) if "BEGIN" in a[2] else None)
+    try:
+        store.migrate()
+    finally:
+        store.dispose()
+    if store.dialect == "sqlite":
+        assert begins and begins[0] == "BEGIN IMMEDIATE"
+    assert current_revision(create_engine(store_url)) == head_revision()
 
 
 def test_a_rekeying_that_fails_midway_leaves_the_audit_trail_as_it_was(

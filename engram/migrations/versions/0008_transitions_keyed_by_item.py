@@ -13,7 +13,10 @@ client, as most are) append at the end of the key. The item index is no longer n
 derives from the move, so a rerun of a move still conflicts with the row it wrote.
 
 SQLite cannot change a primary key in place: the table is copied into one with the new key, in the migration's
-transaction. PostgreSQL swaps the constraint; building the new key holds writes to the table until it is done.
+transaction, which holds the store's write lock; the copy needs about the table's size again in the WAL while it runs.
+PostgreSQL swaps the constraint: dropping the old key and building the new one take an ACCESS EXCLUSIVE lock on the
+table, so reads and writes of the audit trail wait until the new key is built, a time that grows with the table.
+Upgrade a large store with its work pools paused (``prefect work-pool pause NAME``), then resume them.
 """
 
 from __future__ import annotations
