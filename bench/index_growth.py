@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -66,14 +66,41 @@ ITEM_KEYED_SCHEMA = (
 SCHEMAS = {"engram": SCHEMA, "item_keyed": ITEM_KEYED_SCHEMA}
 INSERT = "INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 TENANTS = 100
-# variant: (transition ids ordered, item ids ordered (True, False or "mixed"), uses --cache-mb, schema)
-VARIANTS: dict[str, tuple[bool, bool | str, bool, str]] = {
-    "random": (False, False, False, "engram"),
-    "ordered": (True, True, False, "engram"),
-    "ordered_transition_id": (True, False, False, "engram"),
-    "random_cache": (False, False, True, "engram"),
-    "mixed": (False, "mixed", False, "engram"),
-    "mixed_item_keyed": (False, "mixed", False, "item_keyed"),
+
+
+class Variant(NamedTuple):
+    """How a variant makes its ids and its table; ``about`` is what the report says of it (``{cache_mb}``: the
+    run's ``--cache-mb``)."""
+
+    ordered: bool  # transition ids behind a counter
+    ordered_items: bool | str  # item ids: True, False or "mixed" (two rows of three ordered)
+    uses_cache: bool  # the connection gets a page cache of --cache-mb
+    schema: str  # a key of SCHEMAS
+    about: str
+
+
+VARIANTS: dict[str, Variant] = {
+    "random": Variant(False, False, False, "engram", "ids that are sha256 digests, as engram's are"),
+    "ordered": Variant(True, True, False, "engram", "the same ids behind a counter"),
+    "ordered_transition_id": Variant(True, False, False, "engram", "transition ids behind a counter, item ids random"),
+    "random_cache": Variant(
+        False, False, True, "engram", "random ids with a page cache of {cache_mb} MB instead of SQLite's default 2 MB"
+    ),
+    "mixed": Variant(
+        False,
+        "mixed",
+        False,
+        "engram",
+        "the lifecycle's mix: two rows of three name an item whose ids grow (an event), one a fact (random id);"
+        " transition ids random",
+    ),
+    "mixed_item_keyed": Variant(
+        False,
+        "mixed",
+        False,
+        "item_keyed",
+        "the same rows in a table keyed by (tenant, item_id, transition_id), without the item index",
+    ),
 }
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -140,14 +167,14 @@ def grow(
 ) -> dict[str, Any]:
     """Fill a fresh table to ``rows`` rows with ``variant``'s ids; ``report`` gets the steps measured so far after
     each step. ``cache_mb`` is the page cache of a variant that uses one."""
-    ordered, ordered_items, uses_cache, schema = VARIANTS[variant]
-    conn = open_table(path, cache_mb if uses_cache else None, schema)
+    how = VARIANTS[variant]
+    conn = open_table(path, cache_mb if how.uses_cache else None, how.schema)
     steps: list[dict[str, Any]] = []
     spent, done, step_rows = 0.0, 0, 0
     started = time.perf_counter()
     while done < rows:
         size = min(batch, rows - done)
-        data = batch_rows(done, size, ordered, ordered_items)  # made outside the timed part
+        data = batch_rows(done, size, how.ordered, how.ordered_items)  # made outside the timed part
         t = time.perf_counter()
         conn.execute("BEGIN")
         conn.executemany(INSERT, data)

@@ -14,6 +14,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.index_growth import VARIANTS as INDEX_GROWTH_VARIANTS  # noqa: E402 - what each variant's ids are
+
 RESULTS = ROOT / "bench" / "results"
 HEADLINE = (
     ("pipeline_events_per_s", "lifecycle throughput, events/s (observe_many + lifecycle flow)"),
@@ -566,18 +569,6 @@ def prefect_server_section(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
     ]
 
 
-# ``bench/index_growth.py``'s variants, in the order the report shows them, and what each one's ids are.
-INDEX_GROWTH_VARIANTS = {
-    "random": "ids that are sha256 digests, as engram's are",
-    "ordered": "the same ids behind a counter",
-    "ordered_transition_id": "transition ids behind a counter, item ids random",
-    "random_cache": "random ids with a page cache of {cache_mb} MB instead of SQLite's default 2 MB",
-    "mixed": "the lifecycle's mix: two rows of three name an item whose ids grow (an event), one a fact (random id);"
-    " transition ids random",
-    "mixed_item_keyed": "the same rows in a table keyed by (tenant, item_id, transition_id), without the item index",
-}
-
-
 def index_growth_section(results: Path) -> list[str]:
     """The audit trail's insert cost by size, random keys against time-ordered ones (``bench/index_growth.py``): a
     table per results file (``index_growth.json``, the long run; ``index_growth_*.json``, shorter runs of more
@@ -601,7 +592,9 @@ def index_growth_table(name: str, data: dict[str, Any], first: bool) -> list[str
         for step in variants[variant]["steps"]:
             by_rows.setdefault(step["rows"], {})[variant] = step
     head = " | ".join(f"{n}: us/row | {n}: WAL MB" for n in names)
-    told = {n: INDEX_GROWTH_VARIANTS.get(n, "see bench/index_growth.py") for n in names}
+    told = {
+        n: INDEX_GROWTH_VARIANTS[n].about if n in INDEX_GROWTH_VARIANTS else "see bench/index_growth.py" for n in names
+    }
     what = "; ".join(f"`{n}`: {told[n].format(cache_mb=fmt(data.get('cache_mb')))}" for n in names)
     lines = (
         [

@@ -22,6 +22,11 @@ def alembic_config(url: str | None = None) -> Config:
 
 def upgrade_to_head(engine: Engine) -> None:
     """Upgrade the database behind ``engine`` to the newest revision; a no-op when it is already there."""
+    migrate(engine, "head")
+
+
+def migrate(engine: Engine, revision: str, down: bool = False) -> None:
+    """Upgrade (or with ``down``, downgrade) the database behind ``engine`` to ``revision``, in one transaction."""
     cfg = alembic_config()
     with engine.connect() as conn:
         # On the store's SQLite engine, a write transaction starts with BEGIN IMMEDIATE (``Store._setup_sqlite``): the
@@ -31,7 +36,7 @@ def upgrade_to_head(engine: Engine) -> None:
         try:
             with conn.begin():
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                (command.downgrade if down else command.upgrade)(cfg, revision)
         finally:
             conn.info.pop("engram_write", None)
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from alembic import command, op
+from alembic import op
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import DateTime, Engine, create_engine, event, func, inspect, select, text
@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel
 
-from engram.migrations import alembic_config, current_revision, head_revision, upgrade_to_head
+from engram.migrations import current_revision, head_revision, migrate, upgrade_to_head
 from engram.models import ALL_TABLES
 from engram.store import TRANSITIONS, Store
 
@@ -140,13 +140,6 @@ def _insert(engine: Engine):  # noqa: ANN202 - dialect-specific Insert
     return (pg_insert if engine.dialect.name == "postgresql" else sqlite_insert)(TRANSITIONS)
 
 
-def _upgrade_to(engine: Engine, revision: str) -> None:
-    cfg = alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-
-
 def _audit(engine: Engine) -> tuple[list[str], set[str], list[tuple]]:
     """The audit table's key columns, its index names and its rows."""
     inspector = inspect(engine)
@@ -170,7 +163,7 @@ def store_engine(store_url: str) -> Iterator[Engine]:
 
 
 def test_the_audit_trail_is_rekeyed_by_item_with_its_rows_and_back(store_engine: Engine) -> None:
-    _upgrade_to(store_engine, "0007")
+    migrate(store_engine, "0007")
     with store_engine.begin() as conn:
         conn.execute(_insert(store_engine), AUDIT_ROWS)
     key, indexes, rows = _audit(store_engine)
@@ -188,10 +181,7 @@ def test_the_audit_trail_is_rekeyed_by_item_with_its_rows_and_back(store_engine:
         assert conn.execute(again, AUDIT_ROWS[0]).all() == []
         assert conn.execute(select(func.count()).select_from(TRANSITIONS)).scalar_one() == 3
 
-    cfg = alembic_config()
-    with store_engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0007")
+    migrate(store_engine, "0007", down=True)
     assert _audit(store_engine) == (key, indexes, rows)
     assert shape(store_engine) == at_0007  # columns, types, nullability, key and indexes as they were
 
@@ -212,7 +202,7 @@ def test_the_store_migrates_holding_the_write_lock_from_its_first_statement(stor
 def test_a_rekeying_that_fails_midway_leaves_the_audit_trail_as_it_was(
     store_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _upgrade_to(store_engine, "0007")
+    migrate(store_engine, "0007")
     with store_engine.begin() as conn:
         conn.execute(_insert(store_engine), AUDIT_ROWS)
     before = _audit(store_engine)
