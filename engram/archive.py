@@ -587,13 +587,23 @@ READ_GROUP = 16
 def _read_many(storage: StorageLike, fs: Any, manifest: Mapping[str, Any]) -> list[bytes]:
     """The bytes of every file of a manifest, in the manifest's order, each checked like ``read_file``; s3fs
     fetches them concurrently."""
-    paths = [_abs(storage, e["path"]) for e in manifest["files"]]
-    if not paths:
+    return _read_files(storage, fs, [(manifest, entry) for entry in manifest["files"]])
+
+
+def _read_files(
+    storage: StorageLike, fs: Any, files: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]
+) -> list[bytes]:
+    """The bytes of (manifest, file entry) pairs, in their order, each checked like ``read_file``, fetched in one
+    request (concurrently on S3) whichever manifests they belong to."""
+    if not files:
         return []
-    with _storage_errors(f"reading the files of manifest {manifest['manifest_id']}", storage):
+    paths = [_abs(storage, entry["path"]) for _, entry in files]
+    manifests = sorted({m["manifest_id"] for m, _ in files})
+    what = f"manifest {manifests[0]}" if len(manifests) == 1 else f"{len(manifests)} manifests"
+    with _storage_errors(f"reading the files of {what}", storage):
         got = fs.cat_ranges(paths, None, None, on_error="return")
     out = []
-    for entry, data in zip(manifest["files"], got, strict=True):
+    for (manifest, entry), data in zip(files, got, strict=True):
         if isinstance(data, FileNotFoundError):
             raise ArchiveMismatch(manifest["manifest_id"], entry["path"], "is missing from the archive") from data
         if isinstance(data, BaseException):
@@ -675,11 +685,17 @@ class VerifiedManifest:
 
 def _verify(storage: StorageLike, fs: Any, manifest: Mapping[str, Any]) -> VerifiedManifest:
     """Read a manifest's files back once: compare sha256 and row counts, and keep the columns the commit needs."""
+    return _verified(manifest, _read_many(storage, fs, manifest))
+
+
+def _verified(manifest: Mapping[str, Any], contents: Sequence[bytes]) -> VerifiedManifest:
+    """A manifest checked against its files' bytes (already checked for sha256): row counts compared, and the
+    columns the commit needs kept."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     parts: dict[str, list[Any]] = {}
-    for entry, data in zip(manifest["files"], _read_many(storage, fs, manifest), strict=True):
+    for entry, data in zip(manifest["files"], contents, strict=True):
         try:
             table = pq.ParquetFile(pa.BufferReader(data)).read(columns=_COMMIT_COLUMNS[entry["table"]])
         except Exception as exc:  # a file with the right checksum but unreadable was written wrong
@@ -693,6 +709,25 @@ def _verify(storage: StorageLike, fs: Any, manifest: Mapping[str, Any]) -> Verif
     return VerifiedManifest({**manifest, "status": "verified"}, keys)
 
 
+# Files read back at once when verifying a batch of manifests: one request for many tenants' small files, so that on
+# S3 their round trips overlap, while the bytes held at once stay bounded.
+VERIFY_GROUP = 256
+
+
+def _file_groups(manifests: Sequence[Mapping[str, Any]], most: int) -> Iterator[list[Mapping[str, Any]]]:
+    """Consecutive manifests in groups of at most ``most`` files; a manifest with more files is a group alone."""
+    group: list[Mapping[str, Any]] = []
+    files = 0
+    for m in manifests:
+        if group and files + len(m["files"]) > most:
+            yield group
+            group, files = [], 0
+        group.append(m)
+        files += len(m["files"])
+    if group:
+        yield group
+
+
 def verify_manifests(
     store: Store, storage: StorageLike, manifests: Sequence[Mapping[str, Any]]
 ) -> list[VerifiedManifest]:
@@ -703,7 +738,10 @@ def verify_manifests(
         ArchiveMismatch: a file is missing or differs; no manifest of the batch is marked and nothing is tombstoned.
     """
     fs = storage.filesystem()
-    verified = [_verify(storage, fs, m) for m in manifests]
+    verified = []
+    for group in _file_groups(manifests, VERIFY_GROUP):
+        contents = iter(_read_files(storage, fs, [(m, entry) for m in group for entry in m["files"]]))
+        verified += [_verified(m, [next(contents) for _ in m["files"]]) for m in group]
     store.mark_manifests_verified(
         [(m["tenant"], m["manifest_id"]) for m in manifests if m.get("status", "written") == "written"]
     )
@@ -1527,9 +1565,8 @@ def archive_batch(
         return []
     store.add_manifests([row for row, _ in planned])
     fs = storage.filesystem()
-    for row, objects in planned:
-        with _storage_errors(f"writing archive manifest {row['manifest_id']}", storage):
-            _put_many(fs, storage, objects)
+    with _storage_errors(f"writing {len(planned)} archive manifests", storage):
+        _put_many(fs, storage, [obj for _, objects in planned for obj in objects])
     return [row for row, _ in planned]
 
 

@@ -368,3 +368,86 @@ def test_files_are_partitioned_by_the_month_of_their_rows(tmp_path: Path) -> Non
         }
     finally:
         memory.close()
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Any]:
+    """Record the arguments of every call to ``engram.archive.<name>``, which still runs."""
+    import engram.archive as arc
+
+    calls: list[Any] = []
+    real = getattr(arc, name)
+
+    def counted(*args: Any) -> Any:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(arc, name, counted)
+    return calls
+
+
+def test_a_batch_of_many_tenants_is_uploaded_and_read_back_in_one_request(
+    sqlite_memory: Memory, s3_archive: ArchiveLocation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each tenant's manifest holds a few small files: the batch's objects go up in one concurrent upload and come
+    back in one concurrent fetch, not one round of requests per tenant."""
+    from engram.archive import archive_batch, commit_manifests, verify_manifests
+
+    provision_archive(s3_archive)
+    tenants = ["acme", "globex", "initech"]
+    for t in tenants:
+        fill(sqlite_memory, tenant=t, sessions=3)
+    keys = sqlite_memory.store.archive_candidates(Layer.SEMANTIC, LATER, COLD, None, 10_000)
+    uploads, fetches = _counting(monkeypatch, "_put_many"), _counting(monkeypatch, "_read_files")
+    written = archive_batch(sqlite_memory.store, s3_archive, Layer.SEMANTIC, keys, LATER, None)
+    verified = verify_manifests(sqlite_memory.store, s3_archive, written)
+    assert sorted(m["tenant"] for m in written) == tenants
+    files = sum(len(m["files"]) for m in written)
+    assert [len(objects) for _, _, objects in uploads] == [files + len(written)]  # every file and manifest, once
+    assert [len(pairs) for _, _, pairs in fetches] == [files]
+    counts = commit_manifests(sqlite_memory.store, verified, LATER, None)
+    assert counts["semantic_items"] == len(keys)
+    for t in tenants:
+        (manifest,) = sqlite_memory.store.manifests(t, ["committed"])
+        assert manifest["row_count"] == sum(1 for k in keys if k[0] == t)
+
+
+def test_verifying_in_groups_pairs_each_manifest_with_its_own_files(
+    sqlite_memory: Memory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups of at most VERIFY_GROUP files, a manifest never split; a file missing in the second group fails the
+    whole batch, naming its manifest, and marks no manifest verified."""
+    import engram.archive as arc
+
+    location = ArchiveLocation((tmp_path / "archive").as_uri())
+    provision_archive(location)
+    tenants = ["acme", "globex", "initech", "umbrella"]
+    for t in tenants:
+        fill(sqlite_memory, tenant=t, sessions=3)
+    keys = sqlite_memory.store.archive_candidates(Layer.EPISODIC, LATER, COLD, None, 10_000)
+    written = arc.archive_batch(sqlite_memory.store, location, Layer.EPISODIC, keys, LATER, None)
+    per_manifest = [len(m["files"]) for m in written]
+    assert len(written) == 4 and min(per_manifest) >= 2, per_manifest
+    monkeypatch.setattr(arc, "VERIFY_GROUP", per_manifest[0] + per_manifest[1])
+    fetches = _counting(monkeypatch, "_read_files")
+
+    last = written[-1]
+    missing = Path(location.prefix) / last["files"][-1]["path"]
+    saved = missing.read_bytes()
+    missing.unlink()
+    with pytest.raises(arc.ArchiveMismatch, match=last["manifest_id"]):
+        arc.verify_manifests(sqlite_memory.store, location, written)
+    assert {m["status"] for t in tenants for m in sqlite_memory.store.manifests(t)} == {"written"}
+
+    missing.write_bytes(saved)
+    fetches.clear()
+    verified = arc.verify_manifests(sqlite_memory.store, location, written)
+    groups = [[m["manifest_id"] for m, _ in pairs] for _, _, pairs in fetches]
+    assert [list(dict.fromkeys(g)) for g in groups][0] == [written[0]["manifest_id"], written[1]["manifest_id"]]
+    assert [i for g in groups for i in dict.fromkeys(g)] == [m["manifest_id"] for m in written]  # none split
+    assert all(len(g) <= arc.VERIFY_GROUP or len(set(g)) == 1 for g in groups)
+    assert len(groups) > 1
+    assert [v.manifest["manifest_id"] for v in verified] == [m["manifest_id"] for m in written]
+    for v in verified:
+        assert v.keys["episodes"].num_rows == sum(f["rows"] for f in v.manifest["files"] if f["table"] == "episodes")
+    counts = arc.commit_manifests(sqlite_memory.store, verified, LATER, None)
+    assert counts["episodes"] == len(keys)
