@@ -445,10 +445,10 @@ def archive_section(results: Path) -> list[str]:
         f"{data['days']} days) moved by the archive step in batches of {data['batch_size']}: Parquet written per "
         "tenant, layer and month, read back and checked, rows tombstoned. The references are pyarrow writing the "
         "same rows (zstd) and reading every file back with its sha256, to the same storage in the same run: once as "
-        "large files, once as the same files engram's layout makes.",
+        "large files, once as the same files engram's layout makes, one at a time.",
         "",
         "| storage | engram rows/s | files | pyarrow rows/s (large files) | ratio | pyarrow rows/s (same files) | "
-        "ratio | engram's database work, s of the whole | bound by it alone (ratio to large files) |",
+        "ratio | engram's work in the store, s of the whole | bound by it alone (ratio to large files) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind in ARCHIVE_STORAGES:
@@ -470,11 +470,12 @@ def archive_section(results: Path) -> list[str]:
         "and hashing many small files is what costs, for pyarrow as for engram. Partitions are months, not days, "
         "for that reason.",
         "",
-        "The pyarrow references only write and read files. The archive also works in the database: it picks the cold "
+        "The pyarrow references only write and read files. The archive also works in the store: it picks the cold "
         "rows, reads them, records each manifest, and after verification tombstones the rows and writes a "
         "`transitions` row for each (the audit trail). The last two columns time the store's methods during the "
-        "archive run and give the rate the archive would have were that work all it did: whatever the files cost, "
-        "the archive cannot pass that ratio to the large-file reference.",
+        "archive run (the database and the Python that builds and compares those rows) and give the rate the "
+        "archive would have were that work all it did: whatever the files cost, the archive cannot pass that ratio "
+        "to the large-file reference.",
         "",
     ]
     if "s3_delayed" in data:

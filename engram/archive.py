@@ -239,6 +239,12 @@ def _safe(exc: BaseException) -> str:
     return str(exc).replace("\n", " ")[:300]
 
 
+def _listed(names: Sequence[str], most: int = 3) -> str:
+    """Names for an error message, the first ``most`` of them and how many more."""
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
+
 def _where(storage: StorageLike) -> str:
     return storage.url
 
@@ -593,13 +599,13 @@ def _read_many(storage: StorageLike, fs: Any, manifest: Mapping[str, Any]) -> li
 def _read_files(
     storage: StorageLike, fs: Any, files: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]
 ) -> list[bytes]:
-    """The bytes of (manifest, file entry) pairs, in their order, each checked like ``read_file``, fetched in one
-    request (concurrently on S3) whichever manifests they belong to."""
+    """The bytes of (manifest, file entry) pairs, in their order, each checked like ``read_file``, fetched by one
+    call (concurrent requests on S3) whichever manifests they belong to."""
     if not files:
         return []
     paths = [_abs(storage, entry["path"]) for _, entry in files]
-    manifests = sorted({m["manifest_id"] for m, _ in files})
-    what = f"manifest {manifests[0]}" if len(manifests) == 1 else f"{len(manifests)} manifests"
+    manifests = list(dict.fromkeys(m["manifest_id"] for m, _ in files))
+    what = f"manifest {manifests[0]}" if len(manifests) == 1 else f"manifests {_listed(manifests)}"
     with _storage_errors(f"reading the files of {what}", storage):
         got = fs.cat_ranges(paths, None, None, on_error="return")
     out = []
@@ -709,8 +715,8 @@ def _verified(manifest: Mapping[str, Any], contents: Sequence[bytes]) -> Verifie
     return VerifiedManifest({**manifest, "status": "verified"}, keys)
 
 
-# Files read back at once when verifying a batch of manifests: one request for many tenants' small files, so that on
-# S3 their round trips overlap, while the bytes held at once stay bounded.
+# Files read back at once when verifying a batch of manifests: one call for many tenants' small files, so that on S3
+# their requests overlap, while the number of files held at once stays bounded (a manifest with more is read alone).
 VERIFY_GROUP = 256
 
 
@@ -1565,7 +1571,8 @@ def archive_batch(
         return []
     store.add_manifests([row for row, _ in planned])
     fs = storage.filesystem()
-    with _storage_errors(f"writing {len(planned)} archive manifests", storage):
+    ids = [row["manifest_id"] for row, _ in planned]
+    with _storage_errors(f"writing archive manifest{'s' if len(ids) > 1 else ''} {_listed(ids)}", storage):
         _put_many(fs, storage, [obj for _, objects in planned for obj in objects])
     return [row for row, _ in planned]
 

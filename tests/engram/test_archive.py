@@ -385,7 +385,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Any]:
     return calls
 
 
-def test_a_batch_of_many_tenants_is_uploaded_and_read_back_in_one_request(
+def test_a_batch_of_many_tenants_is_uploaded_and_read_back_in_one_call(
     sqlite_memory: Memory, s3_archive: ArchiveLocation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each tenant's manifest holds a few small files: the batch's objects go up in one concurrent upload and come
@@ -409,6 +409,28 @@ def test_a_batch_of_many_tenants_is_uploaded_and_read_back_in_one_request(
     for t in tenants:
         (manifest,) = sqlite_memory.store.manifests(t, ["committed"])
         assert manifest["row_count"] == sum(1 for k in keys if k[0] == t)
+
+
+def test_a_failed_upload_of_a_batch_names_its_manifests_and_leaves_them_written(
+    sqlite_memory: Memory, s3_archive: ArchiveLocation
+) -> None:
+    """The bucket is missing (never provisioned): the error names the batch's first manifests and how many more,
+    and every manifest of the batch stays ``written`` for the next run to settle."""
+    from engram.archive import archive_batch
+    from engram.errors import ArchiveError
+
+    tenants = ["acme", "globex", "initech", "umbrella", "wayne"]
+    for t in tenants:
+        fill(sqlite_memory, tenant=t, sessions=2)
+    keys = sqlite_memory.store.archive_candidates(Layer.SEMANTIC, LATER, COLD, None, 10_000)
+    with pytest.raises(ArchiveError) as failed:
+        archive_batch(sqlite_memory.store, s3_archive, Layer.SEMANTIC, keys, LATER, None)
+    written = [m for t in tenants for m in sqlite_memory.store.manifests(t)]
+    assert [m["status"] for m in written] == ["written"] * len(tenants)
+    message = str(failed.value)
+    assert "writing archive manifests " in message and " and 2 more" in message, message
+    assert sum(m["manifest_id"] in message for m in written) == 3, message
+    assert s3_archive.url in message
 
 
 def test_verifying_in_groups_pairs_each_manifest_with_its_own_files(
@@ -445,7 +467,6 @@ def test_verifying_in_groups_pairs_each_manifest_with_its_own_files(
     assert [list(dict.fromkeys(g)) for g in groups][0] == [written[0]["manifest_id"], written[1]["manifest_id"]]
     assert [i for g in groups for i in dict.fromkeys(g)] == [m["manifest_id"] for m in written]  # none split
     assert all(len(g) <= arc.VERIFY_GROUP or len(set(g)) == 1 for g in groups)
-    assert len(groups) > 1
     assert [v.manifest["manifest_id"] for v in verified] == [m["manifest_id"] for m in written]
     for v in verified:
         assert v.keys["episodes"].num_rows == sum(f["rows"] for f in v.manifest["files"] if f["table"] == "episodes")
