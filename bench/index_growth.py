@@ -20,10 +20,13 @@ Variants, each in a fresh file, one after the other:
   client that numbers its events sends them, and as the benchmark workload's are), one names a fact (a sha256 id);
   transition ids random, as engram's are;
 - ``mixed_item_keyed``: the same rows in a table keyed by ``(tenant, item_id, transition_id)`` without the separate
-  item index, so that the rows of one item sit together and a row naming an ordered item appends.
+  item index, so that the rows of one item sit together and a row naming an ordered item appends;
+- ``item_keyed_ordered_facts``: that table with every item id growing, the facts' too (engram's fact ids start with
+  the time the fact was said).
 
     python bench/index_growth.py [--rows 10000000] [--batch 20000] [--out bench/results/index_growth.json]
-        [--variants random ordered ordered_transition_id random_cache mixed mixed_item_keyed] [--cache-mb 256]
+        [--variants random ordered ordered_transition_id random_cache mixed mixed_item_keyed item_keyed_ordered_facts]
+        [--cache-mb 256]
 
 The figure is microseconds per row by size (the mean of the transactions in each step of ``--step`` rows) and the
 ratio of the last step to the first: a flat line is a cost linear in rows.
@@ -100,6 +103,14 @@ VARIANTS: dict[str, Variant] = {
         False,
         "item_keyed",
         "the same rows in a table keyed by (tenant, item_id, transition_id), without the item index",
+    ),
+    "item_keyed_ordered_facts": Variant(
+        False,
+        True,
+        False,
+        "item_keyed",
+        "keyed by (tenant, item_id, transition_id), every item id growing: facts' ids time-ordered too, as engram's"
+        " are since their ids start with when the fact was said; transition ids random",
     ),
 }
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

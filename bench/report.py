@@ -892,6 +892,8 @@ def render(results: Path) -> str:
         " random_cache --out bench/results/index_growth_variants.json   # ten minutes",
         "python bench/index_growth.py --rows 4000000 --step 500000 --variants mixed mixed_item_keyed"
         " --out bench/results/index_growth_item_keyed.json   # five minutes",
+        "python bench/index_growth.py --rows 4000000 --step 500000 --variants mixed_item_keyed"
+        " item_keyed_ordered_facts --out bench/results/index_growth_ordered_facts.json   # four minutes",
         "python bench/report.py   # rewrites this file from the JSON",
         "```",
         "",

@@ -350,6 +350,28 @@ def test_replanning_gives_the_same_ids() -> None:
     assert [r["item_id"] for r in a.new_items] == [r["item_id"] for r in b.new_items]
 
 
+def test_a_tenants_new_facts_get_ids_in_the_order_they_were_said() -> None:
+    """Ids start with the time a version was said, so a store's rows for new facts append in time order; versions
+    of one fact, said later, sort after it, and two tenants' facts said at once still differ."""
+    items: dict[str, dict] = {}
+    days = [MAY_8 + timedelta(days=d) for d in (0, 3, 40)]
+    texts = ["I adopted a dog named Rex.", "My favorite color is blue.", "My favorite color is green."]
+    ids = []
+    for i, (at, text) in enumerate(zip(days, texts, strict=True)):
+        facts = distill(("Ada", text), at=at, episode=f"e{i}")
+        plan = plan_changes(facts, current(items, facts), at)
+        apply(plan, items)
+        ids += [r["item_id"] for r in plan.new_items]
+    assert len(ids) == 3 and ids == sorted(ids), ids
+    assert all(len(i) <= 64 and i.startswith("sem-") for i in ids)
+    blue, green = sorted((r for r in items.values() if "color" in r["text"]), key=lambda r: r["version"])
+    assert blue["superseded_by"] == green["item_id"] > blue["item_id"]
+    globex = LocalConsolidator().distill(*conversation(("Ada", texts[0]), at=days[0], tenant="globex"))
+    other = plan_changes(globex, pd.DataFrame(), days[0])
+    assert other.new_items[0]["item_id"] != ids[0]
+    assert other.new_items[0]["item_id"][:19] == ids[0][:19]  # said at the same moment: same time prefix
+
+
 # -- summaries --------------------------------------------------------------------------------------------------
 
 
