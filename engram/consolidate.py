@@ -621,17 +621,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _item_id(tenant: str, key: str, version: int, at: datetime) -> str:
-    """A fact version's id: when it was said (microseconds since 1970 as 14 hex digits), then 32 hex digits of a
-    digest of tenant, fact key and version.
+    """A fact version's id: when it was said (microseconds since 1970 as 15 hex digits, which covers every year
+    engram accepts), then 32 hex digits of a digest of tenant, fact key and version.
 
-    Deterministic, so that replanning a batch gives the same ids. The time in front orders a tenant's new facts the
-    way its events are ordered: their rows append at the end of the tenant's part of every table keyed by item
-    (``semantic_items``, ``lineage``, ``transitions``), where a bare digest put each at a random place in a B-tree
-    that grows with the store, and its insert cost grew with it (``bench/index_growth.py``).
+    The same candidates give the same ids, so replanning a batch gives the same plan. The time in front orders a
+    tenant's new fact versions as its events are ordered: the rows a new version adds (``semantic_items``,
+    ``lineage``, ``transitions``, each keyed by item) land next to those of the versions said just before it,
+    mostly at the end of the tenant's part of each key, where a bare digest put each at a random place in a B-tree
+    that grows with the store, and its insert cost grew with it (``bench/index_growth.py``). Rows written later
+    about an existing version (a merge, a supersession, its archival) go where that version's rows are.
     """
     when = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
     micros = max(0, (when - _EPOCH) // timedelta(microseconds=1))
-    return f"sem-{micros:014x}-{_digest(tenant, key, str(version))[:32]}"
+    return f"sem-{micros:015x}-{_digest(tenant, key, str(version))[:32]}"
 
 
 def _list(value: Any) -> list[str]:
@@ -664,9 +666,10 @@ def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime
         candidates: rows with ``FACT_COLUMNS`` (what ``Consolidator.distill`` returns).
         existing: the current semantic items (``valid_to`` null) that share a fact key with a candidate, with the
             ``SemanticItem`` columns plus ``sources`` (at least the item's source events that are also a
-            candidate's); other rows are ignored. Archived ones are among them (as
-            their tombstones, text blank, ``content_hash`` kept): see "Archived versions" in the module's
-            docstring.
+            candidate's). Archived ones are among them (as their tombstones, text blank, ``content_hash`` kept):
+            see "Archived versions" in the module's docstring. Of a closed row (``valid_to`` set), only ``tenant``,
+            ``fact_key`` and ``version`` are read: a key's next version follows the highest stored, as when its
+            current version was forgotten and an older one remains.
         now: when the plan is made; not used to date facts (a fact is dated by when it was said), kept so that a
             plan is reproducible for a given ``as_of``.
 
@@ -684,7 +687,12 @@ def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime
     plan = ConsolidationPlan()
     current: dict[tuple[str, str], dict[str, Any]] = {}
     existing_ids: set[str] = set()
+    # The highest version stored of each key, closed ones included: a fact whose current version was forgotten
+    # continues after its last version rather than taking a number (and an id) an older version still has.
+    top: dict[tuple[str, str], int] = {}
     if existing is not None and not existing.empty:
+        for tenant, key, version in zip(existing["tenant"], existing["fact_key"], existing["version"], strict=True):
+            top[(tenant, key)] = max(top.get((tenant, key), 0), int(version))
         live = existing[existing["valid_to"].isna()] if "valid_to" in existing.columns else existing
         for row in records(live.sort_values("version")):
             item = dict(row)
@@ -700,7 +708,7 @@ def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime
         sources = _list(cand["sources"])
         item = current.get((tenant, key))
         if item is None:
-            new = _new_item(cand, version=1)
+            new = _new_item(cand, version=top.get((tenant, key), 0) + 1)
             current[(tenant, key)] = new
             plan.new_items.append(new)
             continue

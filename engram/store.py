@@ -19,7 +19,7 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,8 @@ FORGET_INTENTS: Table = ForgetIntent.__table__  # type: ignore[attr-defined]
 
 # Rows per multi-row INSERT. SQLite allows 32,766 bound parameters per statement; the widest table has 14 columns.
 INSERT_CHUNK = 2_000
+# The valid_to of the rows ``_closed_versions`` gives the plan: set, so that the plan counts them as closed.
+VERSION_CLOSED = datetime(1970, 1, 1, tzinfo=UTC)
 # Distinct first keys (tenants, mostly) in one ``Store._pairs_in`` lookup. SQLite parses a chain of N ORs into an
 # expression N deep and refuses one deeper than 1,000.
 PAIR_FIRSTS = 200
@@ -969,6 +971,10 @@ class Store:
             if len(existing):
                 lineage = self._lineage_among(conn, existing_rows, _sources_by_tenant(candidates))
                 existing["sources"] = [lineage.get((r["tenant"], r["item_id"]), []) for r in existing_rows]
+            if len(candidates):
+                closed = self._closed_versions(conn, set(keys) - {(r["tenant"], r["fact_key"]) for r in existing_rows})
+                if closed:
+                    existing = pd.concat([existing, pd.DataFrame(closed)], ignore_index=True)
             changes = plan(candidates, existing, as_of) if len(candidates) else None
             episode_of = self._episode_of_events(conn, episodes)
             if changes is not None:
@@ -1093,6 +1099,21 @@ class Store:
                 )
             ):
                 out[r.event_id] = r.episode_id
+        return out
+
+    def _closed_versions(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+        """For (tenant, fact key) pairs with no current item, the highest version stored (closed: its current
+        version was forgotten), as a row ``plan_changes`` reads only for its version; none for a key never seen."""
+        out: list[dict[str, Any]] = []
+        for chunk in pair_chunks(sorted(keys)):
+            out += [
+                {"tenant": t, "fact_key": k, "version": int(v), "valid_to": VERSION_CLOSED}
+                for t, k, v in conn.execute(
+                    select(SEMANTIC.c.tenant, SEMANTIC.c.fact_key, func.max(SEMANTIC.c.version))
+                    .where(self._pairs_in(SEMANTIC.c.tenant, SEMANTIC.c.fact_key, chunk))
+                    .group_by(SEMANTIC.c.tenant, SEMANTIC.c.fact_key)
+                )
+            ]
         return out
 
     def _apply_plan(

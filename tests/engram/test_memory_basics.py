@@ -140,3 +140,29 @@ def test_stats_counts_per_layer(memory: Memory) -> None:
     )
     assert memory.stats("a")["sensory"] == 2
     assert memory.stats()["sensory"] == 3
+
+
+def test_a_change_after_its_current_version_was_forgotten_is_the_next_version(memory: Memory) -> None:
+    """Forgetting a fact's current version leaves the older, closed one; the next change of that fact is stored as
+    the version after the highest stored, not as a second version 1 or dropped for an id an older version has."""
+    from sqlalchemy import select
+
+    from engram.store import SEMANTIC
+    from tests.engram.archive_helpers import consolidate_pending
+
+    said = ["My favorite color is blue.", "My favorite color is green.", "My favorite color is red."]
+    for n, text in enumerate(said):
+        at = T0 + timedelta(days=10 * n)
+        memory.observe("acme", f"s{n}", "Ada", text, at, event_id=f"e{n}")
+        consolidate_pending(memory.store, "acme", at + timedelta(days=1))
+        if n == 1:
+            memory.forget("acme", "green")
+    with memory.store.read() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(select(SEMANTIC).where(SEMANTIC.c.tenant == "acme"))]
+    assert [(r["version"], r["text"]) for r in sorted(rows, key=lambda r: r["version"])] == [
+        (1, "Ada: My favorite color is blue."),
+        (2, "Ada: My favorite color is red."),  # 2: the forgotten version is gone, its number is free
+    ]
+    assert len({r["fact_key"] for r in rows}) == 1
+    live = [r for r in rows if r["valid_to"] is None]
+    assert [r["text"] for r in live] == ["Ada: My favorite color is red."]
