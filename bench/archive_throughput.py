@@ -4,10 +4,10 @@ write and read-back of the same rows to the same storage, measured in one run.
 Storage: a local folder, an S3 server on loopback (moto's ``ThreadedMotoServer``), and the same server reached
 through a proxy that holds each chunk it forwards ``--delay`` seconds, as a network does (``s3_delayed``): on
 loopback a request costs the server's CPU, not a round trip, and only the delayed server shows what overlapping
-requests saves. The store is a fresh SQLite
-file holding, for each of ``--tenants`` tenants, semantic items and consolidated episodes with their turns (about
-half the rows each, as the lifecycle leaves them), dated over ``--days`` days; every row is cold and engram archives
-them all, ``--batch-size`` keys a batch, as ``archive_cold_items`` does.
+requests saves. The store is a fresh SQLite file holding, for each of ``--tenants`` tenants, semantic items and
+consolidated episodes with their turns (about half the rows each, as the lifecycle leaves them), dated over
+``--days`` days; every row is cold and engram archives them all, ``--batch-size`` keys a batch, as
+``archive_cold_items`` does.
 
 Two pyarrow references write the same rows (read from the store beforehand, outside the clock), read every file
 back and hash it:

@@ -19,7 +19,7 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,6 @@ FORGET_INTENTS: Table = ForgetIntent.__table__  # type: ignore[attr-defined]
 
 # Rows per multi-row INSERT. SQLite allows 32,766 bound parameters per statement; the widest table has 14 columns.
 INSERT_CHUNK = 2_000
-# The valid_to of the rows ``_closed_versions`` gives the plan: set, so that the plan counts them as closed.
-VERSION_CLOSED = datetime(1970, 1, 1, tzinfo=UTC)
 # Distinct first keys (tenants, mostly) in one ``Store._pairs_in`` lookup. SQLite parses a chain of N ORs into an
 # expression N deep and refuses one deeper than 1,000.
 PAIR_FIRSTS = 200
@@ -1103,13 +1101,19 @@ class Store:
 
     def _closed_versions(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
         """For (tenant, fact key) pairs with no current item, the highest version stored (closed: its current
-        version was forgotten), as a row ``plan_changes`` reads only for its version; none for a key never seen."""
+        version was forgotten) and when the last one closed, as a row ``plan_changes`` reads only for its version;
+        none for a key never seen."""
         out: list[dict[str, Any]] = []
         for chunk in pair_chunks(sorted(keys)):
             out += [
-                {"tenant": t, "fact_key": k, "version": int(v), "valid_to": VERSION_CLOSED}
-                for t, k, v in conn.execute(
-                    select(SEMANTIC.c.tenant, SEMANTIC.c.fact_key, func.max(SEMANTIC.c.version))
+                {"tenant": t, "fact_key": k, "version": int(v), "valid_to": closed}
+                for t, k, v, closed in conn.execute(
+                    select(
+                        SEMANTIC.c.tenant,
+                        SEMANTIC.c.fact_key,
+                        func.max(SEMANTIC.c.version),
+                        func.max(SEMANTIC.c.valid_to),
+                    )
                     .where(self._pairs_in(SEMANTIC.c.tenant, SEMANTIC.c.fact_key, chunk))
                     .group_by(SEMANTIC.c.tenant, SEMANTIC.c.fact_key)
                 )
