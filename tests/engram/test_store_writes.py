@@ -1,0 +1,196 @@
+"""The store's bulk writes: SQLite's insert path and the JSON text of JSON columns.
+
+``Store.insert_ignore`` on SQLite makes a batch's parameters column by column with SQLAlchemy's own statement and
+conversions; what it stores must be what SQLAlchemy's own path stores, and what SQLAlchemy would fill in or refuse it
+must leave to SQLAlchemy. JSON columns are written with orjson where it reads back as ``json.dumps`` would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from engram.layers import Layer
+from engram.store import SEMANTIC, TRANSITIONS, WORKING, Store, StoreError, _json_dumps, _json_loads, transition_row
+
+AT = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(f"sqlite:///{tmp_path / 'engram.db'}")
+    s.migrate()
+    return s
+
+
+def _semantic_row(item_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "tenant": "t1",
+        "item_id": item_id,
+        "fact_key": "fact-" + item_id,
+        "version": 2,
+        "text": "Ana: I live in Lisbon — «café» 😀",
+        "rendered": "(4 March 2026) Ana: I live in Lisbon",
+        "actor": "Ana",
+        "tags": ["home", "topic-3"],
+        "valid_from": AT,
+        "valid_to": None,
+        "first_seen": AT - timedelta(days=3),
+        "last_seen": AT,
+        "support_count": 3,
+        "salience": 0.417,
+        "superseded_by": None,
+        "embedding": b"\x00\x01\xfe\xff",
+        "content_hash": "c" * 32,
+        "seq": 7,
+        **extra,
+    }
+
+
+def _stored(store: Store, table: Any, key: str, ids: list[str]) -> list[dict[str, Any]]:
+    with store.read() as conn:
+        rows = conn.execute(select(table).where(table.c[key].in_(ids)).order_by(table.c[key])).mappings().all()
+    return [{k: v for k, v in r.items() if k != key} for r in rows]
+
+
+def _raw(store: Store, table: str, key: str, ids: list[str]) -> list[tuple[Any, ...]]:
+    """The stored text of each column, as SQLite holds it, for rows with these keys (without the key itself)."""
+    with store.read() as conn:
+        marks = ", ".join("?" * len(ids))
+        rows = conn.exec_driver_sql(f"SELECT * FROM {table} WHERE {key} IN ({marks}) ORDER BY {key}", tuple(ids))
+        names = list(rows.keys())
+        return [tuple(v for n, v in zip(names, r, strict=True) if n != key) for r in rows]
+
+
+def _sqlalchemy_insert(store: Store, table: Any, rows: list[dict[str, Any]]) -> int:
+    with store.write() as conn:
+        return conn.execute(store._insert(table).on_conflict_do_nothing(), rows).rowcount
+
+
+def test_sqlite_bulk_insert_stores_what_sqlalchemys_own_path_stores(store: Store) -> None:
+    def rows(prefix: str) -> list[dict[str, Any]]:
+        return [
+            _semantic_row(f"{prefix}{i}", fact_key=f"fact-{i}", salience=i / 7, valid_to=AT if i % 2 else None)
+            for i in range(5)
+        ]
+
+    mine, theirs = rows("a"), rows("b")
+    with store.write() as conn:
+        assert store.insert_ignore(conn, SEMANTIC, mine) == 5
+    assert _sqlalchemy_insert(store, SEMANTIC, theirs) == 5
+    assert ("semantic_items", tuple(mine[0])) in store._insert_plans  # the rows went the column-by-column way
+
+    # Byte for byte the same stored values (datetimes as SQLAlchemy's text, JSON as the serializer's text, blobs)...
+    assert _raw(store, "semantic_items", "item_id", [f"a{i}" for i in range(5)]) == _raw(
+        store, "semantic_items", "item_id", [f"b{i}" for i in range(5)]
+    )
+    # ...which read back as the values written.
+    back = _stored(store, SEMANTIC, "item_id", ["a1"])[0]
+    assert back["valid_to"] == AT and back["valid_to"].tzinfo is not None
+    assert back["tags"] == ["home", "topic-3"]
+    assert back["embedding"] == b"\x00\x01\xfe\xff"
+    assert back["text"] == "Ana: I live in Lisbon — «café» 😀"
+    assert back["salience"] == pytest.approx(1 / 7)
+
+
+def test_sqlite_bulk_insert_skips_rows_whose_key_exists_and_counts_the_rest(store: Store) -> None:
+    rows = [transition_row("t1", f"e{i}", Layer.SENSORY, Layer.WORKING, "ingest", AT, "run-1", 1) for i in range(4)]
+    with store.write() as conn:
+        assert store.insert_ignore(conn, TRANSITIONS, rows[:2]) == 2
+    with store.write() as conn:
+        assert store.insert_ignore(conn, TRANSITIONS, rows) == 2
+    with store.read() as conn:
+        assert conn.execute(select(TRANSITIONS.c.item_id).order_by(TRANSITIONS.c.item_id)).scalars().all() == [
+            "e0",
+            "e1",
+            "e2",
+            "e3",
+        ]
+
+
+def test_a_column_left_out_gets_sqlalchemys_default(store: Store) -> None:
+    row = transition_row("t1", "e1", Layer.SENSORY, Layer.WORKING, "ingest", AT, None, 5)
+    del row["seq"]  # its column's default (0) is filled in by SQLAlchemy, not by the database
+    with store.write() as conn:
+        assert store.insert_ignore(conn, TRANSITIONS, [row]) == 1
+    with store.read() as conn:
+        assert conn.execute(select(TRANSITIONS.c.seq)).scalar_one() == 0
+    assert ("transitions", tuple(row)) not in store._insert_plans
+
+
+def test_rows_that_differ_in_their_columns_are_written_as_sqlalchemy_writes_them(store: Store) -> None:
+    full = transition_row("t1", "e1", Layer.SENSORY, Layer.WORKING, "ingest", AT, None, 5)
+    short = {k: v for k, v in transition_row("t1", "e2", None, None, "x", AT, None, 6).items() if k != "detail"}
+    with store.write() as conn, pytest.raises(Exception, match="detail"):
+        # SQLAlchemy refuses a later row that lacks a column of the first: the fast path must not write it either.
+        store.insert_ignore(conn, TRANSITIONS, [full, short])
+
+
+def test_a_value_a_conversion_refuses_fails_the_write_with_a_store_error(store: Store) -> None:
+    row = transition_row("t1", "e1", Layer.SENSORY, Layer.WORKING, "ingest", AT.replace(tzinfo=None), None, 1)
+    with pytest.raises(StoreError, match="timezone"), store.write() as conn:
+        store.insert_ignore(conn, TRANSITIONS, [row])
+    with store.read() as conn:
+        assert conn.execute(select(TRANSITIONS)).all() == []
+
+
+def test_a_working_item_written_in_bulk_reads_back_whole(store: Store) -> None:
+    row = {
+        "tenant": "t1",
+        "item_id": "e1",
+        "event_id": "e1",
+        "session_id": "s1",
+        "actor": "Ana",
+        "text": "hello",
+        "at": AT,
+        "scope": "session",
+        "tags": [],
+        "metadata": {"n": 2**70, "nested": {"k": [1, 2.5, None]}},
+        "expires_at": AT + timedelta(days=1),
+        "created_run_id": None,
+        "seq": 1,
+    }
+    with store.write() as conn:
+        assert store.insert_ignore(conn, WORKING, [row]) == 1
+    back = _stored(store, WORKING, "item_id", ["e1"])[0]
+    assert back["metadata"] == {"n": 2**70, "nested": {"k": [1, 2.5, None]}}
+    assert back["at"] == AT
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"session": "s1", "episodes": ["ep-1", "ep-2"], "version": 3},
+        {"text": "café «x» 😀 \u0000 \n"},
+        {"big": 2**64 + 1},  # past 64 bits: orjson refuses it, json writes it
+        {"flag": True, "none": None, "neg": -0.0, "small": 1e-300, "x": 0.1 + 0.2},
+        [1, "two", [3.0, {"four": None}]],
+        {"lone": "\ud800"},  # a lone surrogate: orjson refuses it
+        "plain",
+        None,
+    ],
+)
+def test_json_text_reads_back_as_json_dumps_text_does(value: Any) -> None:
+    assert _json_loads(_json_dumps(value)) == _json_loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("value", [{"x": math.nan}, {"x": math.inf}, [-math.inf]])
+def test_json_text_keeps_nan_and_infinities_where_orjson_would_write_null(value: Any) -> None:
+    text = _json_dumps(value)
+    assert "null" not in text
+    assert json.dumps(_json_loads(text)) == json.dumps(value)
+
+
+def test_json_text_of_keys_that_are_not_strings_is_json_dumps_text() -> None:
+    assert _json_dumps({1: "a", 2.5: "b"}) == json.dumps({1: "a", 2.5: "b"})
+
+
+def test_json_text_of_a_datetime_is_refused_as_json_dumps_refuses_it() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        _json_dumps({"at": AT})
