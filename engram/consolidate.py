@@ -217,7 +217,12 @@ def _stemmer() -> Any:
 
 
 def _tokens(text: str) -> list[str]:
-    return [w.lower() for w in _WORD.findall(text.replace("’", "'"))]
+    text = text.replace("’", "'")
+    if text.isascii():
+        # Lowering ASCII text first finds the same words (the pattern is ASCII) in one call instead of one per word;
+        # lowering other text can make ASCII letters of what were none ("K", the kelvin sign, becomes "k").
+        return _WORD.findall(text.lower())
+    return [w.lower() for w in _WORD.findall(text)]
 
 
 @lru_cache(maxsize=4_096)

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     Connection,
+    DateTime,
     Engine,
     Table,
     and_,
@@ -137,6 +138,18 @@ def _json_dumps(value: Any) -> str:
     if b"null" in text:
         return json.dumps(value)
     return text.decode("utf-8")
+
+
+def _converted(process: Any, values: list[Any], repeats: bool) -> list[Any]:
+    """``values`` through a bind processor (None: as they are). With ``repeats`` (a datetime column: a batch's rows
+    share their run's time), each distinct value is converted once; equal datetimes are the same instant, whose UTC
+    text is the same."""
+    if process is None:
+        return values
+    if not repeats:
+        return list(map(process, values))
+    seen: dict[Any, Any] = {}
+    return [seen[v] if v in seen else seen.setdefault(v, process(v)) for v in values]
 
 
 def _dicts(result: Any) -> list[dict[str, Any]]:
@@ -387,15 +400,21 @@ class Store:
             order = tuple(compiled.positiontup or ())
             if sorted(order) == sorted(names):
                 processors = tuple(
-                    table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for n in order
+                    (
+                        table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect),
+                        table.c[n].type._type_affinity is DateTime,
+                    )
+                    for n in order
                 )
                 plan = self._insert_plans[(table.name, names)] = (compiled.string, order, processors)
         params: list[tuple[Any, ...]] | None = None
         if plan is not None and all(len(r) == len(names) for r in rows):
             sql, order, processors = plan
             try:
-                columns = [[r[n] for r in rows] for n in order]
-                columns = [list(map(p, c)) if p else c for p, c in zip(processors, columns, strict=True)]
+                columns = [
+                    _converted(process, [r[n] for r in rows], repeats)
+                    for n, (process, repeats) in zip(order, processors, strict=True)
+                ]
                 params = list(zip(*columns, strict=True))
             except Exception:  # SQLAlchemy's path below raises its own error for the same rows
                 params = None

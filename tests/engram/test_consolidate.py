@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
 
 from engram.consolidate import (
+    _WORD,
     FACT_COLUMNS,
     LocalConsolidator,
     _item_id,
+    _tokens,
     content_hash,
     is_informative,
     plan_changes,
@@ -393,3 +396,14 @@ def test_summarize_episode_picks_the_recurring_topic_in_order() -> None:
     assert all("ottery" in line for line in lines)  # the topic both speakers come back to
     assert lines[0].startswith("Bruno: ")  # speakers are kept, order is the episode's
     assert summarize_episode(turns.iloc[:1]) == ""  # a greeting has nothing to summarise
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_words_of_ascii_and_other_text_are_those_of_each_word_lowered(seed: int) -> None:
+    rng = random.Random(seed)
+    # The kelvin sign and the dotted capital I lower to ASCII letters: text holding them is not lowered whole.
+    alphabet = "abcXYZ019 '’.,!?-_ßÀé\u212a\u0130"
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert _tokens(text) == [w.lower() for w in _WORD.findall(text.replace("’", "'"))], text
+    assert _tokens("Kelvin \u212aB") == ["kelvin", "b"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +194,18 @@ def test_json_text_of_keys_that_are_not_strings_is_json_dumps_text() -> None:
 def test_json_text_of_a_datetime_is_refused_as_json_dumps_refuses_it() -> None:
     with pytest.raises(TypeError, match="not JSON serializable"):
         _json_dumps({"at": AT})
+
+
+def test_a_batchs_times_are_each_stored_as_their_own_instant(store: Store) -> None:
+    paris = timezone(timedelta(hours=2))
+    times = [AT, AT.astimezone(paris), AT + timedelta(microseconds=1), AT, AT - timedelta(days=400)]
+    rows = [transition_row("t1", f"e{i}", None, None, "x", at, None, 1) for i, at in enumerate(times)]
+    with store.write() as conn:
+        assert store.insert_ignore(conn, TRANSITIONS, rows) == len(rows)
+    with store.read() as conn:
+        stored = dict(conn.execute(select(TRANSITIONS.c.item_id, TRANSITIONS.c.at)).all())
+    assert [stored[f"e{i}"] for i in range(len(times))] == times
+    with store.read() as conn:
+        text = dict(conn.exec_driver_sql("SELECT item_id, at FROM transitions").all())
+    assert text["e0"] == text["e1"] == text["e3"] == "2026-03-04 05:06:07.891011"  # one instant, one UTC text
+    assert text["e2"] == "2026-03-04 05:06:07.891012"
