@@ -142,14 +142,21 @@ def _json_dumps(value: Any) -> str:
 
 def _converted(process: Any, values: list[Any], repeats: bool) -> list[Any]:
     """``values`` through a bind processor (None: as they are). With ``repeats`` (a datetime column: a batch's rows
-    share their run's time), each distinct value is converted once; equal datetimes are the same instant, whose UTC
-    text is the same."""
+    share their run's time), each distinct instant is converted once. The key holds the offset from UTC beside the
+    time: two times of one zone compare by their wall clock, so the two instants of an hour that a clock change
+    repeats are equal (PEP 495), and only their offsets tell them apart."""
     if process is None:
         return values
     if not repeats:
         return list(map(process, values))
     seen: dict[Any, Any] = {}
-    return [seen[v] if v in seen else seen.setdefault(v, process(v)) for v in values]
+    out = []
+    for v in values:
+        key = (v, v.utcoffset()) if v is not None else None
+        if key not in seen:
+            seen[key] = process(v)
+        out.append(seen[key])
+    return out
 
 
 def _dicts(result: Any) -> list[dict[str, Any]]:
@@ -257,7 +264,8 @@ class Store:
             raise StoreError(f"cannot open the store at {self.safe_url}: {exc}") from exc
 
         # Per (table, columns): the SQL, parameter order and conversions of ``_sqlite_insert_ignore``'s statement.
-        self._insert_plans: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...], tuple[Any, ...]]] = {}
+        self._insert_plans: dict[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...], tuple[Any, ...]] | None]
+        self._insert_plans = {}
 
     @property
     def dialect(self) -> str:
@@ -394,19 +402,22 @@ class Store:
         """
         stmt = self._insert(table).on_conflict_do_nothing()
         names = tuple(rows[0])
-        plan = self._insert_plans.get((table.name, names))
-        if plan is None and all(n in table.c for n in names):
-            compiled = stmt.compile(dialect=conn.dialect, column_keys=list(names))
-            order = tuple(compiled.positiontup or ())
-            if sorted(order) == sorted(names):
-                processors = tuple(
-                    (
-                        table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect),
-                        table.c[n].type._type_affinity is DateTime,
+        plan = self._insert_plans.get((table.name, names), False)
+        if plan is False:
+            plan = None  # remembered too: these columns need SQLAlchemy's own path
+            if names and all(n in table.c for n in names):
+                compiled = stmt.compile(dialect=conn.dialect, column_keys=list(names))
+                order = tuple(compiled.positiontup or ())
+                if sorted(order) == sorted(names):
+                    processors = tuple(
+                        (
+                            table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect),
+                            table.c[n].type._type_affinity is DateTime,
+                        )
+                        for n in order
                     )
-                    for n in order
-                )
-                plan = self._insert_plans[(table.name, names)] = (compiled.string, order, processors)
+                    plan = (compiled.string, order, processors)
+            self._insert_plans[(table.name, names)] = plan
         params: list[tuple[Any, ...]] | None = None
         if plan is not None and all(len(r) == len(names) for r in rows):
             sql, order, processors = plan

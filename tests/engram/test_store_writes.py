@@ -12,6 +12,7 @@ import math
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -121,7 +122,7 @@ def test_a_column_left_out_gets_sqlalchemys_default(store: Store) -> None:
         assert store.insert_ignore(conn, TRANSITIONS, [row]) == 1
     with store.read() as conn:
         assert conn.execute(select(TRANSITIONS.c.seq)).scalar_one() == 0
-    assert ("transitions", tuple(row)) not in store._insert_plans
+    assert store._insert_plans[("transitions", tuple(row))] is None  # SQLAlchemy's path, remembered
 
 
 def test_rows_that_differ_in_their_columns_are_written_as_sqlalchemy_writes_them(store: Store) -> None:
@@ -209,3 +210,15 @@ def test_a_batchs_times_are_each_stored_as_their_own_instant(store: Store) -> No
         text = dict(conn.exec_driver_sql("SELECT item_id, at FROM transitions").all())
     assert text["e0"] == text["e1"] == text["e3"] == "2026-03-04 05:06:07.891011"  # one instant, one UTC text
     assert text["e2"] == "2026-03-04 05:06:07.891012"
+
+
+def test_the_two_instants_of_an_hour_a_clock_change_repeats_are_stored_apart(store: Store) -> None:
+    new_york = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=new_york)  # 05:30 UTC
+    second = first.replace(fold=1)  # the same wall time an hour later, 06:30 UTC; equal to ``first`` in Python
+    rows = [transition_row("t1", f"e{i}", None, None, "x", at, None, 1) for i, at in enumerate([first, second])]
+    with store.write() as conn:
+        assert store.insert_ignore(conn, TRANSITIONS, rows) == 2
+    with store.read() as conn:
+        text = dict(conn.exec_driver_sql("SELECT item_id, at FROM transitions").all())
+    assert text == {"e0": "2026-11-01 05:30:00.000000", "e1": "2026-11-01 06:30:00.000000"}
