@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import gc
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from typing import Any
@@ -73,6 +77,40 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+_GC_PAUSE_LOCK = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cycle collector paused while a task does its batch work; resumed when the last such task ends.
+
+    A batch builds and drops hundreds of thousands of containers (a dict per row, lists of values) that reference
+    counting frees as they go, since they hold no cycles. The cycle collector still counts them: every 700
+    containers allocated it examines the young ones, and every so often the whole heap, which the batch's own rows
+    make large. Over a lifecycle run of 10^5 events that came to 7.0 of its 38 s, 5.7 s of it in 21 full
+    collections (measured with ``gc.callbacks``). What a batch leaves in cycles is collected once the pause ends,
+    so a run's memory still follows its largest batch.
+
+    Tasks of one process may run in several threads: the collector stays paused until the last of them is done,
+    and is resumed only if it was running when the first began.
+    """
+    global _gc_pauses, _gc_was_enabled
+    with _GC_PAUSE_LOCK:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _GC_PAUSE_LOCK:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 class BatchMemory:

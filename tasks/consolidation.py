@@ -13,7 +13,7 @@ from prefect.utilities.annotations import opaque
 from engram.consolidate import Consolidator, LocalConsolidator, plan_changes
 from engram.embed import enabled as embeddings_enabled
 from engram.errors import LeaseLost, QualityGateFailed
-from tasks.common import current_run_id, open_store
+from tasks.common import current_run_id, cyclic_gc_paused, open_store
 from tasks.reporting import publish_gate_failure
 
 
@@ -44,8 +44,9 @@ def distill_facts(
     store_url: str | None, episodes: list[tuple[str, str]], consolidator: Consolidator | None = None
 ) -> pd.DataFrame:
     """Candidate facts from the episodes' turns."""
-    frames, turns = open_store(store_url).load_episodes(episodes)
-    return (consolidator or LocalConsolidator()).distill(frames, turns)
+    with cyclic_gc_paused():
+        frames, turns = open_store(store_url).load_episodes(episodes)
+        return (consolidator or LocalConsolidator()).distill(frames, turns)
 
 
 @task(cache_policy=NO_CACHE)
@@ -54,7 +55,8 @@ def gate_facts(candidates: pd.DataFrame, max_reject_fraction: float):  # noqa: A
     from engram.quality import validate_fact_batch
 
     try:
-        return validate_fact_batch(candidates, max_reject_fraction=max_reject_fraction)
+        with cyclic_gc_paused():
+            return validate_fact_batch(candidates, max_reject_fraction=max_reject_fraction)
     except QualityGateFailed as exc:
         publish_gate_failure(exc.suite, exc.result)
         raise
@@ -89,9 +91,10 @@ def commit_facts(
     batch was written, the new holder does it, and the run goes on with its next batch.
     """
     try:
-        return open_store(store_url).commit_consolidation(
-            episodes, facts, owner, as_of, current_run_id(), plan_changes, vectors
-        )
+        with cyclic_gc_paused():
+            return open_store(store_url).commit_consolidation(
+                episodes, facts, owner, as_of, current_run_id(), plan_changes, vectors
+            )
     except LeaseLost as exc:
         get_run_logger().warning("batch of %d episodes skipped: %s", len(episodes), exc)
         return {"lease_lost": len(episodes)}

@@ -10,14 +10,15 @@ from prefect.cache_policies import NO_CACHE
 
 from engram.errors import QualityGateFailed
 from engram.frames import records
-from tasks.common import current_run_id, open_store
+from tasks.common import current_run_id, cyclic_gc_paused, open_store
 from tasks.reporting import publish_gate_failure
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
 def read_sensory_batch(store_url: str | None, tenant: str | None, batch_size: int) -> pd.DataFrame:
     """The oldest events still in the sensory layer."""
-    return pd.DataFrame(open_store(store_url).pending_events(batch_size, tenant))
+    with cyclic_gc_paused():
+        return pd.DataFrame(open_store(store_url).pending_events(batch_size, tenant))
 
 
 @task(cache_policy=NO_CACHE)
@@ -26,7 +27,8 @@ def gate_sensory_batch(events: pd.DataFrame, max_reject_fraction: float):  # noq
     from engram.quality import validate_sensory_batch
 
     try:
-        return validate_sensory_batch(events, max_reject_fraction=max_reject_fraction)
+        with cyclic_gc_paused():
+            return validate_sensory_batch(events, max_reject_fraction=max_reject_fraction)
     except QualityGateFailed as exc:
         publish_gate_failure(exc.suite, exc.result)
         raise
@@ -35,6 +37,11 @@ def gate_sensory_batch(events: pd.DataFrame, max_reject_fraction: float):  # noq
 @task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
 def route_to_working(store_url: str | None, gate, as_of: datetime, working_ttl: timedelta) -> dict[str, int]:  # noqa: ANN001
     """Write the gate's valid rows to working memory and its rejects to quarantine, in one transaction."""
+    with cyclic_gc_paused():
+        return _route(store_url, gate, as_of, working_ttl)
+
+
+def _route(store_url: str | None, gate, as_of: datetime, working_ttl: timedelta) -> dict[str, int]:  # noqa: ANN001
     run_id = current_run_id()
     working = []
     for r in records(gate.valid):

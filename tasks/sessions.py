@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from engram.consolidate import summarize_episode
 from engram.errors import LeaseLost
-from tasks.common import current_run_id, open_store
+from tasks.common import current_run_id, cyclic_gc_paused, open_store
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
@@ -35,7 +35,8 @@ def turn_sessions_into_episodes(
     A lost lease skips the batch (nothing of it was written; the worker that retook it does it).
     """
     try:
-        return open_store(store_url).close_sessions(sessions, owner, as_of, current_run_id(), summarize_episode)
+        with cyclic_gc_paused():
+            return open_store(store_url).close_sessions(sessions, owner, as_of, current_run_id(), summarize_episode)
     except LeaseLost as exc:
         get_run_logger().warning("batch of %d sessions skipped: %s", len(sessions), exc)
         return {"lease_lost": len(sessions)}
