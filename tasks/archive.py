@@ -13,7 +13,7 @@ from engram import archive as arc
 from engram.errors import StoreError
 from engram.layers import Layer
 from engram.settings import Settings
-from tasks.common import current_run_id, open_store
+from tasks.common import current_run_id, cyclic_gc_paused, open_store
 
 LOG = logging.getLogger("engram")
 
@@ -51,7 +51,8 @@ def select_cold_items(
     store_url: str | None, layer: str, as_of: datetime, rules: arc.RetentionRules, tenant: str | None, batch_size: int
 ) -> list[tuple[str, str]]:
     """A batch of (tenant, id) keys of hot rows the retention rules send to the archive."""
-    return open_store(store_url).archive_candidates(Layer(layer), as_of, rules, tenant, batch_size)
+    with cyclic_gc_paused():
+        return open_store(store_url).archive_candidates(Layer(layer), as_of, rules, tenant, batch_size)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -59,7 +60,8 @@ def write_archive_files(
     store_url: str | None, storage: arc.StorageLike, layer: str, keys: list[tuple[str, str]], as_of: datetime
 ) -> list[dict[str, Any]]:
     """Parquet files and a manifest per tenant of the batch (status ``written``)."""
-    return arc.archive_batch(open_store(store_url), storage, Layer(layer), keys, as_of, current_run_id())
+    with cyclic_gc_paused():
+        return arc.archive_batch(open_store(store_url), storage, Layer(layer), keys, as_of, current_run_id())
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -67,7 +69,8 @@ def verify_archive_files(
     store_url: str | None, storage: arc.StorageLike, manifests: list[dict[str, Any]]
 ) -> list[arc.VerifiedManifest]:
     """Read every file back and compare row counts and checksums with its manifest (status ``verified``)."""
-    return arc.verify_manifests(open_store(store_url), storage, manifests)
+    with cyclic_gc_paused():
+        return arc.verify_manifests(open_store(store_url), storage, manifests)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -75,7 +78,8 @@ def tombstone_archived_rows(
     store_url: str | None, verified: list[arc.VerifiedManifest], as_of: datetime
 ) -> dict[str, int]:
     """Swap the verified rows for tombstones and audit the moves, one transaction for the batch (``committed``)."""
-    counts = arc.commit_manifests(open_store(store_url), verified, as_of, current_run_id())
+    with cyclic_gc_paused():
+        counts = arc.commit_manifests(open_store(store_url), verified, as_of, current_run_id())
     return {**counts, "manifests": len(verified)}
 
 

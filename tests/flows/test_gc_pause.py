@@ -10,8 +10,10 @@ from datetime import timedelta
 import pytest
 
 from engram import Memory
+from engram import archive as arc
 from engram.consolidate import LocalConsolidator
 from engram.store import Store
+from flows.archive import archive
 from tasks.common import cyclic_gc_paused
 from tests.conftest import T0
 from tests.flows.helpers import conversation_rows
@@ -76,7 +78,7 @@ def test_overlapping_batches_in_two_threads_resume_it_when_the_last_ends() -> No
     assert gc.isenabled()
 
 
-def test_a_lifecycle_runs_its_batch_work_paused_and_leaves_the_collector_running(
+def test_the_lifecycle_and_the_archive_run_their_batch_work_paused_and_leave_the_collector_running(
     sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: dict[str, bool] = {}
@@ -96,4 +98,17 @@ def test_a_lifecycle_runs_its_batch_work_paused_and_leaves_the_collector_running
     summary = sqlite_memory.run_lifecycle(T0 + timedelta(days=2))
     assert summary["consolidate"]["episodes"] == 1
     assert seen == {"route": False, "close": False, "distill": False, "commit": False}
+    assert gc.isenabled()
+
+    for name in ("archive_batch", "verify_manifests", "commit_manifests"):
+        monkeypatch.setattr(arc, name, watched(name, getattr(arc, name)))
+    moved = archive(
+        store_url=sqlite_memory.store_url, archive_url=sqlite_memory.archive_url, as_of=T0 + timedelta(days=3650)
+    )
+    assert moved["rows_verified"] > 0
+    assert {k: seen[k] for k in ("archive_batch", "verify_manifests", "commit_manifests")} == {
+        "archive_batch": False,
+        "verify_manifests": False,
+        "commit_manifests": False,
+    }
     assert gc.isenabled()
