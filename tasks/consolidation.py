@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -44,9 +45,11 @@ def distill_facts(
     store_url: str | None, episodes: list[tuple[str, str]], consolidator: Consolidator | None = None
 ) -> pd.DataFrame:
     """Candidate facts from the episodes' turns."""
-    with cyclic_gc_paused():
+    consolidator = consolidator or LocalConsolidator()
+    # A chat model's answers are waited for, not computed: only the local consolidator's work pauses the collector.
+    with cyclic_gc_paused() if isinstance(consolidator, LocalConsolidator) else nullcontext():
         frames, turns = open_store(store_url).load_episodes(episodes)
-        return (consolidator or LocalConsolidator()).distill(frames, turns)
+        return consolidator.distill(frames, turns)
 
 
 @task(cache_policy=NO_CACHE)

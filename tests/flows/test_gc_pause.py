@@ -6,15 +6,18 @@ import gc
 import threading
 import weakref
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
-from engram import Memory
+from engram import Memory, quality
 from engram import archive as arc
 from engram.consolidate import LocalConsolidator
 from engram.store import Store
 from flows.archive import archive
+from tasks import common
 from tasks.common import cyclic_gc_paused
+from tasks.consolidation import distill_facts
 from tests.conftest import T0
 from tests.flows.helpers import conversation_rows
 
@@ -38,8 +41,10 @@ def test_the_collector_is_paused_inside_and_collects_what_the_batch_left_after()
         gc.collect()  # an explicit collection still runs; the pause stops only the automatic ones
         assert left() is None
         again = weakref.ref(_Node())
+        rows = [{"n": i} for i in range(100_000)]  # far past the 700 allocations that start a collection
+        del rows
+        assert again() is not None  # nothing collected it: the collector is paused for every thread
     assert gc.isenabled()
-    assert again() is not None  # still there: nothing collected it during the pause
     gc.collect()
     assert again() is None
 
@@ -78,6 +83,50 @@ def test_overlapping_batches_in_two_threads_resume_it_when_the_last_ends() -> No
     assert gc.isenabled()
 
 
+def test_pauses_that_overlap_without_end_still_collect(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "GC_PAUSE_MAX_SECONDS", 0.0)
+    holding, release = threading.Event(), threading.Event()
+
+    def other_thread() -> None:
+        with cyclic_gc_paused():
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        with cyclic_gc_paused():
+            left = weakref.ref(_Node())
+        # The other thread still holds its pause: the collector stays off, but the pause that ended ran a collection.
+        assert not gc.isenabled()
+        assert left() is None
+    finally:
+        release.set()
+        thread.join(10)
+    assert gc.isenabled()
+
+
+def test_distilling_with_a_chat_model_does_not_pause_the_collector(sqlite_memory: Memory) -> None:
+    seen = []
+
+    class Remote:
+        name = "remote"
+
+        def distill(self, episodes: Any, turns: Any) -> Any:
+            seen.append(gc.isenabled())
+            return LocalConsolidator().distill(episodes, turns)
+
+    class Local(LocalConsolidator):
+        def distill(self, episodes: Any, turns: Any) -> Any:
+            seen.append(gc.isenabled())
+            return super().distill(episodes, turns)
+
+    for consolidator in (Remote(), Local()):
+        distill_facts.fn(sqlite_memory.store_url, [], consolidator)
+    assert seen == [True, False]
+
+
 def test_the_lifecycle_and_the_archive_run_their_batch_work_paused_and_leave_the_collector_running(
     sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -90,6 +139,10 @@ def test_the_lifecycle_and_the_archive_run_their_batch_work_paused_and_leave_the
 
         return call
 
+    monkeypatch.setattr(Store, "pending_events", watched("read", Store.pending_events))
+    monkeypatch.setattr(quality, "validate_sensory_batch", watched("gate", quality.validate_sensory_batch))
+    monkeypatch.setattr(quality, "validate_fact_batch", watched("gate facts", quality.validate_fact_batch))
+    monkeypatch.setattr(Store, "archive_candidates", watched("pick", Store.archive_candidates))
     monkeypatch.setattr(Store, "route_events", watched("route", Store.route_events))
     monkeypatch.setattr(Store, "close_sessions", watched("close", Store.close_sessions))
     monkeypatch.setattr(LocalConsolidator, "distill", watched("distill", LocalConsolidator.distill))
@@ -97,7 +150,15 @@ def test_the_lifecycle_and_the_archive_run_their_batch_work_paused_and_leave_the
     sqlite_memory.observe_many(conversation_rows("t1", 1, T0))
     summary = sqlite_memory.run_lifecycle(T0 + timedelta(days=2))
     assert summary["consolidate"]["episodes"] == 1
-    assert seen == {"route": False, "close": False, "distill": False, "commit": False}
+    assert seen == {
+        "read": False,
+        "gate": False,
+        "route": False,
+        "close": False,
+        "distill": False,
+        "gate facts": False,
+        "commit": False,
+    }
     assert gc.isenabled()
 
     for name in ("archive_batch", "verify_manifests", "commit_manifests"):
@@ -106,7 +167,8 @@ def test_the_lifecycle_and_the_archive_run_their_batch_work_paused_and_leave_the
         store_url=sqlite_memory.store_url, archive_url=sqlite_memory.archive_url, as_of=T0 + timedelta(days=3650)
     )
     assert moved["rows_verified"] > 0
-    assert {k: seen[k] for k in ("archive_batch", "verify_manifests", "commit_manifests")} == {
+    assert {k: seen[k] for k in ("pick", "archive_batch", "verify_manifests", "commit_manifests")} == {
+        "pick": False,
         "archive_batch": False,
         "verify_manifests": False,
         "commit_manifests": False,
