@@ -1,12 +1,15 @@
 """Runs one flow in its own process, so a test can kill it with SIGKILL: ``python -m tests.flows.flow_process``.
 
 Prints ``ready`` once the flow's modules are imported, so a test can time its kill from the start of the run itself.
+With ``--start-when PATH`` it then waits for that file to exist, so that a test can start several runs at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from datetime import datetime
+from pathlib import Path
 
 FLOWS = [
     "ingest",
@@ -21,6 +24,17 @@ FLOWS = [
 ]
 
 
+def _ready(start_when: str | None) -> None:
+    print("ready", flush=True)
+    if start_when is None:
+        return
+    deadline = time.monotonic() + 120
+    while not Path(start_when).exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{start_when} did not appear within 120 s")
+        time.sleep(0.01)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("flow", choices=FLOWS)
@@ -29,54 +43,55 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--tenant", default=None)
     parser.add_argument("--subject", default=None, help="what forget removes; the whole tenant when not given")
+    parser.add_argument("--start-when", default=None, help="a file whose appearance starts the run")
     args = parser.parse_args()
     as_of = datetime.fromisoformat(args.as_of)
     batch_size = args.batch_size or 1
     if args.flow == "ingest":
         from flows.ingest import ingest
 
-        print("ready", flush=True)
+        _ready(args.start_when)
         ingest(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "close_sessions":
         from flows.sessions import close_sessions
 
-        print("ready", flush=True)
+        _ready(args.start_when)
         close_sessions(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "expire_working":
         from flows.sessions import expire_working
 
-        print("ready", flush=True)
+        _ready(args.start_when)
         expire_working(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "consolidate":
         from flows.consolidate import consolidate
 
-        print("ready", flush=True)
+        _ready(args.start_when)
         consolidate(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "archive":
         from flows.archive import archive
 
-        print("ready", flush=True)
+        _ready(args.start_when)
         # The archive's URL, endpoint and keys come from the ENGRAM_ARCHIVE_* variables the test sets.
         archive(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "rehydrate":
         from flows.archive import rehydrate
 
-        print("ready", flush=True)
+        _ready(args.start_when)
         rehydrate(store_url=args.store_url, as_of=as_of, tenant=args.tenant, batch_size=batch_size)
     elif args.flow == "compact_archive":
         from flows.archive import compact_archive
 
-        print("ready", flush=True)
+        _ready(args.start_when)
         compact_archive(store_url=args.store_url, as_of=as_of, tenant=args.tenant, batch_size=batch_size)
     elif args.flow == "forget":
         from flows.forget import forget
 
-        print("ready", flush=True)
+        _ready(args.start_when)
         forget(tenant=args.tenant, subject=args.subject, store_url=args.store_url, as_of=as_of)
     else:
         from flows.lifecycle import lifecycle
 
-        print("ready", flush=True)
+        _ready(args.start_when)
         lifecycle(store_url=args.store_url, as_of=as_of, batch_size=args.batch_size)
 
 

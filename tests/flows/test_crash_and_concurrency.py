@@ -30,10 +30,13 @@ SESSIONS = 30
 LEASE_SECONDS = 1.0
 
 
-def _spawn(flow: str, store_url: str, batch_size: int) -> subprocess.Popen:
+def _spawn(flow: str, store_url: str, batch_size: int, start_when: Path | None = None) -> subprocess.Popen:
+    """The flow in a process of its own; with ``start_when``, it prints ``ready`` once imported and starts its run
+    when that file appears."""
     env = dict(os.environ)
     env["PREFECT_API_URL"] = os.environ["ENGRAM_TEST_PREFECT_API_URL"]
     env.setdefault("ENGRAM_LEASE_SECONDS", str(LEASE_SECONDS))
+    gate = ["--start-when", str(start_when)] if start_when is not None else []
     return subprocess.Popen(
         [
             sys.executable,
@@ -44,10 +47,11 @@ def _spawn(flow: str, store_url: str, batch_size: int) -> subprocess.Popen:
             AS_OF.isoformat(),
             "--batch-size",
             str(batch_size),
+            *gate,
         ],
         cwd=REPO,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if start_when is not None else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
 
@@ -148,7 +152,13 @@ def test_two_consolidations_at_once_never_process_an_episode_twice(
 ) -> None:
     monkeypatch.setenv("ENGRAM_LEASE_SECONDS", "120")  # long leases: nothing is retaken while both run
     _prepare(memory, "consolidate")
-    procs = [_spawn("consolidate", memory.store_url, 1) for _ in range(2)]
+    # Both start their runs at once, after their imports: a run that started seconds later (a process's imports
+    # take about that) could find every episode taken already.
+    gate = tmp_path / "start"
+    procs = [_spawn("consolidate", memory.store_url, 1, start_when=gate) for _ in range(2)]
+    for p in procs:
+        assert p.stdout.readline().strip() == b"ready", p.stderr.read()
+    gate.touch()
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     assert _consolidated(memory.store) == SESSIONS
