@@ -239,10 +239,13 @@ def _safe(exc: BaseException) -> str:
     return str(exc).replace("\n", " ")[:300]
 
 
-def _listed(names: Sequence[str], most: int = 3) -> str:
-    """Names for an error message, the first ``most`` of them and how many more."""
+def _listed(kind: str, names: Sequence[str], most: int = 3) -> str:
+    """``kind`` and its names for an error message ("manifest m1", "manifests m1, m2, m3 and 4 more"): the first
+    ``most`` names and how many more."""
     shown = ", ".join(names[:most])
-    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+    if len(names) > most:
+        shown = f"{shown} and {len(names) - most} more"
+    return f"{kind}{'s' if len(names) > 1 else ''} {shown}"
 
 
 def _where(storage: StorageLike) -> str:
@@ -605,8 +608,7 @@ def _read_files(
         return []
     paths = [_abs(storage, entry["path"]) for _, entry in files]
     manifests = list(dict.fromkeys(m["manifest_id"] for m, _ in files))
-    what = f"manifest {manifests[0]}" if len(manifests) == 1 else f"manifests {_listed(manifests)}"
-    with _storage_errors(f"reading the files of {what}", storage):
+    with _storage_errors(f"reading the files of {_listed('manifest', manifests)}", storage):
         got = fs.cat_ranges(paths, None, None, on_error="return")
     out = []
     for (manifest, entry), data in zip(files, got, strict=True):
@@ -1572,7 +1574,7 @@ def archive_batch(
     store.add_manifests([row for row, _ in planned])
     fs = storage.filesystem()
     ids = [row["manifest_id"] for row, _ in planned]
-    with _storage_errors(f"writing archive manifest{'s' if len(ids) > 1 else ''} {_listed(ids)}", storage):
+    with _storage_errors(f"writing archive {_listed('manifest', ids)}", storage):
         _put_many(fs, storage, [obj for _, objects in planned for obj in objects])
     return [row for row, _ in planned]
 

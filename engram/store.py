@@ -453,7 +453,6 @@ class Store:
         COPY streams rows without building a statement; the driver's multi-row VALUES path spends more time parsing
         its own placeholders than the server spends inserting.
         """
-
         from sqlalchemy import JSON
 
         columns = [c for c in table.columns if c.name in rows[0]]
