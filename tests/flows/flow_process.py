@@ -2,11 +2,14 @@
 
 Prints ``ready`` once the flow's modules are imported, so a test can time its kill from the start of the run itself.
 With ``--start-when PATH`` it then waits for that file to exist, so that a test can start several runs at once.
+With ``--meet DIR`` a consolidation waits, after its first claim of episodes, until ``--parties`` processes have
+claimed theirs: several runs then hold leases at once, however their starts fell.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +38,30 @@ def _ready(start_when: str | None) -> None:
         time.sleep(0.01)
 
 
+def _meet_after_first_claim(directory: str, parties: int) -> None:
+    """Each process, once its first claim returned episodes, leaves its mark in ``directory`` and waits (up to
+    120 s) for ``parties`` marks. The claim itself is the store's own; only the wait after it is added."""
+    from engram.store import Store
+
+    claim = Store.claim_episodes
+    met = False
+
+    def claim_then_meet(self, *args, **kwargs):
+        nonlocal met
+        episodes = claim(self, *args, **kwargs)
+        if episodes and not met:
+            met = True
+            Path(directory, str(os.getpid())).touch()
+            deadline = time.monotonic() + 120
+            while len(list(Path(directory).iterdir())) < parties:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"fewer than {parties} processes claimed episodes within 120 s")
+                time.sleep(0.01)
+        return episodes
+
+    Store.claim_episodes = claim_then_meet
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("flow", choices=FLOWS)
@@ -44,6 +71,8 @@ def main() -> None:
     parser.add_argument("--tenant", default=None)
     parser.add_argument("--subject", default=None, help="what forget removes; the whole tenant when not given")
     parser.add_argument("--start-when", default=None, help="a file whose appearance starts the run")
+    parser.add_argument("--meet", default=None, help="a directory where consolidations meet after their first claim")
+    parser.add_argument("--parties", type=int, default=2, help="how many processes meet there")
     args = parser.parse_args()
     as_of = datetime.fromisoformat(args.as_of)
     batch_size = args.batch_size or 1
@@ -65,6 +94,8 @@ def main() -> None:
     elif args.flow == "consolidate":
         from flows.consolidate import consolidate
 
+        if args.meet is not None:
+            _meet_after_first_claim(args.meet, args.parties)
         _ready(args.start_when)
         consolidate(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "archive":

@@ -30,13 +30,16 @@ SESSIONS = 30
 LEASE_SECONDS = 1.0
 
 
-def _spawn(flow: str, store_url: str, batch_size: int, start_when: Path | None = None) -> subprocess.Popen:
+def _spawn(
+    flow: str, store_url: str, batch_size: int, start_when: Path | None = None, meet: Path | None = None
+) -> subprocess.Popen:
     """The flow in a process of its own; with ``start_when``, it prints ``ready`` once imported and starts its run
-    when that file appears."""
+    when that file appears; with ``meet``, a consolidation waits after its first claim for one other process's."""
     env = dict(os.environ)
     env["PREFECT_API_URL"] = os.environ["ENGRAM_TEST_PREFECT_API_URL"]
     env.setdefault("ENGRAM_LEASE_SECONDS", str(LEASE_SECONDS))
     gate = ["--start-when", str(start_when)] if start_when is not None else []
+    gate += ["--meet", str(meet)] if meet is not None else []
     return subprocess.Popen(
         [
             sys.executable,
@@ -152,10 +155,11 @@ def test_two_consolidations_at_once_never_process_an_episode_twice(
 ) -> None:
     monkeypatch.setenv("ENGRAM_LEASE_SECONDS", "120")  # long leases: nothing is retaken while both run
     _prepare(memory, "consolidate")
-    # Both start their runs at once, after their imports: a run that started seconds later (a process's imports
-    # take about that) could find every episode taken already.
-    gate = tmp_path / "start"
-    procs = [_spawn("consolidate", memory.store_url, 1, start_when=gate) for _ in range(2)]
+    # Both start their runs at once, after their imports, and each waits after its first claim until the other has
+    # claimed too: otherwise a run whose flow started a second later could find every episode taken already.
+    gate, meet = tmp_path / "start", tmp_path / "meet"
+    meet.mkdir()
+    procs = [_spawn("consolidate", memory.store_url, 1, start_when=gate, meet=meet) for _ in range(2)]
     for p in procs:
         assert p.stdout.readline().strip() == b"ready", p.stderr.read()
     gate.touch()
