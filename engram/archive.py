@@ -56,7 +56,7 @@ from pydantic import SecretStr
 
 from engram.errors import ArchiveError, ArchiveMismatch
 from engram.layers import Layer
-from engram.store import EPISODES, SEMANTIC, TURNS, Store
+from engram.store import EPISODES, SEMANTIC, TURNS, Store, json_text
 from engram.text import mentions, render
 
 _log = logging.getLogger("engram.archive")
@@ -386,7 +386,7 @@ def _arrow_table(table_name: str, rows: Sequence[Mapping[str, Any]]) -> Any:
         elif n == "terms":
             columns[n] = _index_terms([r["text"] for r in rows], [r.get("actor") for r in rows])
         elif n in json_cols:
-            columns[n] = [json.dumps(r.get(n), ensure_ascii=False, sort_keys=True) for r in rows]
+            columns[n] = [json_text(r.get(n), sort_keys=True) for r in rows]
         else:
             columns[n] = [r.get(n) for r in rows]
     return pa.Table.from_pydict(columns, schema=schema)

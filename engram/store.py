@@ -119,24 +119,25 @@ def _json_loads(text: str | bytes) -> Any:
 
 
 # orjson hands these back to the caller instead of writing them its own way: json.dumps refuses a datetime and a
-# dataclass, and writes a subclass of str, int or dict as its base type, so ``_json_dumps`` leaves them to it.
+# dataclass, and writes a subclass of str, int or dict as its base type, so ``json_text`` leaves them to it.
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
-def _json_dumps(value: Any) -> str:
+def json_text(value: Any, sort_keys: bool = False) -> str:
     """JSON columns as text: orjson (about five times faster than ``json``; every row written of an audit detail,
     tags or metadata pays it), except where its text would read back otherwise than ``json.dumps``'s: orjson writes
     NaN and infinities as ``null`` (the text then holds ``null``, and ``json`` writes it), and refuses an integer past
     64 bits, a key that is not a string, a lone surrogate and the types above (``json`` writes or refuses those as it
     always did). Either text reads back to the same value through ``_json_loads``. What orjson writes that ``json``
     would refuse (a UUID, an enum that is not a str) never gets here: metadata is checked with ``json`` on the way
-    in (``engram.validation``), and engram's own values are plain."""
+    in (``engram.validation``), and engram's own values are plain. ``sort_keys`` orders the keys of every object,
+    for text that is the same whatever order a value's keys were set in (archived files)."""
     try:
-        text = orjson.dumps(value, option=_ORJSON_OPTIONS)
+        text = orjson.dumps(value, option=(_ORJSON_OPTIONS | orjson.OPT_SORT_KEYS) if sort_keys else _ORJSON_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(value)
+        return json.dumps(value, sort_keys=sort_keys)
     if b"null" in text:
-        return json.dumps(value)
+        return json.dumps(value, sort_keys=sort_keys)
     return text.decode("utf-8")
 
 
@@ -244,7 +245,7 @@ class Store:
                 self.engine: Engine = create_engine(
                     _sqlite_url_with_dirs(url),
                     connect_args={"timeout": 60, "check_same_thread": False},
-                    json_serializer=_json_dumps,
+                    json_serializer=json_text,
                     json_deserializer=_json_loads,
                     # A file is shared with other processes (flows run elsewhere) through WAL; pooled connections
                     # save the connect-and-PRAGMA cost on every search. An in-memory database is one connection.
@@ -257,7 +258,7 @@ class Store:
                     pool_pre_ping=True,
                     pool_size=5,
                     max_overflow=5,
-                    json_serializer=_json_dumps,
+                    json_serializer=json_text,
                     json_deserializer=_json_loads,
                 )
         except (SQLAlchemyError, ImportError) as exc:
@@ -470,7 +471,7 @@ class Store:
                 for row in rows:
                     copy.write_row(
                         [
-                            _json_dumps(row[c.name]) if j and row[c.name] is not None else row[c.name]
+                            json_text(row[c.name]) if j and row[c.name] is not None else row[c.name]
                             for c, j in zip(columns, is_json, strict=True)
                         ]
                     )

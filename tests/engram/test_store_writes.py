@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from engram.layers import Layer
-from engram.store import SEMANTIC, TRANSITIONS, WORKING, Store, StoreError, _json_dumps, _json_loads, transition_row
+from engram.store import SEMANTIC, TRANSITIONS, WORKING, Store, StoreError, _json_loads, json_text, transition_row
 
 AT = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
 
@@ -178,23 +178,41 @@ def test_a_working_item_written_in_bulk_reads_back_whole(store: Store) -> None:
     ],
 )
 def test_json_text_reads_back_as_json_dumps_text_does(value: Any) -> None:
-    assert _json_loads(_json_dumps(value)) == _json_loads(json.dumps(value))
+    assert _json_loads(json_text(value)) == _json_loads(json.dumps(value))
 
 
 @pytest.mark.parametrize("value", [{"x": math.nan}, {"x": math.inf}, [-math.inf]])
 def test_json_text_keeps_nan_and_infinities_where_orjson_would_write_null(value: Any) -> None:
-    text = _json_dumps(value)
+    text = json_text(value)
     assert "null" not in text
     assert json.dumps(_json_loads(text)) == json.dumps(value)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"b": 1, "a": {"d": [{"z": 1, "y": 2}], "c": "é"}},
+        {"b": None, "a": math.nan},  # json's text, keys sorted
+        {"lone": "\ud800", "a": 1},
+        [{"y": 1, "x": 2}],
+        None,
+    ],
+)
+def test_json_text_with_sorted_keys_is_the_same_for_any_key_order_and_reads_back(value: Any) -> None:
+    text = json_text(value, sort_keys=True)
+    assert json.dumps(_json_loads(text), sort_keys=True) == json.dumps(value, sort_keys=True)
+    if isinstance(value, dict):
+        assert json_text(dict(reversed(value.items())), sort_keys=True) == text
+        assert list(json.loads(text)) == sorted(value)
+
+
 def test_json_text_of_keys_that_are_not_strings_is_json_dumps_text() -> None:
-    assert _json_dumps({1: "a", 2.5: "b"}) == json.dumps({1: "a", 2.5: "b"})
+    assert json_text({1: "a", 2.5: "b"}) == json.dumps({1: "a", 2.5: "b"})
 
 
 def test_json_text_of_a_datetime_is_refused_as_json_dumps_refuses_it() -> None:
     with pytest.raises(TypeError, match="not JSON serializable"):
-        _json_dumps({"at": AT})
+        json_text({"at": AT})
 
 
 def test_a_batchs_times_are_each_stored_as_their_own_instant(store: Store) -> None:
