@@ -228,7 +228,7 @@ def hot_rows(store_url: str) -> dict[str, list[dict[str, Any]]]:
     from sqlalchemy import select
 
     from engram.archive import ARCHIVED_TABLES, _json_columns, partition
-    from engram.store import Store
+    from engram.store import Store, json_text
     from engram.text import render
 
     store = Store(store_url)
@@ -242,7 +242,7 @@ def hot_rows(store_url: str) -> dict[str, list[dict[str, Any]]]:
         json_cols = _json_columns(name)
         for r in rows:
             for c in json_cols:
-                r[c] = json.dumps(r[c], ensure_ascii=False, sort_keys=True)
+                r[c] = json_text(r[c], sort_keys=True)
             if name == "episode_turns":
                 r["rendered"] = render(r["text"], r["actor"], r["at"])
                 r["_date"] = partition(ended[(r["tenant"], r["episode_id"])])

@@ -200,10 +200,21 @@ def test_json_text_keeps_nan_and_infinities_where_orjson_would_write_null(value:
 )
 def test_json_text_with_sorted_keys_is_the_same_for_any_key_order_and_reads_back(value: Any) -> None:
     text = json_text(value, sort_keys=True)
-    assert json.dumps(_json_loads(text), sort_keys=True) == json.dumps(value, sort_keys=True)
+    assert json.dumps(json.loads(text), sort_keys=True) == json.dumps(value, sort_keys=True)
+    orders: list[list[str]] = []
+    json.loads(text, object_pairs_hook=lambda pairs: orders.append([k for k, _ in pairs]) or dict(pairs))
+    assert all(keys == sorted(keys) for keys in orders)  # every object's keys, nested ones too
     if isinstance(value, dict):
-        assert json_text(dict(reversed(value.items())), sort_keys=True) == text
-        assert list(json.loads(text)) == sorted(value)
+        assert json_text(_reversed_keys(value), sort_keys=True) == text
+
+
+def _reversed_keys(value: Any) -> Any:
+    """``value`` with the keys of every object, nested ones too, in reverse order."""
+    if isinstance(value, dict):
+        return {k: _reversed_keys(v) for k, v in reversed(value.items())}
+    if isinstance(value, list):
+        return [_reversed_keys(v) for v in value]
+    return value
 
 
 def test_json_text_of_keys_that_are_not_strings_is_json_dumps_text() -> None:

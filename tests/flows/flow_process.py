@@ -3,7 +3,8 @@
 Prints ``ready`` once the flow's modules are imported, so a test can time its kill from the start of the run itself.
 With ``--start-when PATH`` it then waits for that file to exist, so that a test can start several runs at once.
 With ``--meet DIR`` a consolidation waits, after its first claim of episodes, until ``--parties`` processes have
-claimed theirs: several runs then hold leases at once, however their starts fell.
+claimed theirs: several runs then hold leases at once, however their starts fell. Each must find episodes left to
+claim: the batch size must leave some for the others.
 """
 
 from __future__ import annotations

@@ -163,8 +163,9 @@ def test_two_consolidations_at_once_never_process_an_episode_twice(
     for p in procs:
         assert p.stdout.readline().strip() == b"ready", p.stderr.read()
     gate.touch()
-    for p in procs:
-        assert p.wait(timeout=300) == 0, p.stderr.read()
+    codes = [p.wait(timeout=300) for p in procs]
+    # One run's failure (say, before its first claim) shows as the other's wait timing out: show both.
+    assert codes == [0, 0], [p.stderr.read().decode(errors="replace")[-3000:] for p in procs]
     assert _consolidated(memory.store) == SESSIONS
 
     with memory.store.read() as conn:
