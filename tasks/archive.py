@@ -47,39 +47,39 @@ def settle_unfinished_manifests(
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
+@cyclic_gc_paused()
 def select_cold_items(
     store_url: str | None, layer: str, as_of: datetime, rules: arc.RetentionRules, tenant: str | None, batch_size: int
 ) -> list[tuple[str, str]]:
     """A batch of (tenant, id) keys of hot rows the retention rules send to the archive."""
-    with cyclic_gc_paused():
-        return open_store(store_url).archive_candidates(Layer(layer), as_of, rules, tenant, batch_size)
+    return open_store(store_url).archive_candidates(Layer(layer), as_of, rules, tenant, batch_size)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@cyclic_gc_paused()
 def write_archive_files(
     store_url: str | None, storage: arc.StorageLike, layer: str, keys: list[tuple[str, str]], as_of: datetime
 ) -> list[dict[str, Any]]:
     """Parquet files and a manifest per tenant of the batch (status ``written``)."""
-    with cyclic_gc_paused():
-        return arc.archive_batch(open_store(store_url), storage, Layer(layer), keys, as_of, current_run_id())
+    return arc.archive_batch(open_store(store_url), storage, Layer(layer), keys, as_of, current_run_id())
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@cyclic_gc_paused()
 def verify_archive_files(
     store_url: str | None, storage: arc.StorageLike, manifests: list[dict[str, Any]]
 ) -> list[arc.VerifiedManifest]:
     """Read every file back and compare row counts and checksums with its manifest (status ``verified``)."""
-    with cyclic_gc_paused():
-        return arc.verify_manifests(open_store(store_url), storage, manifests)
+    return arc.verify_manifests(open_store(store_url), storage, manifests)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@cyclic_gc_paused()
 def tombstone_archived_rows(
     store_url: str | None, verified: list[arc.VerifiedManifest], as_of: datetime
 ) -> dict[str, int]:
     """Swap the verified rows for tombstones and audit the moves, one transaction for the batch (``committed``)."""
-    with cyclic_gc_paused():
-        counts = arc.commit_manifests(open_store(store_url), verified, as_of, current_run_id())
+    counts = arc.commit_manifests(open_store(store_url), verified, as_of, current_run_id())
     return {**counts, "manifests": len(verified)}
 
 

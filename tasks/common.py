@@ -89,7 +89,8 @@ GC_PAUSE_MAX_SECONDS = 60.0
 
 @contextmanager
 def cyclic_gc_paused() -> Iterator[None]:
-    """Python's cycle collector paused while a task does its batch work; resumed when the last such task ends.
+    """Python's cycle collector paused while a task does its batch work; resumed when the last such task ends. A
+    decorator of the task's function (under ``@task``), or a ``with`` block around part of it.
 
     A batch builds and drops hundreds of thousands of containers (a dict per row, lists of values) that reference
     counting frees as they go, since they hold no cycles. The cycle collector still counts them: every 700

@@ -53,13 +53,13 @@ def distill_facts(
 
 
 @task(cache_policy=NO_CACHE)
+@cyclic_gc_paused()
 def gate_facts(candidates: pd.DataFrame, max_reject_fraction: float):  # noqa: ANN201 - GateResult
     """The episodic -> semantic quality gate."""
     from engram.quality import validate_fact_batch
 
     try:
-        with cyclic_gc_paused():
-            return validate_fact_batch(candidates, max_reject_fraction=max_reject_fraction)
+        return validate_fact_batch(candidates, max_reject_fraction=max_reject_fraction)
     except QualityGateFailed as exc:
         publish_gate_failure(exc.suite, exc.result)
         raise
@@ -80,6 +80,7 @@ def embed_facts(facts: pd.DataFrame) -> dict[str, bytes]:
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@cyclic_gc_paused()
 def commit_facts(
     store_url: str | None,
     episodes: list[tuple[str, str]],
@@ -94,10 +95,9 @@ def commit_facts(
     batch was written, the new holder does it, and the run goes on with its next batch.
     """
     try:
-        with cyclic_gc_paused():
-            return open_store(store_url).commit_consolidation(
-                episodes, facts, owner, as_of, current_run_id(), plan_changes, vectors
-            )
+        return open_store(store_url).commit_consolidation(
+            episodes, facts, owner, as_of, current_run_id(), plan_changes, vectors
+        )
     except LeaseLost as exc:
         get_run_logger().warning("batch of %d episodes skipped: %s", len(episodes), exc)
         return {"lease_lost": len(episodes)}

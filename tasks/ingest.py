@@ -15,33 +15,29 @@ from tasks.reporting import publish_gate_failure
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
+@cyclic_gc_paused()
 def read_sensory_batch(store_url: str | None, tenant: str | None, batch_size: int) -> pd.DataFrame:
     """The oldest events still in the sensory layer."""
-    with cyclic_gc_paused():
-        return pd.DataFrame(open_store(store_url).pending_events(batch_size, tenant))
+    return pd.DataFrame(open_store(store_url).pending_events(batch_size, tenant))
 
 
 @task(cache_policy=NO_CACHE)
+@cyclic_gc_paused()
 def gate_sensory_batch(events: pd.DataFrame, max_reject_fraction: float):  # noqa: ANN201 - GateResult
     """The sensory -> working quality gate; a batch-level failure fails the run before anything is written."""
     from engram.quality import validate_sensory_batch
 
     try:
-        with cyclic_gc_paused():
-            return validate_sensory_batch(events, max_reject_fraction=max_reject_fraction)
+        return validate_sensory_batch(events, max_reject_fraction=max_reject_fraction)
     except QualityGateFailed as exc:
         publish_gate_failure(exc.suite, exc.result)
         raise
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)
+@cyclic_gc_paused()
 def route_to_working(store_url: str | None, gate, as_of: datetime, working_ttl: timedelta) -> dict[str, int]:  # noqa: ANN001
     """Write the gate's valid rows to working memory and its rejects to quarantine, in one transaction."""
-    with cyclic_gc_paused():
-        return _route(store_url, gate, as_of, working_ttl)
-
-
-def _route(store_url: str | None, gate, as_of: datetime, working_ttl: timedelta) -> dict[str, int]:  # noqa: ANN001
     run_id = current_run_id()
     working = []
     for r in records(gate.valid):

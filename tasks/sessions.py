@@ -27,6 +27,7 @@ def claim_sessions_to_close(
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@cyclic_gc_paused()
 def turn_sessions_into_episodes(
     store_url: str | None, sessions: list[tuple[str, str]], owner: str, as_of: datetime
 ) -> dict[str, int]:
@@ -35,8 +36,7 @@ def turn_sessions_into_episodes(
     A lost lease skips the batch (nothing of it was written; the worker that retook it does it).
     """
     try:
-        with cyclic_gc_paused():
-            return open_store(store_url).close_sessions(sessions, owner, as_of, current_run_id(), summarize_episode)
+        return open_store(store_url).close_sessions(sessions, owner, as_of, current_run_id(), summarize_episode)
     except LeaseLost as exc:
         get_run_logger().warning("batch of %d sessions skipped: %s", len(sessions), exc)
         return {"lease_lost": len(sessions)}

@@ -1,10 +1,9 @@
 """Runs one flow in its own process, so a test can kill it with SIGKILL: ``python -m tests.flows.flow_process``.
 
 Prints ``ready`` once the flow's modules are imported, so a test can time its kill from the start of the run itself.
-With ``--start-when PATH`` it then waits for that file to exist, so that a test can start several runs at once.
-With ``--meet DIR`` a consolidation waits, after its first claim of episodes, until ``--parties`` processes have
-claimed theirs: several runs then hold leases at once, however their starts fell. Each must find episodes left to
-claim: the batch size must leave some for the others.
+With ``--meet DIR`` a consolidation waits, after its first claim of episodes, until one other process has claimed
+its own: two runs then hold leases at once, however their starts fell. Each must find episodes left to claim: the
+batch size must leave some for the other.
 """
 
 from __future__ import annotations
@@ -28,20 +27,9 @@ FLOWS = [
 ]
 
 
-def _ready(start_when: str | None) -> None:
-    print("ready", flush=True)
-    if start_when is None:
-        return
-    deadline = time.monotonic() + 120
-    while not Path(start_when).exists():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{start_when} did not appear within 120 s")
-        time.sleep(0.01)
-
-
-def _meet_after_first_claim(directory: str, parties: int) -> None:
+def _meet_after_first_claim(directory: str) -> None:
     """Each process, once its first claim returned episodes, leaves its mark in ``directory`` and waits (up to
-    120 s) for ``parties`` marks. The claim itself is the store's own; only the wait after it is added."""
+    120 s) for another process's mark. The claim itself is the store's own; only the wait after it is added."""
     from engram.store import Store
 
     claim = Store.claim_episodes
@@ -54,9 +42,9 @@ def _meet_after_first_claim(directory: str, parties: int) -> None:
             met = True
             Path(directory, str(os.getpid())).touch()
             deadline = time.monotonic() + 120
-            while len(list(Path(directory).iterdir())) < parties:
+            while len(list(Path(directory).iterdir())) < 2:
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"fewer than {parties} processes claimed episodes within 120 s")
+                    raise SystemExit("no other process claimed episodes within 120 s")
                 time.sleep(0.01)
         return episodes
 
@@ -71,59 +59,57 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--tenant", default=None)
     parser.add_argument("--subject", default=None, help="what forget removes; the whole tenant when not given")
-    parser.add_argument("--start-when", default=None, help="a file whose appearance starts the run")
     parser.add_argument("--meet", default=None, help="a directory where consolidations meet after their first claim")
-    parser.add_argument("--parties", type=int, default=2, help="how many processes meet there")
     args = parser.parse_args()
     as_of = datetime.fromisoformat(args.as_of)
     batch_size = args.batch_size or 1
     if args.flow == "ingest":
         from flows.ingest import ingest
 
-        _ready(args.start_when)
+        print("ready", flush=True)
         ingest(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "close_sessions":
         from flows.sessions import close_sessions
 
-        _ready(args.start_when)
+        print("ready", flush=True)
         close_sessions(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "expire_working":
         from flows.sessions import expire_working
 
-        _ready(args.start_when)
+        print("ready", flush=True)
         expire_working(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "consolidate":
         from flows.consolidate import consolidate
 
         if args.meet is not None:
-            _meet_after_first_claim(args.meet, args.parties)
-        _ready(args.start_when)
+            _meet_after_first_claim(args.meet)
+        print("ready", flush=True)
         consolidate(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "archive":
         from flows.archive import archive
 
-        _ready(args.start_when)
+        print("ready", flush=True)
         # The archive's URL, endpoint and keys come from the ENGRAM_ARCHIVE_* variables the test sets.
         archive(store_url=args.store_url, as_of=as_of, batch_size=batch_size)
     elif args.flow == "rehydrate":
         from flows.archive import rehydrate
 
-        _ready(args.start_when)
+        print("ready", flush=True)
         rehydrate(store_url=args.store_url, as_of=as_of, tenant=args.tenant, batch_size=batch_size)
     elif args.flow == "compact_archive":
         from flows.archive import compact_archive
 
-        _ready(args.start_when)
+        print("ready", flush=True)
         compact_archive(store_url=args.store_url, as_of=as_of, tenant=args.tenant, batch_size=batch_size)
     elif args.flow == "forget":
         from flows.forget import forget
 
-        _ready(args.start_when)
+        print("ready", flush=True)
         forget(tenant=args.tenant, subject=args.subject, store_url=args.store_url, as_of=as_of)
     else:
         from flows.lifecycle import lifecycle
 
-        _ready(args.start_when)
+        print("ready", flush=True)
         lifecycle(store_url=args.store_url, as_of=as_of, batch_size=args.batch_size)
 
 

@@ -30,16 +30,13 @@ SESSIONS = 30
 LEASE_SECONDS = 1.0
 
 
-def _spawn(
-    flow: str, store_url: str, batch_size: int, start_when: Path | None = None, meet: Path | None = None
-) -> subprocess.Popen:
-    """The flow in a process of its own; with ``start_when``, it prints ``ready`` once imported and starts its run
-    when that file appears; with ``meet``, a consolidation waits after its first claim for one other process's."""
+def _spawn(flow: str, store_url: str, batch_size: int, meet: Path | None = None) -> subprocess.Popen:
+    """The flow in a process of its own; with ``meet``, a consolidation waits after its first claim for one other
+    process's."""
     env = dict(os.environ)
     env["PREFECT_API_URL"] = os.environ["ENGRAM_TEST_PREFECT_API_URL"]
     env.setdefault("ENGRAM_LEASE_SECONDS", str(LEASE_SECONDS))
-    gate = ["--start-when", str(start_when)] if start_when is not None else []
-    gate += ["--meet", str(meet)] if meet is not None else []
+    meeting = ["--meet", str(meet)] if meet is not None else []
     return subprocess.Popen(
         [
             sys.executable,
@@ -50,11 +47,11 @@ def _spawn(
             AS_OF.isoformat(),
             "--batch-size",
             str(batch_size),
-            *gate,
+            *meeting,
         ],
         cwd=REPO,
         env=env,
-        stdout=subprocess.PIPE if start_when is not None else subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
 
@@ -155,14 +152,11 @@ def test_two_consolidations_at_once_never_process_an_episode_twice(
 ) -> None:
     monkeypatch.setenv("ENGRAM_LEASE_SECONDS", "120")  # long leases: nothing is retaken while both run
     _prepare(memory, "consolidate")
-    # Both start their runs at once, after their imports, and each waits after its first claim until the other has
-    # claimed too: otherwise a run whose flow started a second later could find every episode taken already.
-    gate, meet = tmp_path / "start", tmp_path / "meet"
+    # Each run waits after its first claim until the other has claimed too: otherwise a run whose flow started a
+    # second later could find every episode taken already.
+    meet = tmp_path / "meet"
     meet.mkdir()
-    procs = [_spawn("consolidate", memory.store_url, 1, start_when=gate, meet=meet) for _ in range(2)]
-    for p in procs:
-        assert p.stdout.readline().strip() == b"ready", p.stderr.read()
-    gate.touch()
+    procs = [_spawn("consolidate", memory.store_url, 1, meet=meet) for _ in range(2)]
     codes = [p.wait(timeout=300) for p in procs]
     # One run's failure (say, before its first claim) shows as the other's wait timing out: show both.
     assert codes == [0, 0], [p.stderr.read().decode(errors="replace")[-3000:] for p in procs]
