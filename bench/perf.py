@@ -31,7 +31,8 @@ What is measured (each size runs in a child process of its own, so its peak RSS 
 - peak RSS: the peak of each phase of a child (observe_many, lifecycle, archive, then the two references), sampled
   every 20 ms; ``peak_rss_mb`` is the largest peak of engram's own phases, ``ru_maxrss`` of the whole child is
   recorded beside it.
-- a pyinstrument profile of one pipeline run (observe_many and the lifecycle flow), as text and HTML.
+- a pyinstrument profile of one pipeline run (observe_many, the lifecycle flow and the archive flow), as text and
+  HTML.
 
 Prefect runs against a temporary Prefect server started once by the parent; its startup is not timed. With
 ``--prefect-database postgresql://...`` (what ``make bench-quick`` and the other make targets pass) it is a Prefect
@@ -473,7 +474,13 @@ def job_pipeline(
         stats = memory.stats()
         stored = stored_rows(url)
         sampler.phase("archive")
+        if profiler:
+            profiler = Profiler(interval=0.01)
+            profiler.start()
         archive_run = run_archive_flow(memory, as_of + timedelta(days=3650))
+        if profiler:
+            profiler.stop()
+            save_profile(profiler, profile_dir, f"archive_{events}")
         memory.close()
         phases["after_archive"] = rss_mb()
         checkpoint("archive", archive=archive_run)

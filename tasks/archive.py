@@ -10,10 +10,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from engram import archive as arc
+from engram.collector import cyclic_gc_paused
 from engram.errors import StoreError
 from engram.layers import Layer
 from engram.settings import Settings
-from tasks.common import current_run_id, cyclic_gc_paused, open_store
+from tasks.common import current_run_id, open_store
 
 LOG = logging.getLogger("engram")
 

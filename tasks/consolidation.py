@@ -11,10 +11,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import opaque
 
+from engram.collector import cyclic_gc_paused
 from engram.consolidate import Consolidator, LocalConsolidator, plan_changes
 from engram.embed import enabled as embeddings_enabled
 from engram.errors import LeaseLost, QualityGateFailed
-from tasks.common import current_run_id, cyclic_gc_paused, open_store
+from tasks.common import current_run_id, open_store
 from tasks.reporting import publish_gate_failure
 
 

@@ -8,9 +8,10 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from engram.collector import cyclic_gc_paused
 from engram.errors import QualityGateFailed
 from engram.frames import records
-from tasks.common import current_run_id, cyclic_gc_paused, open_store
+from tasks.common import current_run_id, open_store
 from tasks.reporting import publish_gate_failure
 
 

@@ -7,9 +7,10 @@ from datetime import datetime
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from engram.collector import cyclic_gc_paused
 from engram.consolidate import summarize_episode
 from engram.errors import LeaseLost
-from tasks.common import current_run_id, cyclic_gc_paused, open_store
+from tasks.common import current_run_id, open_store
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], cache_policy=NO_CACHE)

@@ -1,4 +1,5 @@
-"""Batch tasks pause Python's cycle collector for their work and resume it after, whatever happens in between."""
+"""Batch tasks and observe_many pause Python's cycle collector for their work and resume it after, whatever happens in
+between."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ from typing import Any
 
 import pytest
 
-from engram import Memory, quality
+from engram import Memory, collector, quality
 from engram import archive as arc
+from engram.collector import cyclic_gc_paused
 from engram.consolidate import LocalConsolidator
 from engram.store import Store
 from flows.archive import archive
-from tasks import common
-from tasks.common import cyclic_gc_paused
 from tasks.consolidation import distill_facts
 from tests.conftest import T0
 from tests.flows.helpers import conversation_rows
@@ -84,7 +84,7 @@ def test_overlapping_batches_in_two_threads_resume_it_when_the_last_ends() -> No
 
 
 def test_pauses_that_overlap_without_end_still_collect(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(common, "GC_PAUSE_MAX_SECONDS", 0.0)
+    monkeypatch.setattr(collector, "GC_PAUSE_MAX_SECONDS", 0.0)
     holding, release = threading.Event(), threading.Event()
 
     def other_thread() -> None:
@@ -174,3 +174,55 @@ def test_the_lifecycle_and_the_archive_run_their_batch_work_paused_and_leave_the
         "commit_manifests": False,
     }
     assert gc.isenabled()
+
+
+@pytest.fixture
+def collector_at_write(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the collector was running at each batch ``observe_many`` wrote to the store."""
+    seen: list[bool] = []
+    add_events = Store.add_events
+
+    def watched(self: Store, *args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return add_events(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "add_events", watched)
+    return seen
+
+
+def test_observe_many_writes_each_batch_paused_and_resumes_the_collector_after_it(
+    sqlite_memory: Memory, collector_at_write: list[bool]
+) -> None:
+    report = sqlite_memory.observe_many(conversation_rows("t1", 3, T0), batch_size=10)
+    assert report.accepted == 24
+    assert collector_at_write == [False, False, False]  # 24 rows in batches of 10: three batches, each paused
+    assert gc.isenabled()
+
+
+def test_observe_many_resumes_the_collector_when_a_batch_fails(
+    sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(self: Store, *args: Any, **kwargs: Any) -> Any:
+        assert not gc.isenabled()
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Store, "add_events", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sqlite_memory.observe_many(conversation_rows("t1", 1, T0))
+    assert gc.isenabled()
+
+
+def test_observe_many_leaves_the_collector_alone_when_the_settings_say_so(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, collector_at_write: list[bool]
+) -> None:
+    from engram.settings import Settings
+
+    monkeypatch.setenv("ENGRAM_PAUSE_COLLECTOR", "false")
+    settings = Settings()
+    assert settings.pause_collector is False  # the variable README names reaches the setting
+    memory = Memory(f"sqlite:///{tmp_path / 'engram.db'}", (tmp_path / "archive").as_uri(), settings=settings)
+    try:
+        assert memory.observe_many(conversation_rows("t1", 1, T0)).accepted == 8
+    finally:
+        memory.close()
+    assert collector_at_write == [True]
