@@ -487,6 +487,24 @@ class Store:
     def bump_seq(self, conn: Connection, tenants: Iterable[str], now: datetime) -> dict[str, int]:
         """Advance each tenant's change counter, locking its row until the transaction ends."""
         seqs: dict[str, int] = {}
+        if self.dialect == "sqlite":
+            # One writer at a time holds SQLite's lock for the whole transaction, so the order does not matter, and
+            # a statement for all the tenants of a batch costs what one per tenant did for each.
+            ordered = sorted(set(tenants))
+            if ordered:
+                conn.execute(
+                    self._insert(TENANTS).on_conflict_do_nothing(),
+                    [{"tenant": t, "seq": 0, "created_at": now} for t in ordered],
+                )
+            for start in range(0, len(ordered), INSERT_CHUNK):
+                bumped = conn.execute(
+                    update(TENANTS)
+                    .where(TENANTS.c.tenant.in_(ordered[start : start + INSERT_CHUNK]))
+                    .values(seq=TENANTS.c.seq + 1)
+                    .returning(TENANTS.c.tenant, TENANTS.c.seq)
+                )
+                seqs.update((t, n) for t, n in bumped)
+            return seqs
         for tenant in sorted(set(tenants)):  # sorted: two writers lock tenants in the same order, no deadlock
             conn.execute(self._insert(TENANTS).values(tenant=tenant, seq=0, created_at=now).on_conflict_do_nothing())
             seqs[tenant] = conn.execute(
@@ -510,10 +528,38 @@ class Store:
         with self.write() as conn:
             seqs = self.bump_seq(conn, (e["tenant"] for e in events), now)
             rows = [{**e, "received_at": now, "routed_at": None, "seq": seqs[e["tenant"]]} for e in events]
+            if self.dialect == "sqlite":
+                # The transaction began with BEGIN IMMEDIATE, which holds SQLite's one write lock until the commit:
+                # no other writer can add one of these events between the look-up and the insert, so the new ones
+                # are those not there before. Cheaper than RETURNING, whose multi-row statements SQLAlchemy builds
+                # and parses per chunk (``insert_ignore``).
+                keys = {(e["tenant"], e["event_id"]) for e in rows}
+                present = self._present_events(conn, keys)
+                self._sqlite_insert_ignore(conn, EVENTS, rows)
+                return keys - present
             # RETURNING gives (tenant, event_id) of the rows that were inserted; duplicates are skipped by the
             # conflict clause and counted by the caller.
             added = {(t, e) for t, e in self._insert_many(conn, EVENTS, rows, "tenant", "event_id")}
         return added
+
+    def _present_events(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """SQLite: the (tenant, event id) keys among ``keys`` that the sensory ledger holds, looked up by primary key.
+
+        The statement is plain SQL with a placeholder per id: a batch's events span many tenants, and building one
+        SQLAlchemy statement per tenant cost more than the look-ups.
+        """
+        by_tenant: dict[str, list[str]] = {}
+        for tenant, event_id in keys:
+            by_tenant.setdefault(tenant, []).append(event_id)
+        present: set[tuple[str, str]] = set()
+        for tenant, ids in sorted(by_tenant.items()):
+            ids.sort()
+            for start in range(0, len(ids), INSERT_CHUNK):
+                chunk = ids[start : start + INSERT_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT event_id FROM {EVENTS.name} WHERE tenant = ? AND event_id IN ({marks})"
+                present.update((tenant, e) for (e,) in conn.exec_driver_sql(sql, (tenant, *chunk)))
+        return present
 
     def add_quarantine(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Write rejected rows with their raw payload and reason."""

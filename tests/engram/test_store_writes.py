@@ -1,4 +1,5 @@
-"""The store's bulk writes: SQLite's insert path and the JSON text of JSON columns.
+"""The store's bulk writes: SQLite's insert path, the JSON text of JSON columns, the sensory ledger's new events and
+the tenants' change counters.
 
 ``Store.insert_ignore`` on SQLite makes a batch's parameters column by column with SQLAlchemy's own statement and
 conversions; what it stores must be what SQLAlchemy's own path stores, and what SQLAlchemy would fill in or refuse it
@@ -18,7 +19,18 @@ import pytest
 from sqlalchemy import select
 
 from engram.layers import Layer
-from engram.store import SEMANTIC, TRANSITIONS, WORKING, Store, StoreError, _json_loads, json_text, transition_row
+from engram.store import (
+    EVENTS,
+    SEMANTIC,
+    TENANTS,
+    TRANSITIONS,
+    WORKING,
+    Store,
+    StoreError,
+    _json_loads,
+    json_text,
+    transition_row,
+)
 
 AT = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
 
@@ -251,3 +263,61 @@ def test_the_two_instants_of_an_hour_a_clock_change_repeats_are_stored_apart(sto
     with store.read() as conn:
         text = dict(conn.exec_driver_sql("SELECT item_id, at FROM transitions").all())
     assert text == {"e0": "2026-11-01 05:30:00.000000", "e1": "2026-11-01 06:30:00.000000"}
+
+
+def _event(tenant: str, event_id: str, text: str = "hello") -> dict[str, Any]:
+    return {
+        "tenant": tenant,
+        "event_id": event_id,
+        "session_id": "s1",
+        "actor": "user",
+        "text": text,
+        "at": AT,
+        "metadata": {},
+    }
+
+
+def test_add_events_returns_only_the_new_events_and_leaves_those_present_as_they_were(store_url: str) -> None:
+    s = Store(store_url)
+    s.migrate()
+    try:
+        first = s.add_events([_event("a", "e1"), _event("a", "e2"), _event("b", "e1")], AT)
+        assert first == {("a", "e1"), ("a", "e2"), ("b", "e1")}
+        # a and b hold e1 each: an event id is one tenant's, so c's e1 is new; a's e2 again, with another text,
+        # is a duplicate and keeps the text it was first written with.
+        again = [
+            _event("a", "e2", "changed"),
+            _event("a", "e3"),
+            _event("b", "e1"),
+            _event("b", "e2"),
+            _event("c", "e1"),
+        ]
+        assert s.add_events(again, AT + timedelta(seconds=1)) == {("a", "e3"), ("b", "e2"), ("c", "e1")}
+        with s.read() as conn:
+            stored = {(r.tenant, r.event_id): r.text for r in conn.execute(select(EVENTS))}
+        assert stored == {
+            ("a", "e1"): "hello",
+            ("a", "e2"): "hello",
+            ("a", "e3"): "hello",
+            ("b", "e1"): "hello",
+            ("b", "e2"): "hello",
+            ("c", "e1"): "hello",
+        }
+    finally:
+        s.dispose()
+
+
+def test_a_write_advances_the_change_counter_of_each_of_its_tenants_once(store_url: str) -> None:
+    s = Store(store_url)
+    s.migrate()
+    tenants = [f"t{i:05d}" for i in range(2_100)]  # past one statement's chunk of tenants
+    try:
+        with s.write() as conn:
+            assert s.bump_seq(conn, tenants[:3], AT) == {t: 1 for t in tenants[:3]}
+        with s.write() as conn:
+            seqs = s.bump_seq(conn, [*reversed(tenants), tenants[0]], AT)  # order and repeats do not matter
+        assert seqs == {t: 2 if t in tenants[:3] else 1 for t in tenants}
+        with s.read() as conn:
+            assert dict(conn.execute(select(TENANTS.c.tenant, TENANTS.c.seq)).all()) == seqs
+    finally:
+        s.dispose()

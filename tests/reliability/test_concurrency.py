@@ -1,6 +1,7 @@
 """Runs that overlap: two ``ingest`` runs on the same pending events (a scheduled run and a manual one), a
 ``forget`` while a ``consolidate`` of episodes that mention the subject is under way, and two shard workers of a
-scaled-out consolidation on one pool. Real processes, on SQLite and PostgreSQL."""
+scaled-out consolidation on one pool, in real processes; two writers of overlapping events, in two threads with a
+store engine each. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -64,6 +67,33 @@ def test_two_ingest_runs_at_once_route_each_event_once(memory: Memory, monkeypat
     assert len(ingests) == len(rows) and all(n == 1 for _, n in ingests)
     assert _count(memory, select(func.count()).select_from(QUARANTINE)) == 3
     assert len(runs_seen) in (1, 2) and None not in runs_seen
+
+
+def test_two_writers_of_overlapping_events_at_once_count_each_event_new_once(memory: Memory) -> None:
+    rows = conversation_rows(TENANT, sessions=50, start=T0)  # 400 events
+    shared = len(rows) // 4
+    parts = [rows[: len(rows) // 2 + shared], rows[len(rows) // 2 - shared :]]  # a quarter of the events in both
+    start = threading.Barrier(2)
+    reports: list[Any] = [None, None]
+
+    def write(i: int) -> None:
+        own = Memory(memory.store_url, memory.archive_url, migrate=False)  # its own engine and connections
+        try:
+            start.wait(timeout=30)
+            reports[i] = own.observe_many(parts[i], batch_size=10)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(r is not None for r in reports), "a writer failed"
+    # Each event is new to exactly one writer, whichever wrote it first, and a duplicate to the other.
+    assert sum(r.accepted for r in reports) == len(rows)
+    assert sum(r.duplicates for r in reports) == 2 * shared
+    assert memory.stats(TENANT)["events"] == len(rows)
 
 
 def test_forget_during_a_consolidation_leaves_nothing_of_the_subject(
