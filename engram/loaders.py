@@ -25,9 +25,12 @@ def parse_locomo_time(value: str) -> datetime:
     if not m:
         raise InvalidInput("session_date_time", f"is not like '1:56 pm on 8 May, 2023': {str(value)[:60]!r}")
     hour, minute, ampm, day, month, year = m.groups()
-    hour = int(hour) % 12 + (12 if ampm.lower() == "pm" else 0)
-    month_no = datetime.strptime(month[:3].title(), "%b").month
-    return datetime(int(year), month_no, int(day), hour, int(minute), tzinfo=UTC)
+    try:
+        hour = int(hour) % 12 + (12 if ampm.lower() == "pm" else 0)
+        month_no = datetime.strptime(month[:3].title(), "%b").month
+        return datetime(int(year), month_no, int(day), hour, int(minute), tzinfo=UTC)
+    except ValueError as exc:  # a month that is none, a 31 June, a minute past 59
+        raise InvalidInput("session_date_time", f"is not a date and time: {str(value)[:60]!r} ({exc})") from None
 
 
 def locomo_rows(path: str | Path) -> Iterator[dict[str, Any]]:

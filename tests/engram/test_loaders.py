@@ -69,9 +69,19 @@ def test_parse_locomo_time(text: str, expected: datetime) -> None:
     assert parse_locomo_time(text) == expected
 
 
-def test_parse_locomo_time_names_the_field_when_it_cannot() -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        "yesterday at noon",  # not the shape at all
+        "1:56 pm on 8 Smarch, 2023",  # the shape, but no month
+        "1:56 pm on 31 June, 2023",  # June has 30 days
+        "1:75 pm on 8 May, 2023",  # no minute 75
+        "1:56 pm on 0 May, 2023",  # days count from 1
+    ],
+)
+def test_parse_locomo_time_names_the_field_when_it_cannot(text: str) -> None:
     with pytest.raises(InvalidInput) as caught:
-        parse_locomo_time("yesterday at noon")
+        parse_locomo_time(text)
     assert caught.value.field == "session_date_time"
 
 
