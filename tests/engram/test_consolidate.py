@@ -7,11 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engram.consolidate import (
     _WORD,
     FACT_COLUMNS,
     LocalConsolidator,
+    _annotated,
     _item_id,
     _tokens,
     content_hash,
@@ -135,10 +138,70 @@ def test_is_informative(sentence: str, expected: bool) -> None:
         ("See you tomorrow", "See you tomorrow (9 May 2023)"),  # the day after
         ("I love this week", "I love this week"),  # "this week" is the day said: nothing to add
         ("Lastly, a yesterdayish word", "Lastly, a yesterdayish word"),  # whole words only
+        ("We met la\u017ft year", "We met la\u017ft year (2022)"),  # re.I takes the long s for an s: so do we
+        ("the pa\u017ft \u017fummer", "the pa\u017ft \u017fummer (summer 2022)"),  # July is after May: 2022's
+        ("Two weeK\u017f ago", "Two weeK\u017f ago (the week of 24 April 2023)"),  # the Kelvin sign is a k
+        ("th\u0131s month and TH\u0130S year", "th\u0131s month (May 2023) and TH\u0130S year (2023)"),  # both i's
     ],
 )
 def test_resolve_dates(text: str, expected: str) -> None:
     assert resolve_dates(text, MAY_8) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I went YESTERDAY",  # capitals match as the regex's re.I matches them
+        "I went ye\u017fterday",  # the long s, which re.I takes for an s, as case folding does
+        "We met la\u017ft year",
+        "I love th\u0130s week",  # the dotted capital I: re.I takes it for an i, case folding does not
+        "I love th\u0131s week",  # the dotless i: the same
+        "Two days ago I fell",
+        "nothing dated here",
+    ],
+)
+def test_the_quick_test_for_a_relative_date_never_skips_one_the_regex_would_find(text: str) -> None:
+    assert resolve_dates(text, MAY_8) == _annotated(text, MAY_8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "yesterday",
+                "ago",
+                "last",
+                "this",
+                "past",
+                "next",
+                "tomorrow",
+                "week",
+                "monday",
+                "two days",
+                "3",
+                " ",
+                "\u017f",
+                "\u0130",
+                "\u0131",
+                "\u212a",
+                "S",
+                "T",
+                "I",
+                "a",
+                "s",
+                "t",
+                "h",
+                "i",
+                "e",
+                ".",
+            ]
+        ),
+        max_size=12,
+    ).map("".join)
+)
+def test_resolve_dates_is_what_the_regex_alone_gives_for_any_text(text: str) -> None:
+    assert resolve_dates(text, MAY_8) == _annotated(text, MAY_8)
 
 
 def test_year_and_month_rollover() -> None:
@@ -184,6 +247,8 @@ def test_a_bare_answer_keeps_the_question_it_answers() -> None:
         ("I live in Lisbon.", ("home", "Lisbon")),  # where the speaker lives
         ("I work as a nurse.", ("work", "a nurse")),  # what the speaker does
         ("My dog's name is Rex.", ("name of dog", "Rex")),  # a named thing of the speaker's
+        ("My favorite \u017fport is chess", ("favorite sport", "chess")),  # a long s: the slot "sport" names
+        ("My CAT'S name is Tom", ("name of cat", "Tom")),  # capitals: the same slot as "cat"
         ("I live in Lisbon, and I love the food there.", None),  # says more than the slot: a statement
         ("I went to Lisbon.", None),  # an event, not a slot: never superseded
     ],

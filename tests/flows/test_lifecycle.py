@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from prefect.client.orchestration import get_client
+from sqlalchemy import select
 
 from engram import Memory
 from engram.store import EPISODES, QUARANTINE, SEMANTIC, WORKING
@@ -163,3 +164,24 @@ def test_default_search_returns_facts_not_the_turns_they_were_distilled_from(mem
     assert default and {h.layer for h in default} == {"semantic"}
     turns = memory.search("acme", "pottery class blue bowl", layers=["episodic"])
     assert turns and {h.layer for h in turns} == {"episodic"}
+
+
+def test_a_relative_date_spelled_with_letters_re_i_equates_to_ascii_ones_is_resolved_not_a_crash(
+    sqlite_memory: Memory,
+) -> None:
+    # "la\u017ft" (a long s) and "th\u0131s" (a dotless i) match the relative-date pattern as "last" and "this" do;
+    # one such turn used to fail every run that closed or consolidated its session.
+    texts = ["I moved to Oslo la\u017ft year", "I started pottery th\u0131s month"]
+    rows = [
+        {"tenant": "acme", "session": "s1", "actor": "Caroline", "text": text, "at": T0 + timedelta(minutes=i)}
+        for i, text in enumerate(texts)
+    ]
+    assert sqlite_memory.observe_many(rows).accepted == 2
+    summary = sqlite_memory.run_lifecycle(as_of=T0 + timedelta(days=1))
+    assert summary["close_sessions"]["episodes"] == 1
+    assert summary["consolidate"]["episodes"] == 1
+    with sqlite_memory.store.read() as conn:
+        facts = sorted(conn.execute(select(SEMANTIC.c.text)).scalars())
+    year, month = T0.year - 1, T0.strftime("%B %Y")
+    assert any(f"la\u017ft year ({year})" in f for f in facts), facts
+    assert any(f"th\u0131s month ({month})" in f for f in facts), facts
