@@ -79,7 +79,7 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import MAXYEAR, MINYEAR, UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
@@ -325,6 +325,11 @@ def _folded(word: str) -> str:
     return word.casefold().replace("\u0131", "i").replace("\u0307", "")
 
 
+def _year(year: int) -> str | None:
+    """A year as a date names it, or None past the years a date can hold (1 to 9999)."""
+    return str(year) if MINYEAR <= year <= MAXYEAR else None
+
+
 def _resolve(m: re.Match[str], at: datetime) -> str | None:
     """The absolute date a relative expression names, said on ``at``; None when it names none."""
     if m.group("yesterday"):
@@ -345,12 +350,12 @@ def _resolve(m: re.Match[str], at: datetime) -> str | None:
             return f"the week of {render_date(at - timedelta(weeks=n))}"
         if unit == "month":
             return _month_year(_shift_months(at, -n))
-        return str(at.year - n)
+        return _year(at.year - n)
     direction = _folded(m.group("dir"))
     what = _folded(m.group("what"))
     step = {"last": -1, "past": -1, "next": 1, "this": 0}[direction]
     if what == "year":
-        return str(at.year + step)
+        return _year(at.year + step)
     if what == "month":
         return _month_year(_shift_months(at, step))
     if what in ("week", "weekend"):
@@ -387,8 +392,15 @@ def resolve_dates(text: str, at: datetime) -> str:
 
 
 def _annotated(text: str, at: datetime) -> str:
+    if isinstance(at, pd.Timestamp):
+        # A Timestamp counts back in pandas' own calendar, whose dates past its range it cannot print.
+        at = at.to_pydatetime(warn=False)
+
     def annotate(m: re.Match[str]) -> str:
-        absolute = _resolve(m, at)
+        try:
+            absolute = _resolve(m, at)
+        except (OverflowError, ValueError):  # "800000 days ago", "tomorrow" on 31 December 9999: no date to name
+            absolute = None
         return f"{m.group(0)} ({absolute})" if absolute else m.group(0)
 
     return _RELATIVE.sub(annotate, text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -138,6 +139,10 @@ def test_is_informative(sentence: str, expected: bool) -> None:
         ("See you tomorrow", "See you tomorrow (9 May 2023)"),  # the day after
         ("I love this week", "I love this week"),  # "this week" is the day said: nothing to add
         ("Lastly, a yesterdayish word", "Lastly, a yesterdayish word"),  # whole words only
+        ("born 800000 days ago", "born 800000 days ago"),  # before year 1: no date to name, the text as said
+        ("30000 months ago", "30000 months ago"),  # the same, counted in months
+        ("99999999999 days ago", "99999999999 days ago"),  # past what a time span can hold
+        ("3000 years ago", "3000 years ago"),  # year -977 is no year a date names
         ("We met la\u017ft year", "We met la\u017ft year (2022)"),  # re.I takes the long s for an s: so do we
         ("the pa\u017ft \u017fummer", "the pa\u017ft \u017fummer (summer 2022)"),  # July is after May: 2022's
         ("Two weeK\u017f ago", "Two weeK\u017f ago (the week of 24 April 2023)"),  # the Kelvin sign is a k
@@ -202,6 +207,101 @@ def test_the_quick_test_for_a_relative_date_never_skips_one_the_regex_would_find
 )
 def test_resolve_dates_is_what_the_regex_alone_gives_for_any_text(text: str) -> None:
     assert resolve_dates(text, MAY_8) == _annotated(text, MAY_8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from(
+            [
+                "yesterday",
+                "tomorrow",
+                "the day before yesterday",
+                "ago",
+                "days",
+                "weeks",
+                "months",
+                "years",
+                "last",
+                "next",
+                "this",
+                "past",
+                "month",
+                "year",
+                "week",
+                "summer",
+                "winter",
+                "monday",
+                "sunday",
+                "1",
+                "9",
+                "99999999999",
+                "800000",
+                "two",
+                " ",
+                ".",
+            ]
+        ),
+        max_size=10,
+    ).map(" ".join),
+    at=st.datetimes(datetime(1970, 1, 1), datetime(9999, 12, 31, 23, 59), timezones=st.just(UTC)),
+)
+def test_resolve_dates_never_fails_on_any_text_said_at_any_time_engram_accepts(text: str, at: datetime) -> None:
+    said = resolve_dates(text, at)
+    assert re.sub(r" \([^()]*\)", "", said) == text  # the text as said, with at most dates added in brackets
+
+
+_CHAT = st.sampled_from(
+    [
+        "yesterday",
+        "800000 days ago",
+        "la\u017ft",
+        "my favorite color is",
+        "I live in",
+        "I am",
+        "years old",
+        "?",
+        "!",
+        ".",
+        ",",
+        "and",
+        "Caroline",
+        "'s",
+        " ",
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(
+        st.one_of(st.text(max_size=60), st.lists(st.one_of(_CHAT, st.text(max_size=4)), max_size=12).map(" ".join)),
+        min_size=1,
+        max_size=4,
+    ),
+    at=st.datetimes(datetime(1970, 1, 1), datetime(9999, 12, 31), timezones=st.just(UTC)),
+    actor=st.text(max_size=10),
+)
+def test_summarizing_and_distilling_never_fail_on_any_text(texts: list[str], at: datetime, actor: str) -> None:
+    # One turn that fails them would fail every close or consolidation of the batch it is in.
+    turns = [
+        {"tenant": "t", "episode_id": "ep", "item_id": f"i{i}", "position": i, "actor": actor, "text": text, "at": at}
+        for i, text in enumerate(texts)
+    ]
+    summary = summarize_episode(turns)
+    facts = LocalConsolidator().distill(
+        pd.DataFrame([{"tenant": "t", "episode_id": "ep", "participants": [actor]}]), pd.DataFrame(turns)
+    )
+    assert isinstance(summary, str) and list(facts.columns) == list(FACT_COLUMNS)
+    assert set(facts["sources"].map(tuple).sum() if len(facts) else ()) <= {t["item_id"] for t in turns}
+
+
+def test_a_relative_date_at_the_edge_of_the_calendar_is_left_as_said() -> None:
+    last_day = datetime(9999, 12, 31, tzinfo=UTC)
+    assert resolve_dates("see you tomorrow", last_day) == "see you tomorrow"  # 10000-01-01 is no date
+    assert resolve_dates("next month", last_day) == "next month"
+    assert resolve_dates("next year", last_day) == "next year"
+    assert resolve_dates("yesterday", last_day) == "yesterday (30 December 9999)"
 
 
 def test_year_and_month_rollover() -> None:

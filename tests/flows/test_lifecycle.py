@@ -166,17 +166,22 @@ def test_default_search_returns_facts_not_the_turns_they_were_distilled_from(mem
     assert turns and {h.layer for h in turns} == {"episodic"}
 
 
-def test_a_relative_date_spelled_with_letters_re_i_equates_to_ascii_ones_is_resolved_not_a_crash(
+def test_relative_dates_with_odd_letters_or_past_the_calendar_are_resolved_or_left_as_said_not_a_crash(
     sqlite_memory: Memory,
 ) -> None:
     # "la\u017ft" (a long s) and "th\u0131s" (a dotless i) match the relative-date pattern as "last" and "this" do;
-    # one such turn used to fail every run that closed or consolidated its session.
-    texts = ["I moved to Oslo la\u017ft year", "I started pottery th\u0131s month"]
+    # "800000 days ago" names a day before year 1. One such turn used to fail every run that closed or consolidated
+    # its session.
+    texts = [
+        "I moved to Oslo la\u017ft year",
+        "I started pottery th\u0131s month",
+        "My town was founded 800000 days ago",
+    ]
     rows = [
         {"tenant": "acme", "session": "s1", "actor": "Caroline", "text": text, "at": T0 + timedelta(minutes=i)}
         for i, text in enumerate(texts)
     ]
-    assert sqlite_memory.observe_many(rows).accepted == 2
+    assert sqlite_memory.observe_many(rows).accepted == 3
     summary = sqlite_memory.run_lifecycle(as_of=T0 + timedelta(days=1))
     assert summary["close_sessions"]["episodes"] == 1
     assert summary["consolidate"]["episodes"] == 1
@@ -185,3 +190,4 @@ def test_a_relative_date_spelled_with_letters_re_i_equates_to_ascii_ones_is_reso
     year, month = T0.year - 1, T0.strftime("%B %Y")
     assert any(f"la\u017ft year ({year})" in f for f in facts), facts
     assert any(f"th\u0131s month ({month})" in f for f in facts), facts
+    assert any(f.endswith("founded 800000 days ago") for f in facts), facts
