@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 _GC_PAUSE_LOCK = threading.Lock()
-_gc_pauses = 0
+_gc_pauses: dict[int, int] = {}  # thread id -> pauses it is in
 _gc_was_enabled = False
 _gc_collected_at = 0.0
 # Pauses of several threads may overlap without end; the one that ends after this long without a collection runs one.
 GC_PAUSE_MAX_SECONDS = 60.0
+
+
+def _forked() -> None:
+    """In a forked child only the forking thread lives on: the pauses of the others are over, its own still last."""
+    global _GC_PAUSE_LOCK
+    _GC_PAUSE_LOCK = threading.Lock()  # another thread may have held it at the fork
+    mine = _gc_pauses.get(threading.get_ident(), 0)
+    if _gc_pauses and not mine and _gc_was_enabled:
+        gc.enable()
+    _gc_pauses.clear()
+    if mine:
+        _gc_pauses[threading.get_ident()] = mine
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 @contextmanager
@@ -32,24 +48,31 @@ def cyclic_gc_paused() -> Iterator[None]:
     batch. Work that waits on the network (a chat model's answers) gains nothing from it and is not paused.
 
     Tasks of one process may run in several threads: the collector stays paused until the last of them is done,
-    and is resumed only if it was running when the first began. Should their pauses overlap without end, a pause
+    and is resumed only if it was running when the first began; a host that turns the collector on or off while a
+    pause lasts finds it as it was before the pause once the last one ends. A pause also lasts through the database
+    waits of its batch (a lock held by another writer, the round trips). In a process forked during pauses, those of
+    the forking thread go on and the others' are over. Should their pauses overlap without end, a pause
     that ends more than ``GC_PAUSE_MAX_SECONDS`` after the last collection runs a full one itself, so that cycles
     left by every thread are still collected.
     """
-    global _gc_pauses, _gc_was_enabled, _gc_collected_at
+    global _gc_was_enabled, _gc_collected_at
+    me = threading.get_ident()
     with _GC_PAUSE_LOCK:
-        if _gc_pauses == 0:
+        if not _gc_pauses:
             _gc_was_enabled = gc.isenabled()
             _gc_collected_at = time.monotonic()
             gc.disable()
-        _gc_pauses += 1
+        _gc_pauses[me] = _gc_pauses.get(me, 0) + 1
     try:
         yield
     finally:
         collect = False
         with _GC_PAUSE_LOCK:
-            _gc_pauses -= 1
-            if _gc_pauses == 0:
+            if _gc_pauses[me] > 1:
+                _gc_pauses[me] -= 1
+            else:
+                del _gc_pauses[me]
+            if not _gc_pauses:
                 if _gc_was_enabled:
                     gc.enable()
             elif _gc_was_enabled and time.monotonic() - _gc_collected_at > GC_PAUSE_MAX_SECONDS:

@@ -370,7 +370,8 @@ def _resolve(m: re.Match[str], at: datetime) -> str | None:
             year = at.year
         if step > 0 and month > at.month:
             year = at.year
-        return f"{what} {year}"
+        named = _year(year)
+        return f"{what} {named}" if named else None
     weekday = _DAYS.index(what)
     if step < 0:
         back = (at.weekday() - weekday) % 7 or 7
@@ -393,7 +394,7 @@ def resolve_dates(text: str, at: datetime) -> str:
 
 def _annotated(text: str, at: datetime) -> str:
     if isinstance(at, pd.Timestamp):
-        # A Timestamp counts back in pandas' own calendar, whose dates past its range it cannot print.
+        # A Timestamp counts in pandas' own calendar, which cannot hold or print a date past its range.
         at = at.to_pydatetime(warn=False)
 
     def annotate(m: re.Match[str]) -> str:

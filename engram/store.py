@@ -532,11 +532,16 @@ class Store:
                 # The transaction began with BEGIN IMMEDIATE, which holds SQLite's one write lock until the commit:
                 # no other writer can add one of these events between the look-up and the insert, so the new ones
                 # are those not there before. Cheaper than RETURNING, whose multi-row statements SQLAlchemy builds
-                # and parses per chunk (``insert_ignore``).
+                # and parses per chunk (``insert_ignore``). The driver's count of rows inserted must agree: a row
+                # skipped for another reason than its key (a unique index the key does not cover) is not new.
                 keys = {(e["tenant"], e["event_id"]) for e in rows}
-                present = self._present_events(conn, keys)
-                self._sqlite_insert_ignore(conn, EVENTS, rows)
-                return keys - present
+                new = keys - self._present_events(conn, keys)
+                inserted = self._sqlite_insert_ignore(conn, EVENTS, rows)
+                if inserted != len(new):
+                    raise StoreError(
+                        f"{inserted} of {len(new)} new events were written; the batch is rolled back, nothing kept"
+                    )
+                return new
             # RETURNING gives (tenant, event_id) of the rows that were inserted; duplicates are skipped by the
             # conflict clause and counted by the caller.
             added = {(t, e) for t, e in self._insert_many(conn, EVENTS, rows, "tenant", "event_id")}

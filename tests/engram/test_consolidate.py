@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import re
+import string
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -169,6 +171,12 @@ def test_the_quick_test_for_a_relative_date_never_skips_one_the_regex_would_find
     assert resolve_dates(text, MAY_8) == _annotated(text, MAY_8)
 
 
+def test_case_folding_maps_every_letter_re_i_takes_for_an_ascii_one_but_the_two_is_it_looks_for_apart() -> None:
+    # What the quick test for a relative date rests on, checked over every code point of this Python's tables.
+    ascii_like = [c for c in map(chr, range(sys.maxunicode + 1)) if re.fullmatch("[a-z]", c, re.I)]
+    assert {c for c in ascii_like if c.casefold() not in string.ascii_lowercase} == {"\u0130", "\u0131"}
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
@@ -301,6 +309,8 @@ def test_a_relative_date_at_the_edge_of_the_calendar_is_left_as_said() -> None:
     assert resolve_dates("see you tomorrow", last_day) == "see you tomorrow"  # 10000-01-01 is no date
     assert resolve_dates("next month", last_day) == "next month"
     assert resolve_dates("next year", last_day) == "next year"
+    assert resolve_dates("next summer", last_day) == "next summer"  # summer 10000
+    assert resolve_dates("last winter", datetime(1970, 1, 5, tzinfo=UTC)) == "last winter (winter 1969)"
     assert resolve_dates("yesterday", last_day) == "yesterday (30 December 9999)"
 
 

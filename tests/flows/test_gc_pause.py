@@ -4,6 +4,7 @@ between."""
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import weakref
 from datetime import timedelta
@@ -226,3 +227,50 @@ def test_observe_many_leaves_the_collector_alone_when_the_settings_say_so(
     finally:
         memory.close()
     assert collector_at_write == [True]
+
+
+def _in_child(check) -> int:  # noqa: ANN001
+    """The exit code of a forked child that runs ``check`` (0 when it holds)."""
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest, no logging, only the check
+        code = 1
+        try:
+            code = 0 if check() else 1
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_child_forked_while_another_thread_pauses_starts_with_the_collector_running() -> None:
+    paused, done = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with cyclic_gc_paused():
+            paused.set()
+            done.wait(timeout=30)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        assert paused.wait(timeout=30)
+        assert not gc.isenabled()
+        # The other thread does not live on in the child: its pause is over there.
+        assert _in_child(gc.isenabled) == 0
+    finally:
+        done.set()
+        thread.join(timeout=30)
+    assert gc.isenabled()
+
+
+def test_a_child_forked_inside_a_pause_keeps_it_until_its_own_block_ends() -> None:
+    def check() -> bool:
+        with cyclic_gc_paused():  # a pause of the child's own, inside the one it inherited
+            inner = not gc.isenabled()
+        return inner and not gc.isenabled()
+
+    def forked_inside() -> int:
+        with cyclic_gc_paused():
+            return _in_child(check)
+
+    assert forked_inside() == 0
+    assert gc.isenabled()

@@ -81,6 +81,8 @@ def test_two_writers_of_overlapping_events_at_once_count_each_event_new_once(mem
         try:
             start.wait(timeout=30)
             reports[i] = own.observe_many(parts[i], batch_size=10)
+        except Exception as exc:  # shown by the assertion below
+            reports[i] = exc
         finally:
             own.close()
 
@@ -89,7 +91,8 @@ def test_two_writers_of_overlapping_events_at_once_count_each_event_new_once(mem
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert all(r is not None for r in reports), "a writer failed"
+    for r in reports:
+        assert r is not None and not isinstance(r, Exception), f"a writer failed: {r!r}"
     # Each event is new to exactly one writer, whichever wrote it first, and a duplicate to the other.
     assert sum(r.accepted for r in reports) == len(rows)
     assert sum(r.duplicates for r in reports) == 2 * shared
