@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from engram.layers import Layer
 from engram.store import (
@@ -303,6 +303,21 @@ def test_add_events_returns_only_the_new_events_and_leaves_those_present_as_they
             ("b", "e2"): "hello",
             ("c", "e1"): "hello",
         }
+    finally:
+        s.dispose()
+
+
+def test_add_events_over_more_tenants_than_one_look_up_takes_finds_every_new_event(store_url: str) -> None:
+    s = Store(store_url)
+    s.migrate()
+    tenants = [f"t{i:04d}" for i in range(450)]  # past two look-ups' worth of tenants (PAIR_FIRSTS each)
+    try:
+        assert len(s.add_events([_event(t, "e1") for t in tenants[::2]], AT)) == 225
+        both = [_event(t, e) for t in tenants for e in ("e1", "e2")]
+        want = {(t, e) for t in tenants for e in ("e1", "e2")} - {(t, "e1") for t in tenants[::2]}
+        assert s.add_events(both, AT) == want
+        with s.read() as conn:
+            assert conn.execute(select(func.count()).select_from(EVENTS)).scalar_one() == 900
     finally:
         s.dispose()
 
