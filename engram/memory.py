@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -303,9 +304,7 @@ class Memory:
     def _write_batch(self, rows: Sequence[Any]) -> IngestReport:
         """One batch of ``observe_many``, with the cycle collector paused unless the settings say otherwise: a batch's
         rows are thousands of containers without cycles that the collector would examine again and again."""
-        if not self.settings.pause_collector:
-            return self._write_rows(rows)
-        with cyclic_gc_paused():
+        with cyclic_gc_paused() if self.settings.pause_collector else nullcontext():
             return self._write_rows(rows)
 
     def _write_rows(self, rows: Sequence[Any]) -> IngestReport:

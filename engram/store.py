@@ -487,15 +487,11 @@ class Store:
     def bump_seq(self, conn: Connection, tenants: Iterable[str], now: datetime) -> dict[str, int]:
         """Advance each tenant's change counter, locking its row until the transaction ends."""
         seqs: dict[str, int] = {}
+        ordered = sorted(set(tenants))  # two PostgreSQL writers lock tenants in the same order: no deadlock
         if self.dialect == "sqlite":
             # One writer at a time holds SQLite's lock for the whole transaction, so the order does not matter, and
             # a statement for all the tenants of a batch costs what one per tenant did for each.
-            ordered = sorted(set(tenants))
-            if ordered:
-                conn.execute(
-                    self._insert(TENANTS).on_conflict_do_nothing(),
-                    [{"tenant": t, "seq": 0, "created_at": now} for t in ordered],
-                )
+            self.insert_ignore(conn, TENANTS, [{"tenant": t, "seq": 0, "created_at": now} for t in ordered])
             for start in range(0, len(ordered), INSERT_CHUNK):
                 bumped = conn.execute(
                     update(TENANTS)
@@ -505,7 +501,7 @@ class Store:
                 )
                 seqs.update((t, n) for t, n in bumped)
             return seqs
-        for tenant in sorted(set(tenants)):  # sorted: two writers lock tenants in the same order, no deadlock
+        for tenant in ordered:
             conn.execute(self._insert(TENANTS).values(tenant=tenant, seq=0, created_at=now).on_conflict_do_nothing())
             seqs[tenant] = conn.execute(
                 update(TENANTS).where(TENANTS.c.tenant == tenant).values(seq=TENANTS.c.seq + 1).returning(TENANTS.c.seq)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,17 @@ def test_the_two_instants_of_an_hour_a_clock_change_repeats_are_stored_apart(sto
     assert text == {"e0": "2026-11-01 05:30:00.000000", "e1": "2026-11-01 06:30:00.000000"}
 
 
+@pytest.fixture
+def any_store(store_url: str) -> Iterator[Store]:
+    """A migrated store on each backend."""
+    s = Store(store_url)
+    s.migrate()
+    try:
+        yield s
+    finally:
+        s.dispose()
+
+
 def _event(tenant: str, event_id: str, text: str = "hello") -> dict[str, Any]:
     return {
         "tenant": tenant,
@@ -277,65 +289,50 @@ def _event(tenant: str, event_id: str, text: str = "hello") -> dict[str, Any]:
     }
 
 
-def test_add_events_returns_only_the_new_events_and_leaves_those_present_as_they_were(store_url: str) -> None:
-    s = Store(store_url)
-    s.migrate()
-    try:
-        first = s.add_events([_event("a", "e1"), _event("a", "e2"), _event("b", "e1")], AT)
-        assert first == {("a", "e1"), ("a", "e2"), ("b", "e1")}
-        # a and b hold e1 each: an event id is one tenant's, so c's e1 is new; a's e2 again, with another text,
-        # is a duplicate and keeps the text it was first written with.
-        again = [
-            _event("a", "e2", "changed"),
-            _event("a", "e3"),
-            _event("b", "e1"),
-            _event("b", "e2"),
-            _event("c", "e1"),
-        ]
-        assert s.add_events(again, AT + timedelta(seconds=1)) == {("a", "e3"), ("b", "e2"), ("c", "e1")}
-        with s.read() as conn:
-            stored = {(r.tenant, r.event_id): r.text for r in conn.execute(select(EVENTS))}
-        assert stored == {
-            ("a", "e1"): "hello",
-            ("a", "e2"): "hello",
-            ("a", "e3"): "hello",
-            ("b", "e1"): "hello",
-            ("b", "e2"): "hello",
-            ("c", "e1"): "hello",
-        }
-    finally:
-        s.dispose()
+def test_add_events_returns_only_the_new_events_and_leaves_those_present_as_they_were(any_store: Store) -> None:
+    first = any_store.add_events([_event("a", "e1"), _event("a", "e2"), _event("b", "e1")], AT)
+    assert first == {("a", "e1"), ("a", "e2"), ("b", "e1")}
+    # a and b hold e1 each: an event id is one tenant's, so c's e1 is new; a's e2 again, with another text,
+    # is a duplicate and keeps the text it was first written with.
+    again = [
+        _event("a", "e2", "changed"),
+        _event("a", "e3"),
+        _event("b", "e1"),
+        _event("b", "e2"),
+        _event("c", "e1"),
+    ]
+    assert any_store.add_events(again, AT + timedelta(seconds=1)) == {("a", "e3"), ("b", "e2"), ("c", "e1")}
+    with any_store.read() as conn:
+        stored = {(r.tenant, r.event_id): r.text for r in conn.execute(select(EVENTS))}
+    assert stored == {
+        ("a", "e1"): "hello",
+        ("a", "e2"): "hello",
+        ("a", "e3"): "hello",
+        ("b", "e1"): "hello",
+        ("b", "e2"): "hello",
+        ("c", "e1"): "hello",
+    }
 
 
-def test_add_events_over_more_tenants_than_one_look_up_takes_finds_every_new_event(store_url: str) -> None:
-    s = Store(store_url)
-    s.migrate()
-    tenants = [f"t{i:04d}" for i in range(450)]  # past two look-ups' worth of tenants (PAIR_FIRSTS each)
-    try:
-        assert len(s.add_events([_event(t, "e1") for t in tenants[::2]], AT)) == 225
-        both = [_event(t, e) for t in tenants for e in ("e1", "e2")]
-        want = {(t, e) for t in tenants for e in ("e1", "e2")} - {(t, "e1") for t in tenants[::2]}
-        assert s.add_events(both, AT) == want
-        with s.read() as conn:
-            assert conn.execute(select(func.count()).select_from(EVENTS)).scalar_one() == 900
-    finally:
-        s.dispose()
+def test_add_events_over_hundreds_of_tenants_finds_every_new_event(any_store: Store) -> None:
+    tenants = [f"t{i:04d}" for i in range(450)]  # a batch over many tenants, half of whose events are there
+    assert len(any_store.add_events([_event(t, "e1") for t in tenants[::2]], AT)) == 225
+    both = [_event(t, e) for t in tenants for e in ("e1", "e2")]
+    want = {(t, e) for t in tenants for e in ("e1", "e2")} - {(t, "e1") for t in tenants[::2]}
+    assert any_store.add_events(both, AT) == want
+    with any_store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(EVENTS)).scalar_one() == 900
 
 
-def test_a_write_advances_the_change_counter_of_each_of_its_tenants_once(store_url: str) -> None:
-    s = Store(store_url)
-    s.migrate()
+def test_a_write_advances_the_change_counter_of_each_of_its_tenants_once(any_store: Store) -> None:
     tenants = [f"t{i:05d}" for i in range(2_100)]  # past one statement's chunk of tenants
-    try:
-        with s.write() as conn:
-            assert s.bump_seq(conn, tenants[:3], AT) == {t: 1 for t in tenants[:3]}
-        with s.write() as conn:
-            seqs = s.bump_seq(conn, [*reversed(tenants), tenants[0]], AT)  # order and repeats do not matter
-        assert seqs == {t: 2 if t in tenants[:3] else 1 for t in tenants}
-        with s.read() as conn:
-            assert dict(conn.execute(select(TENANTS.c.tenant, TENANTS.c.seq)).all()) == seqs
-    finally:
-        s.dispose()
+    with any_store.write() as conn:
+        assert any_store.bump_seq(conn, tenants[:3], AT) == {t: 1 for t in tenants[:3]}
+    with any_store.write() as conn:
+        seqs = any_store.bump_seq(conn, [*reversed(tenants), tenants[0]], AT)  # order and repeats do not matter
+    assert seqs == {t: 2 if t in tenants[:3] else 1 for t in tenants}
+    with any_store.read() as conn:
+        assert dict(conn.execute(select(TENANTS.c.tenant, TENANTS.c.seq)).all()) == seqs
 
 
 def test_an_event_skipped_for_another_reason_than_its_key_fails_the_write_and_keeps_nothing(store: Store) -> None:
