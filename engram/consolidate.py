@@ -620,6 +620,41 @@ class LocalConsolidator:
         return facts.sort_values("at", kind="stable").reset_index(drop=True)
 
 
+def distill_isolating(
+    consolidator: Consolidator, episodes: pd.DataFrame, turns: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[tuple[str, str], str]]:
+    """Candidate facts from a batch, and the episodes the consolidator failed on with why, so that one episode it
+    cannot handle holds back that episode alone and not the batch around it.
+
+    The batch is distilled whole; only when that raises is it distilled again one episode at a time, and the
+    episodes that raise alone are returned as ``(tenant, episode_id) -> "ErrorType: message"``. When every episode
+    fails, every one is returned: whether the consolidator is broken or the batch was its one bad episode is for
+    the caller to weigh (the flows stop claiming batches after one that failed whole).
+    """
+    try:
+        return consolidator.distill(episodes, turns), {}
+    except Exception:
+        if episodes.empty:
+            raise
+        failed: dict[tuple[str, str], str] = {}
+        frames: list[pd.DataFrame] = []
+        episode_rows = {k: i for i, k in enumerate(zip(episodes["tenant"], episodes["episode_id"], strict=True))}
+        turn_rows: dict[tuple[str, str], list[int]] = {}
+        if not turns.empty:
+            for i, key in enumerate(zip(turns["tenant"], turns["episode_id"], strict=True)):
+                turn_rows.setdefault(key, []).append(i)
+        for key, row in episode_rows.items():
+            one = episodes.iloc[[row]].reset_index(drop=True)
+            its_turns = turns.iloc[turn_rows.get(key, [])].reset_index(drop=True)
+            try:
+                frames.append(consolidator.distill(one, its_turns))
+            except Exception as exc:  # noqa: BLE001 - the episode's own failure, kept with it as its reason
+                failed[key] = f"{type(exc).__name__}: {exc}"[:2000]
+        kept = [f for f in frames if len(f)]
+        facts = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=FACT_COLUMNS)
+        return facts.sort_values("at", kind="stable").reset_index(drop=True), failed
+
+
 def summarize_episode(turns: pd.DataFrame | Sequence[Mapping[str, Any]], max_sentences: int = 3) -> str:
     """An extractive summary of one episode's turns: its most informative sentences, one per line.
 

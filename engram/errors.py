@@ -4,6 +4,7 @@
     ├── InvalidInput          a value given to the API is wrong; names the field, the kind of value, what to do
     ├── NotFound              an item or session that does not exist for this tenant
     ├── QualityGateFailed     a Great Expectations suite failed for a whole batch; carries the validation result
+    ├── EpisodesHeldBack      a consolidation run left the episodes its consolidator failed on unconsolidated
     ├── StoreError            the database failed (driver errors are translated into this at the store boundary)
     │   └── LeaseLost         a claimed batch's lease expired or was taken by another worker
     └── ArchiveError          the object storage failed or an archived file does not match its manifest
@@ -57,6 +58,28 @@ class QualityGateFailed(EngramError):
         self.failed = failed
         self.result = result or {}
         super().__init__(f"quality gate {suite!r} failed: {', '.join(failed)}")
+
+
+class EpisodesHeldBack(EngramError):
+    """A consolidation run could not distil some of its episodes; it consolidated all the others.
+
+    Raised at the end of the run, after its last batch, so that the run shows failed while the episodes that could
+    be distilled are in the semantic layer. The held-back episodes stay unconsolidated, each with a quarantine row
+    (source ``consolidate``) giving the consolidator's error, and are retried by the first run after their lease
+    expires.
+
+    Attributes:
+        episodes: ``(tenant, episode_id) -> reason`` of each held-back episode.
+    """
+
+    def __init__(self, episodes: dict[tuple[str, str], str]):
+        self.episodes = dict(episodes)
+        shown = "; ".join(f"{t}/{e}: {why}" for (t, e), why in list(self.episodes.items())[:5])
+        more = f" and {len(self.episodes) - 5} more" if len(self.episodes) > 5 else ""
+        super().__init__(
+            f"{len(self.episodes)} episode(s) could not be distilled and stay unconsolidated until retried "
+            f"(quarantine source 'consolidate'): {shown}{more}"
+        )
 
 
 class StoreError(EngramError):

@@ -178,6 +178,23 @@ def stable_id(prefix: str, *parts: str) -> str:
     return f"{prefix}-{digest[:32]}"
 
 
+def _held_back_rows(held: Mapping[tuple[str, str], str], at: datetime, flow_run_id: str | None) -> list[dict[str, Any]]:
+    """Quarantine rows for episodes the consolidator failed on: one per episode and reason."""
+    return [
+        {
+            "tenant": tenant,
+            "quarantine_id": stable_id("q", tenant, episode_id, "consolidate", reason),
+            "source": "consolidate",
+            "field": "episode",
+            "reason": reason,
+            "raw_payload": json.dumps({"episode_id": episode_id}),
+            "flow_run_id": flow_run_id,
+            "quarantined_at": at,
+        }
+        for (tenant, episode_id), reason in sorted(held.items())
+    ]
+
+
 def transition_row(
     tenant: str,
     item_id: str,
@@ -862,11 +879,15 @@ class Store:
 
         Args:
             summarize: ``f(turn rows) -> str``, the extractive summary (``engram.consolidate.summarize_episode``).
+                A summary that raises does not hold back its session nor the batch: the episode is written with
+                an empty summary (every turn is kept) and a quarantine row (source ``close_sessions``, field
+                ``summary``) gives the error.
 
         Returns:
-            counts: ``episodes``, ``turns``, ``empty`` (sessions that had no working items left).
+            counts: ``episodes``, ``turns``, ``empty`` (sessions that had no working items left),
+            ``unsummarized`` (episodes written without a summary because ``summarize`` raised).
         """
-        counts = {"episodes": 0, "turns": 0, "empty": 0}
+        counts = {"episodes": 0, "turns": 0, "empty": 0, "unsummarized": 0}
         if not sessions:
             return counts
         with self.write() as conn:
@@ -884,7 +905,7 @@ class Store:
             by_session: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for it in items:
                 by_session.setdefault((it["tenant"], it["session_id"]), []).append(it)
-            episodes, turns, audit, closed = [], [], [], []
+            episodes, turns, audit, closed, unsummarized = [], [], [], [], []
             for tenant, session_id in sessions:
                 rows = sorted(by_session.get((tenant, session_id), []), key=lambda r: (r["at"], r["item_id"]))
                 if not rows:
@@ -910,6 +931,22 @@ class Store:
                     for i, r in enumerate(rows)
                 ]
                 tags = sorted({t for r in rows for t in (r["tags"] or [])})
+                try:
+                    summary = summarize(ep_turns)
+                except Exception as exc:  # noqa: BLE001 - the episode's own failure, recorded with it
+                    summary = ""
+                    unsummarized.append(
+                        {
+                            "tenant": tenant,
+                            "quarantine_id": stable_id("q", tenant, episode_id, "summary"),
+                            "source": "close_sessions",
+                            "field": "summary",
+                            "reason": f"{type(exc).__name__}: {exc}"[:2000],
+                            "raw_payload": json.dumps({"episode_id": episode_id, "session_id": session_id}),
+                            "flow_run_id": flow_run_id,
+                            "quarantined_at": as_of,
+                        }
+                    )
                 episodes.append(
                     {
                         "tenant": tenant,
@@ -918,7 +955,7 @@ class Store:
                         "started_at": rows[0]["at"],
                         "ended_at": rows[-1]["at"],
                         "participants": list(dict.fromkeys(r["actor"] for r in rows)),
-                        "summary": summarize(ep_turns),
+                        "summary": summary,
                         "turn_count": len(rows),
                         "tags": tags,
                         "created_run_id": flow_run_id,
@@ -949,6 +986,7 @@ class Store:
             self.insert_ignore(conn, EPISODES, episodes)
             self.insert_ignore(conn, TURNS, turns)
             self.insert_ignore(conn, TRANSITIONS, audit)
+            self.insert_ignore(conn, QUARANTINE, unsummarized)
             keys = [(r["tenant"], r["item_id"]) for r in items]
             for chunk in pair_chunks(keys):
                 conn.execute(WORKING.delete().where(self._pairs_in(WORKING.c.tenant, WORKING.c.item_id, chunk)))
@@ -960,6 +998,7 @@ class Store:
                 )
             counts["episodes"] = len(episodes)
             counts["turns"] = len(turns)
+            counts["unsummarized"] = len(unsummarized)
         return counts
 
     def expire_working(
@@ -1071,6 +1110,7 @@ class Store:
         flow_run_id: str | None,
         plan: Any,
         vectors: Mapping[str, bytes] | None = None,
+        held: Mapping[tuple[str, str], str] | None = None,
     ) -> dict[str, int]:
         """Apply a batch's candidate facts to the semantic layer and mark its episodes consolidated, atomically.
 
@@ -1082,16 +1122,28 @@ class Store:
             candidates: the consolidator's DataFrame (``engram.consolidate.FACT_COLUMNS``).
             plan: ``engram.consolidate.plan_changes``.
             vectors: embeddings computed before the transaction, by candidate text; stored with new items.
+            held: episodes of the batch that the consolidator failed on, ``(tenant, episode_id) -> reason``: they
+                are not in ``episodes`` and stay unconsolidated, keep their lease until it expires (so this run
+                does not claim them again), and each gets a quarantine row (source ``consolidate``) with its
+                reason; the same reason for the same episode is recorded once.
+
+        Returns:
+            counts: ``episodes`` (marked consolidated), ``candidates``, ``new``, ``merged``, ``superseded``,
+            ``held_back``.
         """
         import pandas as pd
 
+        held = dict(held or {})
         counts = {"episodes": 0, "candidates": int(len(candidates)), "new": 0, "merged": 0, "superseded": 0}
-        if not episodes:
+        counts["held_back"] = len(held)
+        if not episodes and not held:
             return counts
-        tenants = {t for t, _ in episodes}
+        tenants = {t for t, _ in episodes} | {t for t, _ in held}
         with self.write() as conn:
             seqs = self.bump_seq(conn, tenants, as_of)
-            self._check_leases(conn, EPISODES, ("tenant", "episode_id"), episodes, owner)
+            self._check_leases(conn, EPISODES, ("tenant", "episode_id"), [*episodes, *held], owner)
+            if held:
+                self.insert_ignore(conn, QUARANTINE, _held_back_rows(held, as_of, flow_run_id))
             if len(candidates):
                 candidates = self._with_living_sources(conn, candidates)
             existing_rows: list[dict[str, Any]] = []

@@ -8,6 +8,7 @@ from datetime import datetime
 from prefect import flow
 from pydantic import SecretStr
 
+from engram.errors import EpisodesHeldBack
 from engram.policy import LifecyclePolicy
 from engram.settings import reveal
 from tasks.common import BatchMemory, Stopwatch, resolve_as_of, worker_id
@@ -37,6 +38,11 @@ def consolidate(
     ``batch_size`` is episodes per leased batch; by default 1,000 with the local consolidator (fewer batches, fewer
     task runs and gate runs per episode) and 50 with a chat model, whose calls take seconds each and whose batch
     must be committed within its lease.
+
+    An episode the consolidator fails on does not hold back the others: it stays unconsolidated with a quarantine
+    row giving the error, the run goes on, and once its batches are done it raises ``EpisodesHeldBack`` naming the
+    held-back episodes, so the run shows failed. They are retried by the first run after their lease expires. A
+    batch that fails whole (a broken consolidator) ends the run's claiming.
     """
     store_url = reveal(store_url)
     clock, as_of, policy, owner = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings(), worker_id()
@@ -46,13 +52,22 @@ def consolidate(
     totals: Counter[str] = Counter()
     results = []
     batches = BatchMemory()
+    held: dict[tuple[str, str], str] = {}
     for _ in range(max_batches):
         episodes = claim_episodes(store_url, as_of, owner, policy.lease.total_seconds(), batch_size, tenant)
         if not episodes:
             break
-        counts, result = consolidate_batch(store_url, episodes, owner, as_of, max_reject_fraction, consolidator)
+        counts, result, batch_held = consolidate_batch(
+            store_url, episodes, owner, as_of, max_reject_fraction, consolidator
+        )
         results.append(result)
         totals.update(counts)
+        held |= batch_held
         batches.release()
+        if batch_held and len(batch_held) == len(episodes):
+            break  # not one episode of the batch could be distilled: the next batch would fare no better
     publish_validation("episodic_to_semantic", results)
-    return publish_run_summary("consolidate", dict(totals), clock.seconds)
+    summary = publish_run_summary("consolidate", dict(totals), clock.seconds)
+    if held:
+        raise EpisodesHeldBack(held)
+    return summary

@@ -16,6 +16,7 @@ from prefect import flow
 from prefect.concurrency.sync import concurrency
 from pydantic import SecretStr
 
+from engram.errors import EpisodesHeldBack
 from engram.policy import LifecyclePolicy
 from engram.quality import prepare_gates
 from engram.service import ScalingPolicy, decide_parallelism
@@ -102,9 +103,14 @@ def consolidate_shards(
     prepare_gates()
     work_started = time.time()  # wall clock, comparable across workers: when this worker began on shards
     batches = BatchMemory()
+    held: dict[tuple[str, str], str] = {}
     with concurrency(CONSOLIDATE_LIMIT, occupy=1):
         for _ in range(max_shards):
-            waiting = shards_with_backlog(store_url, as_of, shard_count)
+            # A shard this worker has drained once is not taken again in this run: what it still counts as waiting is
+            # leased (another worker's batch, or an episode held back here) and no claim would get it.
+            waiting = {
+                s: ts for s, ts in shards_with_backlog(store_url, as_of, shard_count).items() if s not in shards_done
+            }
             if tenant is not None:
                 waiting = {s: ts for s, ts in waiting.items() if tenant in ts}
             claimed = claim_shard(store_url, pool, owner, lease, sorted(waiting))
@@ -114,9 +120,12 @@ def consolidate_shards(
             # Batches span the shard's tenants: a shard of many small tenants costs as few task runs as one big one.
             tenants = [tenant] if tenant is not None else waiting[shard]
             while episodes := claim_episodes(store_url, as_of, owner, lease, batch_size, tenants):
-                counts, _ = consolidate_batch(store_url, episodes, owner, as_of, max_reject_fraction)
+                counts, _, batch_held = consolidate_batch(store_url, episodes, owner, as_of, max_reject_fraction)
                 totals.update(counts)
+                held |= batch_held
                 batches.release()
+                if batch_held and len(batch_held) == len(episodes):
+                    break  # the whole batch failed: on to the next shard, the rest of this one waits for a retry
                 if not renew_shard(store_url, pool, shard, owner, lease, len(episodes)):
                     break
             release_shard(store_url, pool, shard, owner)
@@ -125,4 +134,7 @@ def consolidate_shards(
     counts = {**totals, "shards": shards_done, "owner": owner}
     counts |= {"work_started": round(work_started, 3), "work_ended": round(time.time(), 3)}
     counts["episodes_per_s"] = round(totals["episodes"] / seconds, 2) if seconds else 0.0
-    return publish_run_summary("consolidate_shards", counts, seconds)
+    summary = publish_run_summary("consolidate_shards", counts, seconds)
+    if held:
+        raise EpisodesHeldBack(held)
+    return summary

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import opaque
 
 from engram.collector import cyclic_gc_paused
-from engram.consolidate import Consolidator, LocalConsolidator, plan_changes
+from engram.consolidate import Consolidator, LocalConsolidator, distill_isolating, plan_changes
 from engram.embed import enabled as embeddings_enabled
 from engram.errors import LeaseLost, QualityGateFailed
 from tasks.common import current_run_id, open_store
@@ -44,13 +44,21 @@ def claim_episodes(
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def distill_facts(
     store_url: str | None, episodes: list[tuple[str, str]], consolidator: Consolidator | None = None
-) -> pd.DataFrame:
-    """Candidate facts from the episodes' turns."""
+) -> tuple[pd.DataFrame, dict[tuple[str, str], str]]:
+    """Candidate facts from the episodes' turns, and the episodes the consolidator failed on with why
+    (``engram.consolidate.distill_isolating``): those are held back, the rest of the batch goes on."""
     consolidator = consolidator or LocalConsolidator()
     # A chat model's answers are waited for, not computed: only the local consolidator's work pauses the collector.
     with cyclic_gc_paused() if isinstance(consolidator, LocalConsolidator) else nullcontext():
         frames, turns = open_store(store_url).load_episodes(episodes)
-        return consolidator.distill(frames, turns)
+        candidates, held = distill_isolating(consolidator, frames, turns)
+    if held:
+        logger = get_run_logger()
+        for (tenant, episode_id), reason in held.items():
+            logger.warning(
+                "episode %s of tenant %s held back, it could not be distilled: %s", episode_id, tenant, reason
+            )
+    return candidates, held
 
 
 @task(cache_policy=NO_CACHE)
@@ -89,19 +97,21 @@ def commit_facts(
     owner: str,
     as_of: datetime,
     vectors: dict[str, bytes] | None = None,
+    held: dict[tuple[str, str], str] | None = None,
 ) -> dict[str, int]:
-    """Merge, version or add the facts and mark the episodes consolidated, in one transaction under the leases.
+    """Merge, version or add the facts and mark the episodes consolidated, in one transaction under the leases;
+    quarantine the reasons of the ``held`` episodes, which stay unconsolidated.
 
     A lost lease (another worker retook the episodes after this one was too slow) is not a failure: nothing of the
     batch was written, the new holder does it, and the run goes on with its next batch.
     """
     try:
         return open_store(store_url).commit_consolidation(
-            episodes, facts, owner, as_of, current_run_id(), plan_changes, vectors
+            episodes, facts, owner, as_of, current_run_id(), plan_changes, vectors, held
         )
     except LeaseLost as exc:
-        get_run_logger().warning("batch of %d episodes skipped: %s", len(episodes), exc)
-        return {"lease_lost": len(episodes)}
+        get_run_logger().warning("batch of %d episodes skipped: %s", len(episodes) + len(held or {}), exc)
+        return {"lease_lost": len(episodes) + len(held or {})}
 
 
 def consolidate_batch(
@@ -111,16 +121,23 @@ def consolidate_batch(
     as_of: datetime,
     max_reject_fraction: float,
     consolidator: Consolidator | None = None,
-) -> tuple[dict[str, int], Any]:
+) -> tuple[dict[str, int], Any, dict[tuple[str, str], str]]:
     """One leased batch through the tasks above: distil, gate, embed (when embeddings are on), commit. Called from
-    a flow (the tasks run as its task runs); returns the batch's counts (with ``rows_in`` and ``quarantined``) and
-    the gate's result."""
+    a flow (the tasks run as its task runs); returns the batch's counts (with ``rows_in``, ``quarantined`` and
+    ``held_back``), the gate's result, and the held-back episodes with their reasons.
+
+    An episode the consolidator fails on is held back alone: the others are committed, it stays unconsolidated
+    under its lease with a quarantine row, and the flow raises ``EpisodesHeldBack`` once its batches are done.
+    """
     # opaque: Prefect links the claim's result to these task runs without walking its thousand tuples
-    candidates = distill_facts(store_url, opaque(episodes), consolidator)
+    candidates, held = distill_facts(store_url, opaque(episodes), consolidator)
     gate = gate_facts(candidates, max_reject_fraction)
     # Without embeddings there is no embedding task run: the run graph shows only work that was done.
     vectors = embed_facts(gate.valid) if embeddings_enabled() else None
-    counts = dict(commit_facts(store_url, opaque(episodes), gate.valid, owner, as_of, vectors))
+    kept = [key for key in episodes if key not in held] if held else episodes
+    counts = dict(commit_facts(store_url, opaque(kept), gate.valid, owner, as_of, vectors, held or None))
     counts["rows_in"] = counts.get("rows_in", 0) + len(candidates)
     counts["quarantined"] = counts.get("quarantined", 0) + len(gate.rejected)
-    return counts, gate.result
+    if counts.get("lease_lost"):
+        held = {}
+    return counts, gate.result, held

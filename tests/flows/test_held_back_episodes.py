@@ -1,0 +1,189 @@
+"""An episode the consolidator or the summary fails on holds back itself alone: the rest of its batch is written, the
+failure is quarantined with its reason, the run shows failed, and the episode is consolidated once it can be."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import select, update
+
+import engram.consolidate as consolidate_module
+import tasks.sessions as session_tasks
+from engram import Memory
+from engram.consolidate import FACT_COLUMNS, LocalConsolidator, distill_isolating
+from engram.errors import EpisodesHeldBack
+from engram.store import EPISODES, LINEAGE, QUARANTINE, SEMANTIC
+from flows.ingest import ingest
+from flows.lifecycle import lifecycle
+from flows.scale import consolidate_shards
+from flows.sessions import close_sessions
+from tests.conftest import T0
+from tests.flows.helpers import assert_every_event_in_exactly_one_place, conversation_rows
+
+AS_OF = T0 + timedelta(days=10)
+MARK = "zanzibar"  # a word of one turn; the injected fault fires on it
+
+
+def _episodes(memory: Memory) -> dict[str, dict[str, Any]]:
+    with memory.store.read() as conn:
+        return {r.session_id: r._asdict() for r in conn.execute(select(EPISODES))}
+
+
+def _quarantine(memory: Memory) -> list[dict[str, Any]]:
+    with memory.store.read() as conn:
+        return [r._asdict() for r in conn.execute(select(QUARANTINE))]
+
+
+def _expire_leases(memory: Memory) -> None:
+    """As if the episodes' leases (wall clock, five minutes) had run out."""
+    with memory.store.write() as conn:
+        conn.execute(
+            update(EPISODES)
+            .where(EPISODES.c.lease_owner.is_not(None))
+            .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+
+
+def _rows_with_a_marked_session(tenant: str = "acme") -> list[dict[str, Any]]:
+    rows = conversation_rows(tenant, sessions=3, start=T0)
+    marked = next(r for r in rows if r["session"] == f"{tenant}-s1")
+    marked["text"] = f"I sailed to {MARK} with my sister last spring"
+    return rows
+
+
+@pytest.fixture
+def failing_distil(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local consolidator raises on any episode that holds the marked turn, as a defect in it would."""
+    real = consolidate_module._turn_statements
+
+    def statements(turns: list[dict[str, Any]], names: list[str]) -> Any:
+        if any(MARK in str(t["text"]) for t in turns):
+            raise KeyError("la\u017ft")
+        return real(turns, names)
+
+    monkeypatch.setattr(consolidate_module, "_turn_statements", statements)
+
+
+def test_one_episode_the_consolidator_fails_on_holds_back_itself_not_its_batch(
+    memory: Memory, failing_distil: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory.observe_many(_rows_with_a_marked_session())
+    with pytest.raises(EpisodesHeldBack) as raised:
+        memory.run_lifecycle(as_of=AS_OF)
+
+    episodes = _episodes(memory)
+    held = episodes["acme-s1"]
+    assert set(raised.value.episodes) == {("acme", held["episode_id"])}
+    assert "KeyError" in str(raised.value) and held["episode_id"] in str(raised.value)
+    # The two others are consolidated, with their facts; the failing one waits under its lease, nothing of it lost.
+    assert episodes["acme-s0"]["consolidated_at"] is not None and episodes["acme-s2"]["consolidated_at"] is not None
+    assert held["consolidated_at"] is None and held["lease_owner"] is not None
+    with memory.store.read() as conn:
+        sourced = set(conn.execute(select(LINEAGE.c.event_id)).scalars())
+    assert any(e.startswith("e0-") for e in sourced) and any(e.startswith("e2-") for e in sourced)
+    assert not any(e.startswith("e1-") for e in sourced)
+    assert_every_event_in_exactly_one_place(memory.store, "acme")
+    [row] = _quarantine(memory)
+    assert (row["tenant"], row["source"], row["field"]) == ("acme", "consolidate", "episode")
+    assert row["reason"].startswith("KeyError") and json.loads(row["raw_payload"]) == {"episode_id": held["episode_id"]}
+
+    # The first run after the lease retries it; the same failure again is quarantined once, not twice.
+    _expire_leases(memory)
+    with pytest.raises(EpisodesHeldBack):
+        memory.run_lifecycle(as_of=AS_OF)
+    assert len(_quarantine(memory)) == 1
+
+    # Once the consolidator can handle it (the defect fixed), the first run after the lease consolidates it.
+    monkeypatch.undo()
+    _expire_leases(memory)
+    assert memory.run_lifecycle(as_of=AS_OF)["consolidate"]["episodes"] == 1
+    assert all(e["consolidated_at"] is not None for e in _episodes(memory).values())
+    hits = memory.search("acme", f"sailed to {MARK}", layers=["semantic"])
+    assert hits and MARK in hits[0].text
+
+
+def test_a_batch_that_fails_whole_is_held_back_and_ends_the_runs_claiming(
+    sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(turns: list[dict[str, Any]], names: list[str]) -> Any:
+        raise RuntimeError("the consolidator is broken")
+
+    monkeypatch.setattr(consolidate_module, "_turn_statements", broken)
+    sqlite_memory.observe_many(conversation_rows("acme", sessions=3, start=T0))
+    with pytest.raises(EpisodesHeldBack, match="RuntimeError: the consolidator is broken") as raised:
+        lifecycle(store_url=sqlite_memory.store_url, as_of=AS_OF, batch_size=1)
+    # The first batch (one episode, the oldest) failed whole: the run claimed no other, which wait unleased.
+    [(_, episode_id)] = raised.value.episodes
+    episodes = {e["episode_id"]: e for e in _episodes(sqlite_memory).values()}
+    assert episodes[episode_id]["session_id"] == "acme-s0" and episodes[episode_id]["lease_owner"] is not None
+    others = [e for k, e in episodes.items() if k != episode_id]
+    assert len(others) == 2 and all(e["lease_owner"] is None for e in others)
+    assert all(e["consolidated_at"] is None for e in episodes.values())
+    assert [r["reason"] for r in _quarantine(sqlite_memory)] == ["RuntimeError: the consolidator is broken"]
+
+
+def test_a_shard_worker_holds_back_the_failing_episode_and_drains_the_rest(
+    sqlite_memory: Memory, failing_distil: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENGRAM_EMBEDDINGS", "false")
+    for tenant in ("acme", "globex"):
+        sqlite_memory.observe_many(_rows_with_a_marked_session(tenant))
+    ingest(store_url=sqlite_memory.store_url, as_of=AS_OF)
+    close_sessions(store_url=sqlite_memory.store_url, as_of=AS_OF)
+    with pytest.raises(EpisodesHeldBack) as raised:
+        consolidate_shards(store_url=sqlite_memory.store_url, as_of=AS_OF, shard_count=8)
+    assert {t for t, _ in raised.value.episodes} == {"acme", "globex"} and len(raised.value.episodes) == 2
+    waiting = [e for e in _episodes(sqlite_memory).values() if e["consolidated_at"] is None]
+    assert sorted(e["session_id"] for e in waiting) == ["acme-s1", "globex-s1"]
+    assert len(_quarantine(sqlite_memory)) == 2
+
+
+def test_distilling_alone_gives_the_other_episodes_the_facts_they_give_in_a_batch_of_their_own(
+    sqlite_memory: Memory, failing_distil: None
+) -> None:
+    sqlite_memory.observe_many(_rows_with_a_marked_session())
+    ingest(store_url=sqlite_memory.store_url, as_of=AS_OF)
+    close_sessions(store_url=sqlite_memory.store_url, as_of=AS_OF)
+    keys = sorted((e["tenant"], e["episode_id"]) for e in _episodes(sqlite_memory).values())
+    episodes, turns = sqlite_memory.store.load_episodes(keys)
+    facts, held = distill_isolating(LocalConsolidator(), episodes, turns)
+    [(tenant, episode_id)] = held
+    others = [k for k in keys if k != (tenant, episode_id)]
+    expected = LocalConsolidator().distill(*sqlite_memory.store.load_episodes(others))
+    assert len(facts) > 0 and list(facts.columns) == FACT_COLUMNS
+    pd.testing.assert_frame_equal(facts, expected)
+    # Nothing to hold back: the batch's own result, untouched.
+    whole = LocalConsolidator().distill(*sqlite_memory.store.load_episodes(others))
+    again, none_held = distill_isolating(LocalConsolidator(), *sqlite_memory.store.load_episodes(others))
+    assert none_held == {} and again.equals(whole)
+
+
+def test_a_summary_that_fails_leaves_its_episode_unsummarized_and_quarantined_not_its_batch_unclosed(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = session_tasks.summarize_episode
+
+    def summarize(turns: Any) -> str:
+        if any(MARK in str(t["text"]) for t in turns):
+            raise ValueError("year 0 is out of range")
+        return real(turns)
+
+    monkeypatch.setattr(session_tasks, "summarize_episode", summarize)
+    memory.observe_many(_rows_with_a_marked_session())
+    summary = memory.run_lifecycle(as_of=AS_OF)
+    assert summary["close_sessions"]["episodes"] == 3 and summary["close_sessions"]["unsummarized"] == 1
+    assert summary["consolidate"]["episodes"] == 3
+    episodes = _episodes(memory)
+    assert episodes["acme-s1"]["summary"] == "" and episodes["acme-s1"]["turn_count"] == 8
+    assert episodes["acme-s0"]["summary"] and episodes["acme-s2"]["summary"]
+    [row] = _quarantine(memory)
+    assert (row["source"], row["field"]) == ("close_sessions", "summary")
+    assert row["reason"] == "ValueError: year 0 is out of range"
+    assert json.loads(row["raw_payload"])["episode_id"] == episodes["acme-s1"]["episode_id"]
+    assert_every_event_in_exactly_one_place(memory.store, "acme")
+    with memory.store.read() as conn:
+        assert conn.execute(select(SEMANTIC.c.item_id)).first() is not None
