@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -87,6 +88,8 @@ import pandas as pd
 
 from engram.frames import records
 from engram.text import render_date
+
+_log = logging.getLogger("engram.consolidate")
 
 FACT_COLUMNS = [
     "tenant",
@@ -626,14 +629,20 @@ def distill_isolating(
     """Candidate facts from a batch, and the episodes the consolidator failed on with why, so that one episode it
     cannot handle holds back that episode alone and not the batch around it.
 
-    The batch is distilled whole; only when that raises is it distilled again one episode at a time, and the
-    episodes that raise alone are returned as ``(tenant, episode_id) -> "ErrorType: message"``. When every episode
-    fails, every one is returned: whether the consolidator is broken or the batch was its one bad episode is for
-    the caller to weigh (the flows stop claiming batches after one that failed whole).
+    A consolidator that works episode by episode anyway (it has ``distill_each(episodes, turns) -> (facts,
+    failed)``, as the chat-model one does) sets its failures apart itself, in one pass: no episode is asked twice.
+    Any other is asked for the batch whole; only when that raises is the batch distilled again one episode at a time
+    (in the batch's order), and the episodes that raise alone are returned as ``(tenant, episode_id) -> "ErrorType:
+    message"``. When every episode fails, every one is returned: whether the consolidator is broken or the batch
+    was its one bad episode is for the caller to weigh (the flows stop claiming after a batch of several that
+    failed whole).
     """
+    each = getattr(consolidator, "distill_each", None)
+    if callable(each):
+        return each(episodes, turns)
     try:
         return consolidator.distill(episodes, turns), {}
-    except Exception:
+    except Exception as whole:
         if episodes.empty:
             raise
         failed: dict[tuple[str, str], str] = {}
@@ -643,13 +652,20 @@ def distill_isolating(
         if not turns.empty:
             for i, key in enumerate(zip(turns["tenant"], turns["episode_id"], strict=True)):
                 turn_rows.setdefault(key, []).append(i)
-        for key, row in episode_rows.items():
-            one = episodes.iloc[[row]].reset_index(drop=True)
+        for key in sorted(episode_rows):
+            one = episodes.iloc[[episode_rows[key]]].reset_index(drop=True)
             its_turns = turns.iloc[turn_rows.get(key, [])].reset_index(drop=True)
             try:
                 frames.append(consolidator.distill(one, its_turns))
             except Exception as exc:  # noqa: BLE001 - the episode's own failure, kept with it as its reason
                 failed[key] = f"{type(exc).__name__}: {exc}"[:2000]
+        if not failed:
+            _log.warning(
+                "a batch of %d episodes failed whole (%s: %s) but each of them alone did not; distilled one by one",
+                len(episode_rows),
+                type(whole).__name__,
+                whole,
+            )
         kept = [f for f in frames if len(f)]
         facts = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=FACT_COLUMNS)
         return facts.sort_values("at", kind="stable").reset_index(drop=True), failed

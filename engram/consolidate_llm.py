@@ -54,20 +54,41 @@ class LLMConsolidator:
         self._local = LocalConsolidator()
 
     def distill(self, episodes: pd.DataFrame, turns: pd.DataFrame) -> pd.DataFrame:
+        facts, failed = self._each(episodes, turns)
+        if failed:
+            raise next(iter(failed.values()))
+        return facts
+
+    def distill_each(
+        self, episodes: pd.DataFrame, turns: pd.DataFrame
+    ) -> tuple[pd.DataFrame, dict[tuple[str, str], str]]:
+        """``distill``, with the episodes that failed even their local fallback set apart (``(tenant, episode_id)
+        -> "ErrorType: message"``) instead of failing the batch: one request per episode, none asked twice."""
+        facts, failed = self._each(episodes, turns)
+        return facts, {key: f"{type(exc).__name__}: {exc}"[:2000] for key, exc in failed.items()}
+
+    def _each(
+        self, episodes: pd.DataFrame, turns: pd.DataFrame
+    ) -> tuple[pd.DataFrame, dict[tuple[str, str], Exception]]:
         if turns.empty:
-            return pd.DataFrame(columns=FACT_COLUMNS)
+            return pd.DataFrame(columns=FACT_COLUMNS), {}
         frames = []
+        failed: dict[tuple[str, str], Exception] = {}
         for (tenant, episode_id), episode_turns in turns.groupby(["tenant", "episode_id"], sort=False):
             episode_turns = episode_turns.sort_values("position")
             try:
-                facts = self._facts(tenant, episode_turns)
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                self.fallbacks += 1
-                episode = episodes[(episodes.tenant == tenant) & (episodes.episode_id == episode_id)]
-                facts = self._local.distill(episode, episode_turns)
+                try:
+                    facts = self._facts(tenant, episode_turns)
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    self.fallbacks += 1
+                    episode = episodes[(episodes.tenant == tenant) & (episodes.episode_id == episode_id)]
+                    facts = self._local.distill(episode, episode_turns)
+            except Exception as exc:  # noqa: BLE001 - the episode's own failure, handed back with it
+                failed[(tenant, episode_id)] = exc
+                continue
             frames.append(facts)
         facts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FACT_COLUMNS)
-        return facts.sort_values("at", kind="stable").reset_index(drop=True)
+        return facts.sort_values("at", kind="stable").reset_index(drop=True), failed
 
     def _ask(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         last: Exception | None = None

@@ -74,12 +74,19 @@ class EpisodesHeldBack(EngramError):
 
     def __init__(self, episodes: dict[tuple[str, str], str]):
         self.episodes = dict(episodes)
-        shown = "; ".join(f"{t}/{e}: {why}" for (t, e), why in list(self.episodes.items())[:5])
+        shown = "; ".join(f"{t}/{e}: {_shortened(why)}" for (t, e), why in list(self.episodes.items())[:5])
         more = f" and {len(self.episodes) - 5} more" if len(self.episodes) > 5 else ""
         super().__init__(
             f"{len(self.episodes)} episode(s) could not be distilled and stay unconsolidated until retried "
             f"(quarantine source 'consolidate'): {shown}{more}"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.episodes,))
+
+
+def _shortened(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class StoreError(EngramError):

@@ -179,11 +179,12 @@ def stable_id(prefix: str, *parts: str) -> str:
 
 
 def _held_back_rows(held: Mapping[tuple[str, str], str], at: datetime, flow_run_id: str | None) -> list[dict[str, Any]]:
-    """Quarantine rows for episodes the consolidator failed on: one per episode and reason."""
+    """Quarantine rows for episodes the consolidator failed on (``reason`` is ``"ErrorType: message"``)."""
     return [
         {
             "tenant": tenant,
-            "quarantine_id": stable_id("q", tenant, episode_id, "consolidate", reason),
+            # One row per episode and kind of error: a retry that fails alike adds none, whatever its message.
+            "quarantine_id": stable_id("q", tenant, episode_id, "consolidate", reason.split(":", 1)[0]),
             "source": "consolidate",
             "field": "episode",
             "reason": reason,
@@ -881,7 +882,8 @@ class Store:
             summarize: ``f(turn rows) -> str``, the extractive summary (``engram.consolidate.summarize_episode``).
                 A summary that raises does not hold back its session nor the batch: the episode is written with
                 an empty summary (every turn is kept) and a quarantine row (source ``close_sessions``, field
-                ``summary``) gives the error.
+                ``summary``) gives the error. When every summary of a batch of several episodes raises, the
+                summarizer itself is broken: its first error is raised and nothing of the batch is written.
 
         Returns:
             counts: ``episodes``, ``turns``, ``empty`` (sessions that had no working items left),
@@ -906,6 +908,7 @@ class Store:
             for it in items:
                 by_session.setdefault((it["tenant"], it["session_id"]), []).append(it)
             episodes, turns, audit, closed, unsummarized = [], [], [], [], []
+            first_error: Exception | None = None
             for tenant, session_id in sessions:
                 rows = sorted(by_session.get((tenant, session_id), []), key=lambda r: (r["at"], r["item_id"]))
                 if not rows:
@@ -934,7 +937,7 @@ class Store:
                 try:
                     summary = summarize(ep_turns)
                 except Exception as exc:  # noqa: BLE001 - the episode's own failure, recorded with it
-                    summary = ""
+                    summary, first_error = "", first_error or exc
                     unsummarized.append(
                         {
                             "tenant": tenant,
@@ -983,6 +986,10 @@ class Store:
                     for r in ep_turns
                 ]
                 closed.append({"t": tenant, "s": session_id, "e": episode_id})
+            if first_error is not None and len(episodes) > 1 and len(unsummarized) == len(episodes):
+                # Not one summary of the batch could be made: the summarizer is broken, not an episode. Fail the
+                # batch (nothing written) so that it is closed with its summaries once the summarizer is fixed.
+                raise first_error
             self.insert_ignore(conn, EPISODES, episodes)
             self.insert_ignore(conn, TURNS, turns)
             self.insert_ignore(conn, TRANSITIONS, audit)
@@ -1123,9 +1130,10 @@ class Store:
             plan: ``engram.consolidate.plan_changes``.
             vectors: embeddings computed before the transaction, by candidate text; stored with new items.
             held: episodes of the batch that the consolidator failed on, ``(tenant, episode_id) -> reason``: they
-                are not in ``episodes`` and stay unconsolidated, keep their lease until it expires (so this run
-                does not claim them again), and each gets a quarantine row (source ``consolidate``) with its
-                reason; the same reason for the same episode is recorded once.
+                are not in ``episodes`` and stay unconsolidated under their lease until it expires (claims skip
+                them until then), and each gets a quarantine row (source ``consolidate``) with its reason, one per
+                episode and kind of error. Their leases are checked with the others': a lost one rolls back the
+                batch, quarantine rows included, as for any lost lease.
 
         Returns:
             counts: ``episodes`` (marked consolidated), ``candidates``, ``new``, ``merged``, ``superseded``,
@@ -2636,11 +2644,16 @@ class Store:
         removed["semantic_items"] = delete_in(SEMANTIC, "item_id", sem_ids)
         removed["lineage"] = delete_in(LINEAGE, "item_id", sem_ids) + delete_in(LINEAGE, "event_id", event_ids)
         removed["transitions"] = delete_in(TRANSITIONS, "item_id", all_ids)
+        # A reason can quote what it rejected too (a consolidator's or a summary's error message).
         q = conn.execute(
-            select(QUARANTINE.c.quarantine_id, QUARANTINE.c.raw_payload).where(QUARANTINE.c.tenant == tenant)
+            select(QUARANTINE.c.quarantine_id, QUARANTINE.c.raw_payload, QUARANTINE.c.reason).where(
+                QUARANTINE.c.tenant == tenant
+            )
         ).all()
         removed["quarantine"] = delete_in(
-            QUARANTINE, "quarantine_id", [r.quarantine_id for r in q if mentions(r.raw_payload, subject)]
+            QUARANTINE,
+            "quarantine_id",
+            [r.quarantine_id for r in q if mentions(r.raw_payload, subject) or mentions(r.reason, subject)],
         )
         # Episodes keep an extractive summary: rewrite the ones that quoted a forgotten turn.
         ep_rows = conn.execute(

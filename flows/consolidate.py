@@ -42,7 +42,7 @@ def consolidate(
     An episode the consolidator fails on does not hold back the others: it stays unconsolidated with a quarantine
     row giving the error, the run goes on, and once its batches are done it raises ``EpisodesHeldBack`` naming the
     held-back episodes, so the run shows failed. They are retried by the first run after their lease expires. A
-    batch that fails whole (a broken consolidator) ends the run's claiming.
+    batch of several episodes that fails whole (a broken consolidator) ends the run's claiming.
     """
     store_url = reveal(store_url)
     clock, as_of, policy, owner = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings(), worker_id()
@@ -64,8 +64,8 @@ def consolidate(
         totals.update(counts)
         held |= batch_held
         batches.release()
-        if batch_held and len(batch_held) == len(episodes):
-            break  # not one episode of the batch could be distilled: the next batch would fare no better
+        if len(episodes) > 1 and len(batch_held) == len(episodes):
+            break  # not one episode of several could be distilled: the consolidator is broken, stop claiming
     publish_validation("episodic_to_semantic", results)
     summary = publish_run_summary("consolidate", dict(totals), clock.seconds)
     if held:

@@ -106,8 +106,10 @@ def consolidate_shards(
     held: dict[tuple[str, str], str] = {}
     with concurrency(CONSOLIDATE_LIMIT, occupy=1):
         for _ in range(max_shards):
-            # A shard this worker has drained once is not taken again in this run: what it still counts as waiting is
-            # leased (another worker's batch, or an episode held back here) and no claim would get it.
+            # A shard this worker has worked on is not taken again in this run. What the backlog still counts there
+            # after its batches is mostly leased (another worker's batch, an episode held back here), which no claim
+            # would get: taking the shard again would only release it, up to max_shards times. Episodes that end in
+            # it later wait for the next run.
             waiting = {
                 s: ts for s, ts in shards_with_backlog(store_url, as_of, shard_count).items() if s not in shards_done
             }
@@ -119,17 +121,20 @@ def consolidate_shards(
             shard, _ = claimed
             # Batches span the shard's tenants: a shard of many small tenants costs as few task runs as one big one.
             tenants = [tenant] if tenant is not None else waiting[shard]
+            broken = False
             while episodes := claim_episodes(store_url, as_of, owner, lease, batch_size, tenants):
                 counts, _, batch_held = consolidate_batch(store_url, episodes, owner, as_of, max_reject_fraction)
                 totals.update(counts)
                 held |= batch_held
                 batches.release()
-                if batch_held and len(batch_held) == len(episodes):
-                    break  # the whole batch failed: on to the next shard, the rest of this one waits for a retry
-                if not renew_shard(store_url, pool, shard, owner, lease, len(episodes)):
+                # Not one episode of several could be distilled: the consolidator is broken, stop claiming.
+                broken = len(episodes) > 1 and len(batch_held) == len(episodes)
+                if broken or not renew_shard(store_url, pool, shard, owner, lease, len(episodes) - len(batch_held)):
                     break
             release_shard(store_url, pool, shard, owner)
             shards_done.append(shard)
+            if broken:
+                break
     seconds = clock.seconds
     counts = {**totals, "shards": shards_done, "owner": owner}
     counts |= {"work_started": round(work_started, 3), "work_ended": round(time.time(), 3)}

@@ -37,7 +37,13 @@ def turn_sessions_into_episodes(
     A lost lease skips the batch (nothing of it was written; the worker that retook it does it).
     """
     try:
-        return open_store(store_url).close_sessions(sessions, owner, as_of, current_run_id(), summarize_episode)
+        counts = open_store(store_url).close_sessions(sessions, owner, as_of, current_run_id(), summarize_episode)
+        if counts.get("unsummarized"):
+            get_run_logger().warning(
+                "%d episodes written without a summary, their summary failed: see quarantine (source close_sessions)",
+                counts["unsummarized"],
+            )
+        return counts
     except LeaseLost as exc:
         get_run_logger().warning("batch of %d sessions skipped: %s", len(sessions), exc)
         return {"lease_lost": len(sessions)}

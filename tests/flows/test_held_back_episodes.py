@@ -4,6 +4,7 @@ failure is quarantined with its reason, the run shows failed, and the episode is
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,16 +14,19 @@ from sqlalchemy import select, update
 
 import engram.consolidate as consolidate_module
 import tasks.sessions as session_tasks
+from blocks.consolidator import LLMConsolidatorEndpoint
 from engram import Memory
 from engram.consolidate import FACT_COLUMNS, LocalConsolidator, distill_isolating
 from engram.errors import EpisodesHeldBack
 from engram.store import EPISODES, LINEAGE, QUARANTINE, SEMANTIC
+from flows.consolidate import consolidate
 from flows.ingest import ingest
 from flows.lifecycle import lifecycle
 from flows.scale import consolidate_shards
 from flows.sessions import close_sessions
 from tests.conftest import T0
 from tests.flows.helpers import assert_every_event_in_exactly_one_place, conversation_rows
+from tests.flows.test_llm_consolidator import ChatHandler, chat_server  # noqa: F401 - its fixture
 
 AS_OF = T0 + timedelta(days=10)
 MARK = "zanzibar"  # a word of one turn; the injected fault fires on it
@@ -106,7 +110,7 @@ def test_one_episode_the_consolidator_fails_on_holds_back_itself_not_its_batch(
     assert hits and MARK in hits[0].text
 
 
-def test_a_batch_that_fails_whole_is_held_back_and_ends_the_runs_claiming(
+def test_a_batch_of_several_that_fails_whole_is_held_back_and_ends_the_runs_claiming(
     sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(turns: list[dict[str, Any]], names: list[str]) -> Any:
@@ -115,27 +119,26 @@ def test_a_batch_that_fails_whole_is_held_back_and_ends_the_runs_claiming(
     monkeypatch.setattr(consolidate_module, "_turn_statements", broken)
     sqlite_memory.observe_many(conversation_rows("acme", sessions=3, start=T0))
     with pytest.raises(EpisodesHeldBack, match="RuntimeError: the consolidator is broken") as raised:
-        lifecycle(store_url=sqlite_memory.store_url, as_of=AS_OF, batch_size=1)
-    # The first batch (one episode, the oldest) failed whole: the run claimed no other, which wait unleased.
-    [(_, episode_id)] = raised.value.episodes
-    episodes = {e["episode_id"]: e for e in _episodes(sqlite_memory).values()}
-    assert episodes[episode_id]["session_id"] == "acme-s0" and episodes[episode_id]["lease_owner"] is not None
-    others = [e for k, e in episodes.items() if k != episode_id]
-    assert len(others) == 2 and all(e["lease_owner"] is None for e in others)
+        lifecycle(store_url=sqlite_memory.store_url, as_of=AS_OF, batch_size=2)
+    # The first batch (the two oldest episodes) failed whole: the run claimed no other, which waits unleased.
+    episodes = _episodes(sqlite_memory)
+    assert {e for _, e in raised.value.episodes} == {episodes[s]["episode_id"] for s in ("acme-s0", "acme-s1")}
+    assert episodes["acme-s2"]["lease_owner"] is None
     assert all(e["consolidated_at"] is None for e in episodes.values())
-    assert [r["reason"] for r in _quarantine(sqlite_memory)] == ["RuntimeError: the consolidator is broken"]
+    reasons = [r["reason"] for r in _quarantine(sqlite_memory)]
+    assert reasons == ["RuntimeError: the consolidator is broken"] * 2
 
 
 def test_a_shard_worker_holds_back_the_failing_episode_and_drains_the_rest(
-    sqlite_memory: Memory, failing_distil: None, monkeypatch: pytest.MonkeyPatch
+    sqlite_memory: Memory, failing_distil: None
 ) -> None:
-    monkeypatch.setenv("ENGRAM_EMBEDDINGS", "false")
     for tenant in ("acme", "globex"):
         sqlite_memory.observe_many(_rows_with_a_marked_session(tenant))
     ingest(store_url=sqlite_memory.store_url, as_of=AS_OF)
     close_sessions(store_url=sqlite_memory.store_url, as_of=AS_OF)
     with pytest.raises(EpisodesHeldBack) as raised:
-        consolidate_shards(store_url=sqlite_memory.store_url, as_of=AS_OF, shard_count=8)
+        # A worker that took again the shards left with a held-back episode would run out of max_shards first.
+        consolidate_shards(store_url=sqlite_memory.store_url, as_of=AS_OF, shard_count=8, max_shards=4)
     assert {t for t, _ in raised.value.episodes} == {"acme", "globex"} and len(raised.value.episodes) == 2
     waiting = [e for e in _episodes(sqlite_memory).values() if e["consolidated_at"] is None]
     assert sorted(e["session_id"] for e in waiting) == ["acme-s1", "globex-s1"]
@@ -156,10 +159,74 @@ def test_distilling_alone_gives_the_other_episodes_the_facts_they_give_in_a_batc
     expected = LocalConsolidator().distill(*sqlite_memory.store.load_episodes(others))
     assert len(facts) > 0 and list(facts.columns) == FACT_COLUMNS
     pd.testing.assert_frame_equal(facts, expected)
-    # Nothing to hold back: the batch's own result, untouched.
-    whole = LocalConsolidator().distill(*sqlite_memory.store.load_episodes(others))
-    again, none_held = distill_isolating(LocalConsolidator(), *sqlite_memory.store.load_episodes(others))
-    assert none_held == {} and again.equals(whole)
+
+
+def test_a_batch_that_fails_only_whole_is_distilled_one_by_one_and_says_so(
+    sqlite_memory: Memory, caplog: pytest.LogCaptureFixture
+) -> None:
+    class OneAtATime(LocalConsolidator):
+        def distill(self, episodes: pd.DataFrame, turns: pd.DataFrame) -> pd.DataFrame:
+            if len(episodes) > 1:
+                raise MemoryError("too many episodes at once")
+            return super().distill(episodes, turns)
+
+    sqlite_memory.observe_many(conversation_rows("acme", sessions=3, start=T0))
+    ingest(store_url=sqlite_memory.store_url, as_of=AS_OF)
+    close_sessions(store_url=sqlite_memory.store_url, as_of=AS_OF)
+    keys = sorted((e["tenant"], e["episode_id"]) for e in _episodes(sqlite_memory).values())
+    with caplog.at_level("WARNING", logger="engram.consolidate"):
+        facts, held = distill_isolating(OneAtATime(), *sqlite_memory.store.load_episodes(keys))
+    assert held == {}
+    pd.testing.assert_frame_equal(facts, LocalConsolidator().distill(*sqlite_memory.store.load_episodes(keys)))
+    assert "failed whole (MemoryError: too many episodes at once)" in caplog.text
+
+
+def test_a_chat_model_consolidator_sets_apart_the_episode_its_fallback_fails_on_asking_each_once(
+    sqlite_memory: Memory,
+    chat_server: str,  # noqa: F811 - the fixture imported above
+    failing_distil: None,
+) -> None:
+    LLMConsolidatorEndpoint(base_url=chat_server, model="test-model").save("engram-test-held", overwrite=True)
+    rows = _rows_with_a_marked_session()
+    marked = next(r for r in rows if MARK in r["text"])
+    marked["text"] += " garble"  # the model garbles its answer, and the local fallback fails on the mark
+    sqlite_memory.observe_many(rows)
+    ingest(store_url=sqlite_memory.store_url, as_of=AS_OF)
+    close_sessions(store_url=sqlite_memory.store_url, as_of=AS_OF)
+    with pytest.raises(EpisodesHeldBack) as raised:
+        consolidate(store_url=sqlite_memory.store_url, as_of=AS_OF, consolidator_block="engram-test-held")
+    episodes = _episodes(sqlite_memory)
+    assert set(raised.value.episodes) == {("acme", episodes["acme-s1"]["episode_id"])}
+    assert [s for s, e in sorted(episodes.items()) if e["consolidated_at"]] == ["acme-s0", "acme-s2"]
+    assert len(ChatHandler.requests) == 3  # one request per episode: none asked again to find the failing one
+
+
+def test_forgetting_a_subject_removes_the_quarantine_rows_whose_reason_quotes_it(
+    sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def quoting(turns: list[dict[str, Any]], names: list[str]) -> Any:
+        quoted = next((t["text"] for t in turns if MARK in str(t["text"])), None)
+        if quoted is not None:
+            raise ValueError(f"cannot read {quoted!r}")
+        return real(turns, names)
+
+    real = consolidate_module._turn_statements
+    monkeypatch.setattr(consolidate_module, "_turn_statements", quoting)
+    sqlite_memory.observe_many(_rows_with_a_marked_session())
+    with pytest.raises(EpisodesHeldBack):
+        sqlite_memory.run_lifecycle(as_of=AS_OF)
+    [row] = _quarantine(sqlite_memory)
+    assert MARK in row["reason"] and MARK not in row["raw_payload"]
+    receipt = sqlite_memory.forget("acme", MARK)
+    assert receipt.removed["quarantine"] == 1
+    assert _quarantine(sqlite_memory) == []
+
+
+def test_the_held_back_error_survives_pickling_and_keeps_its_message_short() -> None:
+    error = EpisodesHeldBack({("acme", f"ep-{i}"): "KeyError: " + "x" * 5000 for i in range(7)})
+    again = pickle.loads(pickle.dumps(error))
+    assert again.episodes == error.episodes and str(again) == str(error)
+    assert "and 2 more" in str(error) and len(str(error)) < 2000
 
 
 def test_a_summary_that_fails_leaves_its_episode_unsummarized_and_quarantined_not_its_batch_unclosed(
@@ -187,3 +254,19 @@ def test_a_summary_that_fails_leaves_its_episode_unsummarized_and_quarantined_no
     assert_every_event_in_exactly_one_place(memory.store, "acme")
     with memory.store.read() as conn:
         assert conn.execute(select(SEMANTIC.c.item_id)).first() is not None
+
+
+def test_a_summarizer_that_fails_on_every_episode_of_a_batch_fails_the_close_and_writes_nothing(
+    sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(turns: Any) -> str:
+        raise ValueError("the summarizer is broken")
+
+    monkeypatch.setattr(session_tasks, "summarize_episode", broken)
+    sqlite_memory.observe_many(conversation_rows("acme", sessions=3, start=T0))
+    ingest(store_url=sqlite_memory.store_url, as_of=AS_OF)
+    with pytest.raises(ValueError, match="the summarizer is broken"):
+        close_sessions(store_url=sqlite_memory.store_url, as_of=AS_OF)
+    # Nothing written: the sessions are closed, with their summaries, once the summarizer works.
+    assert _episodes(sqlite_memory) == {} and _quarantine(sqlite_memory) == []
+    assert sqlite_memory.stats("acme")["working"] == 24

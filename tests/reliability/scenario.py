@@ -198,6 +198,7 @@ def subject_left(memory: Memory, location: ArchiveLocation | None, tenant: str, 
             (SEMANTIC, "item_id", "rendered"),
             (EPISODES, "episode_id", "summary"),
             (QUARANTINE, "quarantine_id", "raw_payload"),
+            (QUARANTINE, "quarantine_id", "reason"),
         ):
             for r in conn.execute(select(table.c[key], table.c[col]).where(table.c.tenant == tenant)):
                 if r[1] and mentions(r[1], subject):
