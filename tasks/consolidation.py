@@ -100,18 +100,25 @@ def commit_facts(
     held: dict[tuple[str, str], str] | None = None,
 ) -> dict[str, int]:
     """Merge, version or add the facts and mark the episodes consolidated, in one transaction under the leases;
-    quarantine the reasons of the ``held`` episodes, which stay unconsolidated.
+    quarantine the reasons of the ``held`` episodes (some of ``episodes``), which stay unconsolidated.
 
     A lost lease (another worker retook the episodes after this one was too slow) is not a failure: nothing of the
     batch was written, the new holder does it, and the run goes on with its next batch.
     """
     try:
         return open_store(store_url).commit_consolidation(
-            episodes, facts, owner, as_of, current_run_id(), plan_changes, vectors, held
+            [key for key in episodes if key not in held] if held else episodes,
+            facts,
+            owner,
+            as_of,
+            current_run_id(),
+            plan_changes,
+            vectors,
+            held,
         )
     except LeaseLost as exc:
-        get_run_logger().warning("batch of %d episodes skipped: %s", len(episodes) + len(held or {}), exc)
-        return {"lease_lost": len(episodes) + len(held or {})}
+        get_run_logger().warning("batch of %d episodes skipped: %s", len(episodes), exc)
+        return {"lease_lost": len(episodes)}
 
 
 def consolidate_batch(
@@ -134,8 +141,7 @@ def consolidate_batch(
     gate = gate_facts(candidates, max_reject_fraction)
     # Without embeddings there is no embedding task run: the run graph shows only work that was done.
     vectors = embed_facts(gate.valid) if embeddings_enabled() else None
-    kept = [key for key in episodes if key not in held] if held else episodes
-    counts = dict(commit_facts(store_url, opaque(kept), gate.valid, owner, as_of, vectors, held or None))
+    counts = dict(commit_facts(store_url, opaque(episodes), gate.valid, owner, as_of, vectors, held or None))
     counts["rows_in"] = counts.get("rows_in", 0) + len(candidates)
     counts["quarantined"] = counts.get("quarantined", 0) + len(gate.rejected)
     if counts.get("lease_lost"):
