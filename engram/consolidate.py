@@ -631,11 +631,13 @@ def distill_isolating(
 
     A consolidator that works episode by episode anyway (it has ``distill_each(episodes, turns) -> (facts,
     failed)``, as the chat-model one does) sets its failures apart itself, in one pass: no episode is asked twice.
-    Any other is asked for the batch whole; only when that raises is the batch distilled again one episode at a time
-    (in the batch's order), and the episodes that raise alone are returned as ``(tenant, episode_id) -> "ErrorType:
-    message"``. When every episode fails, every one is returned: whether the consolidator is broken or the batch
-    was its one bad episode is for the caller to weigh (the flows stop claiming after a batch of several that
-    failed whole).
+    Its ``distill_each`` is then used instead of its ``distill``: a subclass that changes one changes both.
+
+    Any other is asked for the batch whole. Only when that raises is the batch distilled again one episode at a
+    time, in (tenant, episode_id) order as the turns are loaded, and the episodes that raise alone are returned as
+    ``(tenant, episode_id) -> "ErrorType: message"``. When every episode fails, every one is returned: whether the
+    consolidator is broken or the batch was its one bad episode is for the caller to weigh (the flows stop claiming
+    after a batch of several that failed whole).
     """
     each = getattr(consolidator, "distill_each", None)
     if callable(each):

@@ -54,9 +54,7 @@ class LLMConsolidator:
         self._local = LocalConsolidator()
 
     def distill(self, episodes: pd.DataFrame, turns: pd.DataFrame) -> pd.DataFrame:
-        facts, failed = self._each(episodes, turns)
-        if failed:
-            raise next(iter(failed.values()))
+        facts, _ = self._each(episodes, turns, first_failure_raises=True)
         return facts
 
     def distill_each(
@@ -68,7 +66,7 @@ class LLMConsolidator:
         return facts, {key: f"{type(exc).__name__}: {exc}"[:2000] for key, exc in failed.items()}
 
     def _each(
-        self, episodes: pd.DataFrame, turns: pd.DataFrame
+        self, episodes: pd.DataFrame, turns: pd.DataFrame, first_failure_raises: bool = False
     ) -> tuple[pd.DataFrame, dict[tuple[str, str], Exception]]:
         if turns.empty:
             return pd.DataFrame(columns=FACT_COLUMNS), {}
@@ -84,6 +82,8 @@ class LLMConsolidator:
                     episode = episodes[(episodes.tenant == tenant) & (episodes.episode_id == episode_id)]
                     facts = self._local.distill(episode, episode_turns)
             except Exception as exc:  # noqa: BLE001 - the episode's own failure, handed back with it
+                if first_failure_raises:
+                    raise
                 failed[(tenant, episode_id)] = exc
                 continue
             frames.append(facts)

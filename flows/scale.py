@@ -129,7 +129,7 @@ def consolidate_shards(
                 batches.release()
                 # Not one episode of several could be distilled: the consolidator is broken, stop claiming.
                 broken = len(episodes) > 1 and len(batch_held) == len(episodes)
-                if broken or not renew_shard(store_url, pool, shard, owner, lease, len(episodes) - len(batch_held)):
+                if broken or not renew_shard(store_url, pool, shard, owner, lease, counts.get("episodes", 0)):
                     break
             release_shard(store_url, pool, shard, owner)
             shards_done.append(shard)

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select, update
 
 import engram.consolidate as consolidate_module
+import flows.scale as scale_flows
 import tasks.sessions as session_tasks
 from blocks.consolidator import LLMConsolidatorEndpoint
 from engram import Memory
@@ -130,15 +131,25 @@ def test_a_batch_of_several_that_fails_whole_is_held_back_and_ends_the_runs_clai
 
 
 def test_a_shard_worker_holds_back_the_failing_episode_and_drains_the_rest(
-    sqlite_memory: Memory, failing_distil: None
+    sqlite_memory: Memory, failing_distil: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    claims: list[tuple[int, int] | None] = []
+    claim_shard = scale_flows.claim_shard
+
+    def counted_claim(*args: Any) -> tuple[int, int] | None:
+        claims.append(claim_shard(*args))
+        return claims[-1]
+
+    monkeypatch.setattr(scale_flows, "claim_shard", counted_claim)
     for tenant in ("acme", "globex"):
         sqlite_memory.observe_many(_rows_with_a_marked_session(tenant))
     ingest(store_url=sqlite_memory.store_url, as_of=AS_OF)
     close_sessions(store_url=sqlite_memory.store_url, as_of=AS_OF)
     with pytest.raises(EpisodesHeldBack) as raised:
-        # A worker that took again the shards left with a held-back episode would run out of max_shards first.
-        consolidate_shards(store_url=sqlite_memory.store_url, as_of=AS_OF, shard_count=8, max_shards=4)
+        consolidate_shards(store_url=sqlite_memory.store_url, as_of=AS_OF, shard_count=8, max_shards=6)
+    # Each shard was taken once: the held-back episodes left in them, leased, did not bring the worker back.
+    claimed = [shard for shard, _ in filter(None, claims)]
+    assert claimed and len(claimed) == len(set(claimed))
     assert {t for t, _ in raised.value.episodes} == {"acme", "globex"} and len(raised.value.episodes) == 2
     waiting = [e for e in _episodes(sqlite_memory).values() if e["consolidated_at"] is None]
     assert sorted(e["session_id"] for e in waiting) == ["acme-s1", "globex-s1"]
