@@ -86,6 +86,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
+from engram.errors import failure_reason
 from engram.frames import records
 from engram.text import render_date
 
@@ -660,7 +661,7 @@ def distill_isolating(
             try:
                 frames.append(consolidator.distill(one, its_turns))
             except Exception as exc:  # noqa: BLE001 - the episode's own failure, kept with it as its reason
-                failed[key] = f"{type(exc).__name__}: {exc}"[:2000]
+                failed[key] = failure_reason(exc)
         if not failed:
             _log.warning(
                 "a batch of %d episodes failed whole (%s: %s) but each of them alone did not; distilled one by one",

@@ -18,6 +18,7 @@ import httpx
 import pandas as pd
 
 from engram.consolidate import FACT_COLUMNS, LocalConsolidator, content_hash, fact_key, signature
+from engram.errors import failure_reason
 from engram.text import render_date
 
 SYSTEM_PROMPT = (
@@ -63,7 +64,7 @@ class LLMConsolidator:
         """``distill``, with the episodes that failed even their local fallback set apart (``(tenant, episode_id)
         -> "ErrorType: message"``) instead of failing the batch: one request per episode, none asked twice."""
         facts, failed = self._each(episodes, turns)
-        return facts, {key: f"{type(exc).__name__}: {exc}"[:2000] for key, exc in failed.items()}
+        return facts, {key: failure_reason(exc) for key, exc in failed.items()}
 
     def _each(
         self, episodes: pd.DataFrame, turns: pd.DataFrame, first_failure_raises: bool = False

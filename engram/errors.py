@@ -89,6 +89,18 @@ def _shortened(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def failure_reason(exc: BaseException) -> str:
+    """How a failure of one item is recorded with it (a quarantine row's reason): ``ErrorType: message``, at most
+    2,000 characters."""
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def failed_whole(items: int, failed: int) -> bool:
+    """Whether a batch of several items failed on every one of them: then what failed is the step itself (a broken
+    consolidator or summarizer), not an item, and setting its items apart one by one would only quarantine them all."""
+    return items > 1 and failed == items
+
+
 class StoreError(EngramError):
     """The database failed; the original driver error is the ``__cause__``."""
 

@@ -44,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from engram.errors import StoreError
+from engram.errors import StoreError, failed_whole, failure_reason
 from engram.layers import LEAVES_SOURCE_LAYER, Layer
 from engram.models import (
     ArchiveManifest,
@@ -178,22 +178,28 @@ def stable_id(prefix: str, *parts: str) -> str:
     return f"{prefix}-{digest[:32]}"
 
 
-def _held_back_rows(held: Mapping[tuple[str, str], str], at: datetime, flow_run_id: str | None) -> list[dict[str, Any]]:
-    """Quarantine rows for episodes the consolidator failed on (``reason`` is ``"ErrorType: message"``)."""
-    return [
-        {
-            "tenant": tenant,
-            # One row per episode and kind of error: a retry that fails alike adds none, whatever its message.
-            "quarantine_id": stable_id("q", tenant, episode_id, "consolidate", reason.split(":", 1)[0]),
-            "source": "consolidate",
-            "field": "episode",
-            "reason": reason,
-            "raw_payload": json.dumps({"episode_id": episode_id}),
-            "flow_run_id": flow_run_id,
-            "quarantined_at": at,
-        }
-        for (tenant, episode_id), reason in sorted(held.items())
-    ]
+def _episode_quarantine_row(
+    tenant: str,
+    episode_id: str,
+    source: str,
+    field: str,
+    reason: str,
+    at: datetime,
+    flow_run_id: str | None,
+    payload: Mapping[str, str],
+) -> dict[str, Any]:
+    """A quarantine row for a step that failed on one episode (``reason`` is ``"ErrorType: message"``): one per
+    episode, step and kind of error, so a retry that fails alike adds none, whatever its message."""
+    return {
+        "tenant": tenant,
+        "quarantine_id": stable_id("q", tenant, episode_id, source, reason.split(":", 1)[0]),
+        "source": source,
+        "field": field,
+        "reason": reason,
+        "raw_payload": json.dumps({"episode_id": episode_id, **payload}),
+        "flow_run_id": flow_run_id,
+        "quarantined_at": at,
+    }
 
 
 def transition_row(
@@ -939,16 +945,16 @@ class Store:
                 except Exception as exc:  # noqa: BLE001 - the episode's own failure, recorded with it
                     summary, first_error = "", first_error or exc
                     unsummarized.append(
-                        {
-                            "tenant": tenant,
-                            "quarantine_id": stable_id("q", tenant, episode_id, "summary"),
-                            "source": "close_sessions",
-                            "field": "summary",
-                            "reason": f"{type(exc).__name__}: {exc}"[:2000],
-                            "raw_payload": json.dumps({"episode_id": episode_id, "session_id": session_id}),
-                            "flow_run_id": flow_run_id,
-                            "quarantined_at": as_of,
-                        }
+                        _episode_quarantine_row(
+                            tenant,
+                            episode_id,
+                            "close_sessions",
+                            "summary",
+                            failure_reason(exc),
+                            as_of,
+                            flow_run_id,
+                            {"session_id": session_id},
+                        )
                     )
                 episodes.append(
                     {
@@ -986,7 +992,7 @@ class Store:
                     for r in ep_turns
                 ]
                 closed.append({"t": tenant, "s": session_id, "e": episode_id})
-            if first_error is not None and len(episodes) > 1 and len(unsummarized) == len(episodes):
+            if first_error is not None and failed_whole(len(episodes), len(unsummarized)):
                 # Not one summary of the batch could be made: the summarizer is broken, not an episode. Fail the
                 # batch (nothing written) so that it is closed with its summaries once the summarizer is fixed.
                 raise first_error
@@ -1151,7 +1157,11 @@ class Store:
             seqs = self.bump_seq(conn, tenants, as_of)
             self._check_leases(conn, EPISODES, ("tenant", "episode_id"), [*episodes, *held], owner)
             if held:
-                self.insert_ignore(conn, QUARANTINE, _held_back_rows(held, as_of, flow_run_id))
+                rows = [
+                    _episode_quarantine_row(t, e, "consolidate", "episode", why, as_of, flow_run_id, {})
+                    for (t, e), why in sorted(held.items())
+                ]
+                self.insert_ignore(conn, QUARANTINE, rows)
             if len(candidates):
                 candidates = self._with_living_sources(conn, candidates)
             existing_rows: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ from datetime import datetime
 from prefect import flow
 from pydantic import SecretStr
 
-from engram.errors import EpisodesHeldBack
+from engram.errors import EpisodesHeldBack, failed_whole
 from engram.policy import LifecyclePolicy
 from engram.settings import reveal
 from tasks.common import BatchMemory, Stopwatch, resolve_as_of, worker_id
@@ -64,7 +64,7 @@ def consolidate(
         totals.update(counts)
         held |= batch_held
         batches.release()
-        if len(episodes) > 1 and len(batch_held) == len(episodes):
+        if failed_whole(len(episodes), len(batch_held)):
             break  # not one episode of several could be distilled: the consolidator is broken, stop claiming
     publish_validation("episodic_to_semantic", results)
     summary = publish_run_summary("consolidate", dict(totals), clock.seconds)

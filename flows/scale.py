@@ -16,7 +16,7 @@ from prefect import flow
 from prefect.concurrency.sync import concurrency
 from pydantic import SecretStr
 
-from engram.errors import EpisodesHeldBack
+from engram.errors import EpisodesHeldBack, failed_whole
 from engram.policy import LifecyclePolicy
 from engram.quality import prepare_gates
 from engram.service import ScalingPolicy, decide_parallelism
@@ -128,7 +128,7 @@ def consolidate_shards(
                 held |= batch_held
                 batches.release()
                 # Not one episode of several could be distilled: the consolidator is broken, stop claiming.
-                broken = len(episodes) > 1 and len(batch_held) == len(episodes)
+                broken = failed_whole(len(episodes), len(batch_held))
                 if broken or not renew_shard(store_url, pool, shard, owner, lease, counts.get("episodes", 0)):
                     break
             release_shard(store_url, pool, shard, owner)
