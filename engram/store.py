@@ -43,6 +43,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.expression import UnaryExpression
 
 from engram.errors import StoreError, failed_whole, failure_reason
 from engram.layers import LEAVES_SOURCE_LAYER, Layer
@@ -323,6 +325,21 @@ class Store:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("engram_write") else "BEGIN")
+
+    def _not_a_key(self, column: Any) -> Any:
+        """``column`` in a form SQLite does not look rows up by (``+column``), for a condition that only narrows rows
+        a statement names by key.
+
+        SQLite plans without table statistics. For ``tenant = ? AND event_id IN (...) AND routed_at IS NULL`` it
+        ranks the index on (tenant, routed_at) above the primary key, and so reads every pending event of the tenant
+        for each chunk of ids: a batch's cost then grows with the backlog, and draining a backlog with its square
+        (ingest after ten million events went into the sensory layer spent two thirds of its time there). With the
+        condition on ``+routed_at`` only the primary key can serve. PostgreSQL plans by statistics and gets the
+        column as it is.
+        """
+        if self.dialect != "sqlite":
+            return column
+        return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
 
     def _pairs_in(self, first: Any, second: Any, pairs: Sequence[tuple[Any, Any]]) -> Any:
         """``(first, second) IN pairs``, written so that the database finds the rows through its index on the two
@@ -698,7 +715,11 @@ class Store:
                 chunk = ids[start : start + INSERT_CHUNK]
                 result = conn.execute(
                     update(EVENTS)
-                    .where(EVENTS.c.tenant == tenant, EVENTS.c.event_id.in_(chunk), EVENTS.c.routed_at.is_(None))
+                    .where(
+                        EVENTS.c.tenant == tenant,
+                        EVENTS.c.event_id.in_(chunk),
+                        self._not_a_key(EVENTS.c.routed_at).is_(None),
+                    )
                     .values(routed_at=now)
                     .returning(EVENTS.c.event_id)
                 )
@@ -2059,7 +2080,7 @@ class Store:
                         .where(
                             EVENTS.c.tenant == tenant,
                             EVENTS.c.event_id.in_(event_ids[start : start + INSERT_CHUNK]),
-                            EVENTS.c.routed_at.is_not(None),
+                            self._not_a_key(EVENTS.c.routed_at).is_not(None),
                         )
                         .values(text="", metadata={})
                     ).rowcount
