@@ -84,7 +84,7 @@ def test_a_pair_lookup_finds_exactly_its_pairs_across_many_tenants(store_url: st
     store.dispose()
 
 
-def _full_scans(db_path: Path, statements: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+def _reads_past_an_index(db_path: Path, statements: list[tuple[str, Any]]) -> list[tuple[str, str]]:
     """(plan line, statement) for every step of a plan that reads a whole table or index, bar the backlog indexes,
     and for every step that finds rows the statement names by key (``t.tenant = ? AND t.key IN (...)``) through
     an index that does not look them up by that key: it reads all of the tenant's rows the index holds."""
@@ -139,7 +139,7 @@ def test_no_statement_of_the_layer_moves_reads_a_whole_table(tmp_path: Path) -> 
     assert counts["episodes"] == 9
     assert counts["new"] > 0
     assert len(statements) > 20
-    assert _full_scans(db_path, statements) == []
+    assert _reads_past_an_index(db_path, statements) == []
     memory.close()
 
 
@@ -154,12 +154,13 @@ def test_no_statement_of_the_archive_step_reads_a_whole_table(tmp_path: Path) ->
 
     # Many batches over every tenant, the later ones after the tombstones of the earlier ones.
     assert totals["manifests"] > 10 and totals["semantic_items"] > 0 and totals["episodes"] == 9
-    assert _full_scans(db_path, statements) == []
+    assert _reads_past_an_index(db_path, statements) == []
     memory.close()
 
 
 def test_the_scan_check_sees_a_whole_table_read_and_a_lookup_past_the_key(tmp_path: Path) -> None:
-    # Guards the test above against passing vacuously: the row-value lookup it replaced is reported.
+    # Guards the tests above against passing vacuously: the row-value lookup and the claim of pending events they
+    # replaced are reported.
     db_path = tmp_path / "engram.db"
     Store(f"sqlite:///{db_path}").migrate()
     row_value = "SELECT tenant FROM lineage WHERE (tenant, item_id) IN (VALUES (?, ?), (?, ?))"
@@ -173,7 +174,7 @@ def test_the_scan_check_sees_a_whole_table_read_and_a_lookup_past_the_key(tmp_pa
     by_key = pending.replace("AND events.routed_at IS NULL", "AND +events.routed_at IS NULL")
     ids = ("1", "2", "3")
 
-    scans = _full_scans(
+    scans = _reads_past_an_index(
         db_path,
         [(row_value, ("a", "1", "b", "2")), (backlog, ()), (pending, ("now", "a", *ids)), (by_key, ("now", "a", *ids))],
     )
