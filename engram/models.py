@@ -109,6 +109,8 @@ class WorkingItem(SQLModel, table=True):
     __table_args__ = (
         Index("ix_working_session", "tenant", "session_id", "at"),
         Index("ix_working_expiry", "tenant", "expires_at"),
+        # Every tenant's items past their TTL, oldest first: what ``expire_working`` takes when no tenant is named.
+        Index("ix_working_expires", "expires_at"),
         Index("ix_working_seq", "tenant", "seq"),
     )
 
@@ -238,7 +240,9 @@ class Lineage(SQLModel, table=True):
     """Which source events an item of a later layer came from."""
 
     __tablename__ = "lineage"
-    __table_args__ = (Index("ix_lineage_event", "tenant", "event_id"),)
+    # The items distilled from given events: the item id is in the index, so the lookup reads no table row, and the
+    # planner has no reason to prefer the primary key's tenant prefix (every lineage row of the tenant) over it.
+    __table_args__ = (Index("ix_lineage_event_item", "tenant", "event_id", "item_id"),)
 
     tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)
     item_id: str = Field(primary_key=True, max_length=64)

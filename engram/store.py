@@ -2236,7 +2236,8 @@ class Store:
                 return n
 
             removed["events"] = delete_in(EVENTS, "event_id", events)
-            removed["episode_turns"] = delete_in(TURNS, "item_id", sorted(set(items) | set(events)))
+            # By event id, which the turns' index holds (a turn's item id is its event's id; no index leads with it).
+            removed["episode_turns"] = delete_in(TURNS, "event_id", sorted(set(items) | set(events)))
             removed["semantic_items"] = delete_in(SEMANTIC, "item_id", items)
             removed["episodes"] = delete_in(EPISODES, "episode_id", items)
             removed["lineage"] = delete_in(LINEAGE, "item_id", items) + delete_in(LINEAGE, "event_id", events)
@@ -2439,7 +2440,9 @@ class Store:
                 out["sources"] = self._sources(conn, tenant, item_id)
                 out["table"] = "semantic_items"
                 return out
-            row = conn.execute(select(TURNS).where(TURNS.c.tenant == tenant, TURNS.c.item_id == item_id)).first()
+            # Found through the turns' event index: a turn's item id is its event's id, and no index leads with it.
+            by_event = (TURNS.c.tenant == tenant, TURNS.c.event_id == item_id, TURNS.c.item_id == item_id)
+            row = conn.execute(select(TURNS).where(*by_event)).first()
             if row is not None:
                 out = dict(row._mapping)
                 out["layer"] = Layer.ARCHIVAL if out["archived_manifest_id"] else Layer.EPISODIC
@@ -2634,7 +2637,7 @@ class Store:
         events = matching(EVENTS, "event_id")
         event_ids = {r.event_id for r in events}
         working = matching(WORKING, "item_id")
-        turns = matching(TURNS, "item_id", "episode_id", "position")
+        turns = matching(TURNS, "item_id", "event_id")
         semantic = matching(SEMANTIC, "item_id")
         # An item distilled from a forgotten event goes with it even when it no longer names the subject.
         if event_ids:
@@ -2671,7 +2674,8 @@ class Store:
 
         removed["events"] = delete_in(EVENTS, "event_id", event_ids)
         removed["working_items"] = delete_in(WORKING, "item_id", {r.item_id for r in working} | event_ids)
-        removed["episode_turns"] = delete_in(TURNS, "item_id", {r.item_id for r in turns} | event_ids)
+        # By event id, which the turns' index holds (a turn's item id is its event's id; no index leads with it).
+        removed["episode_turns"] = delete_in(TURNS, "event_id", {r.event_id for r in turns} | event_ids)
         removed["semantic_items"] = delete_in(SEMANTIC, "item_id", sem_ids)
         removed["lineage"] = delete_in(LINEAGE, "item_id", sem_ids) + delete_in(LINEAGE, "event_id", event_ids)
         removed["transitions"] = delete_in(TRANSITIONS, "item_id", all_ids)

@@ -3,7 +3,9 @@
 SQLite answers ``(tenant, id) IN (VALUES ...)`` by reading the whole table, a backlog query with no index in its
 order by reading and sorting the whole table, and ``tenant = ? AND event_id IN (...) AND routed_at IS NULL`` by
 reading every pending event of the tenant through the index on (tenant, routed_at); each made a run's cost grow with
-the square of its size.
+the square of its size. It answered ``tenant = ? AND event_id IN (...)`` on the lineage through the primary key's
+tenant prefix (every lineage row of the tenant) while the event index lacked the item id, and expired every tenant's
+working items by reading and sorting the whole layer.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from sqlalchemy import event, select
 
 from engram import Memory
-from engram.archive import archive_cold_items
+from engram.archive import archive_cold_items, rehydrate_batch
 from engram.store import LINEAGE, PAIR_FIRSTS, Store, pair_chunks
 from tests.conftest import T0
 from tests.engram.archive_helpers import COLD, LATER, consolidate_pending
@@ -84,21 +86,30 @@ def test_a_pair_lookup_finds_exactly_its_pairs_across_many_tenants(store_url: st
     store.dispose()
 
 
+# Conditions that narrow a tenant's rows rather than name them: a tenant's manifests (one per archive batch) are read
+# whole and filtered by status.
+NOT_LOOKUPS = {("archive_manifests", "status")}
+
+
 def _reads_past_an_index(db_path: Path, statements: list[tuple[str, Any]]) -> list[tuple[str, str]]:
     """(plan line, statement) for every step of a plan that reads a whole table or index, bar the backlog indexes,
-    and for every step that finds rows the statement names by key (``t.tenant = ? AND t.key IN (...)``) through
-    an index that does not look them up by that key: it reads all of the tenant's rows the index holds."""
+    and for every step that finds rows the statement names (``t.tenant = ? AND t.col IN (...)`` or ``= ?``) through
+    an index that does not look them up by that column: it reads all of the tenant's rows the index holds."""
     found = []
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         for sql, params in statements:
-            keyed = dict(re.findall(r"\b(\w+)\.tenant = \? AND \1\.(\w+) IN \(", sql))
+            keyed: dict[str, set[str]] = {}
+            for table, column in re.findall(r"\b(\w+)\.tenant = \? AND \1\.(\w+) (?:IN \(|= \?)", sql):
+                if (table, column) not in NOT_LOOKUPS:
+                    keyed.setdefault(table, set()).add(column)
             for *_, detail in db.execute("EXPLAIN QUERY PLAN " + sql, params):
                 scan = re.match(r"SCAN (\w+)(?: USING (?:COVERING )?INDEX (\w+))?", detail)
                 if scan and "CONSTANT ROW" not in detail and scan.group(2) not in BACKLOG_INDEXES:
                     found.append((detail, sql[:200]))
                 search = re.match(r"SEARCH (\w+) USING .*\((.*)\)$", detail)
-                if search and search.group(1) in keyed and f"{keyed[search.group(1)]}=?" not in search.group(2):
+                columns = keyed.get(search.group(1), set()) if search else set()
+                if columns and not any(f"{c}=?" in search.group(2) for c in columns):
                     found.append((detail, sql[:200]))
     finally:
         db.close()
@@ -155,6 +166,71 @@ def test_no_statement_of_the_archive_step_reads_a_whole_table(tmp_path: Path) ->
     # Many batches over every tenant, the later ones after the tombstones of the earlier ones.
     assert totals["manifests"] > 10 and totals["semantic_items"] > 0 and totals["episodes"] == 9
     assert _reads_past_an_index(db_path, statements) == []
+    memory.close()
+
+
+def _route_open_sessions(memory: Memory, as_of: Any) -> tuple[int, str]:
+    """Two more sessions per tenant routed to working memory and left open, half their events as task scratch, all
+    of them past their TTL at ``as_of``; returns how many are task-scoped, and the id of an acme item that is not."""
+    store = memory.store
+    for tenant in ("acme", "globex", "initech"):
+        memory.observe_many(conversation_rows(tenant, sessions=2, start=T0 + timedelta(days=40), prefix=f"{tenant}-l"))
+    pending = store.pending_events(1_000)
+    working = [
+        {
+            **{k: e[k] for k in ("tenant", "event_id", "session_id", "actor", "text", "at", "metadata")},
+            "item_id": e["event_id"],
+            "scope": "task" if n % 2 else "session",
+            "tags": [],
+            "expires_at": e["at"] + timedelta(hours=1),
+            "created_run_id": None,
+        }
+        for n, e in enumerate(pending)
+    ]
+    assert store.route_events(working, [], as_of, None)["routed"] == len(working) == 48
+    kept = next(w["item_id"] for w in working if w["scope"] == "session" and w["tenant"] == "acme")
+    return sum(w["scope"] == "task" for w in working), kept
+
+
+def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_index(tmp_path: Path) -> None:
+    """What runs beside the layer moves: expiring every tenant's stale working items while sessions are open,
+    search (hot and archival), an item and its history, stats, rehydrating, and both kinds of forget."""
+    db_path = tmp_path / "engram.db"
+    memory = _three_tenants(tmp_path)
+    store = memory.store
+    consolidate_pending(store, None, AS_OF)
+    archive_cold_items(store, memory.archive, COLD, LATER, batch_size=4)
+    tasks, in_open_session = _route_open_sessions(memory, LATER)
+    steps: dict[str, Callable[[], Any]] = {
+        "expire every tenant": lambda: store.expire_working(LATER + timedelta(days=1), None),
+        "expire a tenant": lambda: store.expire_working(LATER + timedelta(days=1), None, tenant="acme"),
+        "search hot": lambda: memory.search("acme", "week topic", layers=["working"]),
+        "search archival": lambda: memory.search("acme", "dog Rex", layers=["archival"]),
+        "get an archived turn": lambda: memory.get("acme", "acme-e1-0"),
+        "get a working item": lambda: memory.get("acme", in_open_session),
+        "history": lambda: memory.history("acme", "acme-e1-0"),
+        "stats": lambda: memory.stats("acme"),
+        "rehydrate": lambda: rehydrate_batch(store, memory.archive, "acme", None, LATER, None, 50),
+        "forget a subject": lambda: memory.forget("globex", "Rex"),
+        "forget a tenant": lambda: memory.forget("initech"),
+    }
+    results, flagged = {}, {}
+    for name, step in steps.items():
+        statements, results[name] = _recorded(store, step)
+        assert statements, name
+        flagged[name] = _reads_past_an_index(db_path, statements)
+
+    # Each step found and did what it names (so its statements are the ones that do the work).
+    assert results["expire every tenant"] == tasks == 24 and results["expire a tenant"] == 0
+    assert results["search hot"] and {h.layer for h in results["search archival"]} == {"archival"}
+    assert results["get an archived turn"].layer == "archival" and results["get a working item"].layer == "working"
+    assert [e.action for e in results["history"]][:3] == ["ingest", "close_session", "archive"]
+    assert results["stats"]["archival"] > 0 and results["rehydrate"]["rehydrated"] > 0
+    # The subject's events are archived ones (their tombstones, turns and lineage go by id) and open-session items.
+    removed = results["forget a subject"].removed
+    assert removed["episode_turns_archived"] > 0 and removed["lineage_archived"] > 0 and removed["working_items"] > 0
+    assert results["forget a tenant"].removed["events"] == 24 + 16  # its first three sessions and the two open ones
+    assert flagged == {name: [] for name in steps}
     memory.close()
 
 
@@ -264,4 +340,6 @@ def test_merging_into_a_long_lived_fact_reads_only_the_lineage_its_batch_names(t
     finally:
         db.close()
     assert [row for rows in found for row in rows] == [(item[0], "e30")]
+    # And through the index on the events: the primary key's tenant prefix would read all 31.
+    assert lineage_reads and _reads_past_an_index(tmp_path / "engram.db", statements) == []
     memory.close()
