@@ -235,8 +235,8 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
 
 
 def test_the_scan_check_sees_a_whole_table_read_and_a_lookup_past_the_key(tmp_path: Path) -> None:
-    # Guards the tests above against passing vacuously: the row-value lookup and the claim of pending events they
-    # replaced are reported.
+    # Guards the tests above against passing vacuously: the row-value lookup, the claim of pending events and the
+    # lookup of a turn by item id they replaced are reported.
     db_path = tmp_path / "engram.db"
     Store(f"sqlite:///{db_path}").migrate()
     row_value = "SELECT tenant FROM lineage WHERE (tenant, item_id) IN (VALUES (?, ?), (?, ?))"
@@ -249,15 +249,32 @@ def test_the_scan_check_sees_a_whole_table_read_and_a_lookup_past_the_key(tmp_pa
     )
     by_key = pending.replace("AND events.routed_at IS NULL", "AND +events.routed_at IS NULL")
     ids = ("1", "2", "3")
+    # A turn found by its item id as it was (no index leads with it), and through the event index; a tenant's
+    # manifests filtered by status, which names no rows.
+    turn = "SELECT text FROM episode_turns WHERE episode_turns.tenant = ? AND episode_turns.item_id = ?"
+    turn_by_event = turn.replace("item_id = ?", "event_id = ? AND episode_turns.item_id = ?")
+    manifests = (
+        "SELECT manifest_id FROM archive_manifests"
+        " WHERE archive_manifests.tenant = ? AND archive_manifests.status IN (?)"
+    )
 
     scans = _reads_past_an_index(
         db_path,
-        [(row_value, ("a", "1", "b", "2")), (backlog, ()), (pending, ("now", "a", *ids)), (by_key, ("now", "a", *ids))],
+        [
+            (row_value, ("a", "1", "b", "2")),
+            (backlog, ()),
+            (pending, ("now", "a", *ids)),
+            (by_key, ("now", "a", *ids)),
+            (turn, ("a", "e1")),
+            (turn_by_event, ("a", "e1", "e1")),
+            (manifests, ("a", "written")),
+        ],
     )
 
     assert [detail.split(" (")[0] for detail, _ in scans] == [
         "SCAN lineage",
         "SEARCH events USING INDEX ix_events_pending",
+        "SEARCH episode_turns USING INDEX ix_turns_event",
     ]
 
 
