@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -169,9 +170,10 @@ def test_no_statement_of_the_archive_step_reads_a_whole_table(tmp_path: Path) ->
     memory.close()
 
 
-def _route_open_sessions(memory: Memory, as_of: Any) -> tuple[int, str]:
+def _route_open_sessions(memory: Memory, as_of: Any) -> tuple[Counter[str], str]:
     """Two more sessions per tenant routed to working memory and left open, half their events as task scratch, all
-    of them past their TTL at ``as_of``; returns how many are task-scoped, and the id of an acme item that is not."""
+    of them past their TTL at ``as_of``; returns how many are task-scoped per tenant, and the id of an acme item that
+    is not."""
     store = memory.store
     for tenant in ("acme", "globex", "initech"):
         memory.observe_many(conversation_rows(tenant, sessions=2, start=T0 + timedelta(days=40), prefix=f"{tenant}-l"))
@@ -189,7 +191,7 @@ def _route_open_sessions(memory: Memory, as_of: Any) -> tuple[int, str]:
     ]
     assert store.route_events(working, [], as_of, None)["routed"] == len(working) == 48
     kept = next(w["item_id"] for w in working if w["scope"] == "session" and w["tenant"] == "acme")
-    return sum(w["scope"] == "task" for w in working), kept
+    return Counter(w["tenant"] for w in working if w["scope"] == "task"), kept
 
 
 def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_index(tmp_path: Path) -> None:
@@ -201,9 +203,12 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
     consolidate_pending(store, None, AS_OF)
     archive_cold_items(store, memory.archive, COLD, LATER, batch_size=4)
     tasks, in_open_session = _route_open_sessions(memory, LATER)
+    # A tenant whose episodes and facts are all hot, for a forget that finds its turns in the hot store.
+    memory.observe_many(conversation_rows("hooli", sessions=3, start=T0, prefix="hooli-e"))
+    consolidate_pending(store, "hooli", AS_OF)
     steps: dict[str, Callable[[], Any]] = {
-        "expire every tenant": lambda: store.expire_working(LATER + timedelta(days=1), None),
         "expire a tenant": lambda: store.expire_working(LATER + timedelta(days=1), None, tenant="acme"),
+        "expire every tenant": lambda: store.expire_working(LATER + timedelta(days=1), None),
         "search hot": lambda: memory.search("acme", "week topic", layers=["working"]),
         "search archival": lambda: memory.search("acme", "dog Rex", layers=["archival"]),
         "get an archived turn": lambda: memory.get("acme", "acme-e1-0"),
@@ -212,6 +217,7 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
         "stats": lambda: memory.stats("acme"),
         "rehydrate": lambda: rehydrate_batch(store, memory.archive, "acme", None, LATER, None, 50),
         "forget a subject": lambda: memory.forget("globex", "Rex"),
+        "forget a subject in hot turns": lambda: memory.forget("hooli", "Rex"),
         "forget a tenant": lambda: memory.forget("initech"),
     }
     results, flagged = {}, {}
@@ -221,7 +227,8 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
         flagged[name] = _reads_past_an_index(db_path, statements)
 
     # Each step found and did what it names (so its statements are the ones that do the work).
-    assert results["expire every tenant"] == tasks == 24 and results["expire a tenant"] == 0
+    assert results["expire a tenant"] == tasks["acme"] == 8
+    assert results["expire every tenant"] == sum(tasks.values()) - tasks["acme"] == 16
     assert results["search hot"] and {h.layer for h in results["search archival"]} == {"archival"}
     assert results["get an archived turn"].layer == "archival" and results["get a working item"].layer == "working"
     assert [e.action for e in results["history"]][:3] == ["ingest", "close_session", "archive"]
@@ -229,6 +236,9 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
     # The subject's events are archived ones (their tombstones, turns and lineage go by id) and open-session items.
     removed = results["forget a subject"].removed
     assert removed["episode_turns_archived"] > 0 and removed["lineage_archived"] > 0 and removed["working_items"] > 0
+    # Hot: every turn of a forgotten event goes with it, as do the facts distilled from them and their lineage.
+    hot = results["forget a subject in hot turns"].removed
+    assert hot["episode_turns"] == hot["events"] > 0 and hot["semantic_items"] > 0 and hot["lineage"] > 0
     assert results["forget a tenant"].removed["events"] == 24 + 16  # its first three sessions and the two open ones
     assert flagged == {name: [] for name in steps}
     memory.close()

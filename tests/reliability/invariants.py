@@ -45,6 +45,8 @@ class Report:
     dangling_lineage: list[tuple[str, str]] = field(default_factory=list)
     unreadable_archive: list[str] = field(default_factory=list)
     unaudited_transitions: list[tuple[str, str]] = field(default_factory=list)
+    # A turn's item id is its event's id: the store finds and deletes turns by event id (its index).
+    turns_not_named_by_event: list[tuple[str, str]] = field(default_factory=list)
     unfinished_manifests: int = 0
     facts: int = 0
 
@@ -59,6 +61,7 @@ class Report:
             "dangling_lineage": self.dangling_lineage,
             "unreadable_archive": self.unreadable_archive,
             "unaudited_transitions": self.unaudited_transitions,
+            "turns_not_named_by_event": self.turns_not_named_by_event,
         }
         return {k: v for k, v in found.items() if v}
 
@@ -103,6 +106,8 @@ def check_invariants(
         for event_id, item_id, manifest_id in conn.execute(
             select(TURNS.c.event_id, TURNS.c.item_id, TURNS.c.archived_manifest_id).where(TURNS.c.tenant == tenant)
         ):
+            if item_id != event_id:
+                report.turns_not_named_by_event.append((item_id, event_id))
             if manifest_id is None:
                 where.setdefault(event_id, []).append("episodic")
             else:
