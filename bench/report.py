@@ -656,6 +656,35 @@ def index_growth_table(name: str, data: dict[str, Any], first: bool) -> list[str
     return lines + [f"- {n}" for n in data.get("notes", [])] + ([""] if data.get("notes") else [])
 
 
+def lineage_lookup_section(results: Path) -> list[str]:
+    """The lineage's lookup by event as a tenant's lineage grows, at revision 0008 and at the head
+    (``bench/lineage_lookup.py``)."""
+    data = load(results / "lineage_lookup.json")
+    if not data:
+        return []
+    machine = data.get("machine", {})
+    lines = [
+        "## The lineage's lookup by event (`bench/lineage_lookup.py`)",
+        "",
+        f"Milliseconds for `Store.derived_items` to find the items distilled from {data['ids']} random events of one "
+        "tenant (the statement a consolidation batch runs to check its sources, and a forget to find what was "
+        "distilled from the events it removes), median of "
+        f"{data['repeats']} calls, in a SQLite store migrated to revision 0008 and in one migrated to the head, each "
+        f"holding a lineage of the given rows for that tenant. SQLite {data['sqlite']}; load average "
+        f"{machine.get('load_avg_at_start')} at the start.",
+        "",
+        "| lineage rows of the tenant | 0008: ms | 0008: plan | head: ms | head: plan | 0008 / head |",
+        "| ---: | ---: | --- | ---: | --- | ---: |",
+    ]
+    for entry in data["sizes"]:
+        old, new = entry["0008"], entry["head"]
+        lines.append(
+            f"| {fmt(entry['rows'])} | {old['ms']} | `{'; '.join(old['plan'])}` | {new['ms']} | "
+            f"`{'; '.join(new['plan'])}` | {entry['ratio']} |"
+        )
+    return lines + [""] + [f"- {n}" for n in data.get("notes", [])] + [""]
+
+
 def cold_section(results: Path) -> list[str]:
     """Archival search at each size ``bench/cold_search.py`` was run at (``make bench-cold`` for 10^7)."""
     data = load(results / "cold_search.json")
@@ -894,6 +923,8 @@ def render(results: Path) -> str:
         " --out bench/results/index_growth_item_keyed.json   # five minutes",
         "python bench/index_growth.py --rows 4000000 --step 500000 --variants mixed_item_keyed"
         " item_keyed_ordered_facts --out bench/results/index_growth_ordered_facts.json   # four minutes",
+        "python bench/lineage_lookup.py       # bench/results/lineage_lookup.json, the lineage's lookup by event,"
+        " revision 0008 against the head, two minutes",
         "python bench/report.py   # rewrites this file from the JSON",
         "```",
         "",
@@ -959,6 +990,7 @@ def render(results: Path) -> str:
     out += archive_reads_section(results)
     out += prefect_server_section(quick_runs)
     out += index_growth_section(results)
+    out += lineage_lookup_section(results)
     out += flow_overhead_section(results)
     out += cold_section(results)
     out += scale_section(results)

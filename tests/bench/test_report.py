@@ -247,3 +247,34 @@ def test_an_index_growth_variant_the_report_does_not_describe_is_still_shown(tmp
     assert "| rows | random: us/row | random: WAL MB | zz_new: us/row | zz_new: WAL MB |" in text
     assert "`zz_new`: see bench/index_growth.py" in text and "random: 2, zz_new: 1.1." in text
     assert "index_growth_empty.json" not in text  # a run with no step measured has no table
+
+
+def test_the_lineage_lookup_gets_a_row_per_size_with_both_revisions_and_their_ratio(tmp_path: Path) -> None:
+    from bench.report import lineage_lookup_section
+
+    def at(ms: float, index: str) -> dict:
+        return {"ms": ms, "plan": [f"SEARCH lineage USING COVERING INDEX {index}"], "found": 500}
+
+    data = {
+        "ids": 500,
+        "repeats": 5,
+        "sqlite": "3.40.1",
+        "machine": {"load_avg_at_start": [0.1, 0.2, 0.3]},
+        "sizes": [
+            {
+                "rows": 1_000_000,
+                "0008": at(181.4, "pk (tenant=?)"),
+                "head": at(1.9, "ix (tenant=? AND event_id=?)"),
+                "ratio": 95.5,
+            },
+        ],
+        "notes": ["conditions: test"],
+    }
+    (tmp_path / "lineage_lookup.json").write_text(json.dumps(data))
+    text = "\n".join(lineage_lookup_section(tmp_path))
+    assert "500 random events of one tenant" in text and "median of 5 calls" in text
+    row = "| 1,000,000 | 181.4 | `SEARCH lineage USING COVERING INDEX pk (tenant=?)` | 1.9 |"
+    assert row in text and text.count("| 1,000,000 |") == 1
+    assert "`SEARCH lineage USING COVERING INDEX ix (tenant=? AND event_id=?)` | 95.5 |" in text
+    assert "- conditions: test" in text
+    assert lineage_lookup_section(tmp_path / "nothing-here") == []
