@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.perf import machine  # noqa: E402
+from bench.perf import sqlite_run_header  # noqa: E402
 
 SCHEMA = (
     "CREATE TABLE transitions (tenant VARCHAR(64) NOT NULL, transition_id VARCHAR(64) NOT NULL, "
@@ -224,9 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "index_growth.json")
     args = parser.parse_args(argv)
     out: dict[str, Any] = {
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "sqlite": sqlite3.sqlite_version,
+        **sqlite_run_header(),
         "rows": args.rows,
         "batch": args.batch,
         "cache_mb": args.cache_mb,

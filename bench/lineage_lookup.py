@@ -28,7 +28,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lineage_lookup.json")
     args = parser.parse_args(argv)
-    from bench.perf import machine
+    from bench.perf import sqlite_run_header
 
     out: dict[str, Any] = {
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "sqlite": sqlite3.sqlite_version,
+        **sqlite_run_header(),
         "ids": args.ids,
         "repeats": args.repeats,
         "sizes": [],

@@ -717,6 +717,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def sqlite_run_header() -> dict[str, Any]:
+    """What the JSON of a benchmark of SQLite alone starts with: when it started, the machine, the SQLite version."""
+    import sqlite3
+
+    return {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
