@@ -70,10 +70,14 @@ class EpisodesHeldBack(EngramError):
 
     Attributes:
         episodes: ``(tenant, episode_id) -> reason`` of each held-back episode.
+        summaries: what the failed run did all the same, by flow name: the consolidation run's own summary (under
+            ``consolidate`` or ``consolidate_shards``) and, when a ``lifecycle`` run raises it, the summaries of the
+            subflows that ran before (``ingest``, ``close_sessions``, ``expire_working``).
     """
 
-    def __init__(self, episodes: dict[tuple[str, str], str]):
+    def __init__(self, episodes: dict[tuple[str, str], str], summaries: dict[str, dict[str, Any]] | None = None):
         self.episodes = dict(episodes)
+        self.summaries = dict(summaries or {})
         shown = "; ".join(f"{t}/{e}: {_shortened(why)}" for (t, e), why in list(self.episodes.items())[:5])
         more = f" and {len(self.episodes) - 5} more" if len(self.episodes) > 5 else ""
         super().__init__(
@@ -82,7 +86,7 @@ class EpisodesHeldBack(EngramError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.episodes,))
+        return (type(self), (self.episodes, self.summaries))
 
 
 def _shortened(text: str, limit: int = 200) -> str:

@@ -653,6 +653,10 @@ class Memory:
     def run_lifecycle(self, as_of: datetime | str | None = None, *, tenant: str | None = None) -> dict[str, Any]:
         """Run the lifecycle flow through Prefect (ingest, close sessions, expire, consolidate) and return its
         summary. Uses the Prefect API configured in the environment, or a temporary local one.
+
+        Raises:
+            EpisodesHeldBack: the consolidator failed on some episodes; the others are consolidated, and the
+                exception's ``summaries`` hold what this method would have returned.
         """
         import os
 

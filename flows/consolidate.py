@@ -69,5 +69,5 @@ def consolidate(
     publish_validation("episodic_to_semantic", results)
     summary = publish_run_summary("consolidate", dict(totals), clock.seconds)
     if held:
-        raise EpisodesHeldBack(held)
+        raise EpisodesHeldBack(held, {"consolidate": summary})
     return summary

@@ -7,6 +7,7 @@ from datetime import datetime
 from prefect import flow
 from pydantic import SecretStr
 
+from engram.errors import EpisodesHeldBack
 from flows.consolidate import consolidate
 from flows.ingest import ingest
 from flows.sessions import close_sessions, expire_working
@@ -35,10 +36,19 @@ def lifecycle(
 
 
 def lifecycle_steps(common: dict) -> dict[str, dict]:
-    """The lifecycle's four subflows in order, each called with ``common`` (their shared parameters)."""
-    return {
+    """The lifecycle's four subflows in order, each called with ``common`` (their shared parameters).
+
+    When consolidation holds episodes back, the ``EpisodesHeldBack`` it raises carries every subflow's summary
+    (``summaries``), so that a caller of a failed run still has what the run did.
+    """
+    summaries = {
         "ingest": ingest(**common),
         "close_sessions": close_sessions(**common),
         "expire_working": expire_working(**common),
-        "consolidate": consolidate(**common),
     }
+    try:
+        summaries["consolidate"] = consolidate(**common)
+    except EpisodesHeldBack as held:
+        held.summaries = summaries | held.summaries
+        raise
+    return summaries

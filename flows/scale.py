@@ -141,5 +141,5 @@ def consolidate_shards(
     counts["episodes_per_s"] = round(totals["episodes"] / seconds, 2) if seconds else 0.0
     summary = publish_run_summary("consolidate_shards", counts, seconds)
     if held:
-        raise EpisodesHeldBack(held)
+        raise EpisodesHeldBack(held, {"consolidate_shards": summary})
     return summary

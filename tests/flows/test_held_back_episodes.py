@@ -84,6 +84,11 @@ def test_one_episode_the_consolidator_fails_on_holds_back_itself_not_its_batch(
     held = episodes["acme-s1"]
     assert set(raised.value.episodes) == {("acme", held["episode_id"])}
     assert "KeyError" in str(raised.value) and held["episode_id"] in str(raised.value)
+    # The failed run still tells what it did, every subflow's summary included.
+    summaries = raised.value.summaries
+    assert list(summaries) == ["ingest", "close_sessions", "expire_working", "consolidate"]
+    assert summaries["ingest"]["routed"] == len(_rows_with_a_marked_session())
+    assert summaries["close_sessions"]["episodes"] == 3 and summaries["consolidate"]["episodes"] == 2
     # The two others are consolidated, with their facts; the failing one waits under its lease, nothing of it lost.
     assert episodes["acme-s0"]["consolidated_at"] is not None and episodes["acme-s2"]["consolidated_at"] is not None
     assert held["consolidated_at"] is None and held["lease_owner"] is not None
@@ -151,6 +156,7 @@ def test_a_shard_worker_holds_back_the_failing_episode_and_drains_the_rest(
     claimed = [shard for shard, _ in filter(None, claims)]
     assert claimed and len(claimed) == len(set(claimed))
     assert {t for t, _ in raised.value.episodes} == {"acme", "globex"} and len(raised.value.episodes) == 2
+    assert raised.value.summaries["consolidate_shards"]["episodes"] == 4
     waiting = [e for e in _episodes(sqlite_memory).values() if e["consolidated_at"] is None]
     assert sorted(e["session_id"] for e in waiting) == ["acme-s1", "globex-s1"]
     assert len(_quarantine(sqlite_memory)) == 2
@@ -234,9 +240,12 @@ def test_forgetting_a_subject_removes_the_quarantine_rows_whose_reason_quotes_it
 
 
 def test_the_held_back_error_survives_pickling_and_keeps_its_message_short() -> None:
-    error = EpisodesHeldBack({("acme", f"ep-{i}"): "KeyError: " + "x" * 5000 for i in range(7)})
+    error = EpisodesHeldBack(
+        {("acme", f"ep-{i}"): "KeyError: " + "x" * 5000 for i in range(7)}, {"consolidate": {"episodes": 3}}
+    )
     again = pickle.loads(pickle.dumps(error))
     assert again.episodes == error.episodes and str(again) == str(error)
+    assert again.summaries == {"consolidate": {"episodes": 3}}
     assert "and 2 more" in str(error) and len(str(error)) < 2000
 
 
