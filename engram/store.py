@@ -104,6 +104,19 @@ def pair_chunks(pairs: Iterable[tuple[Any, Any]], size: int = INSERT_CHUNK) -> I
         yield chunk
 
 
+def _delete_in(conn: Connection, table: Table, tenant: str, col: str, ids: Iterable[str]) -> int:
+    """Delete the tenant's rows of ``table`` whose ``col`` is one of ``ids``, in chunks; returns how many.
+
+    A turn is deleted by its event id (``col="event_id"``), which the turns' index holds: its item id is that same
+    id, and no index leads with it."""
+    ordered = sorted(set(ids))
+    n = 0
+    for start in range(0, len(ordered), INSERT_CHUNK):
+        chunk = ordered[start : start + INSERT_CHUNK]
+        n += conn.execute(table.delete().where(table.c.tenant == tenant, table.c[col].in_(chunk))).rowcount or 0
+    return n
+
+
 # A run of 19 digits or more may be an integer past 64 bits, which orjson reads as a float without a word.
 _LONG_NUMBER = re.compile(r"\d{19,}")
 
@@ -2228,20 +2241,15 @@ class Store:
         with self.write() as conn:
             self.bump_seq(conn, [tenant], now)
 
-            def delete_in(table: Table, col: str, ids: Sequence[str]) -> int:
-                n = 0
-                for start in range(0, len(ids), INSERT_CHUNK):
-                    chunk = ids[start : start + INSERT_CHUNK]
-                    n += conn.execute(table.delete().where(table.c.tenant == tenant, table.c[col].in_(chunk))).rowcount
-                return n
-
-            removed["events"] = delete_in(EVENTS, "event_id", events)
-            # By event id, which the turns' index holds (a turn's item id is its event's id; no index leads with it).
-            removed["episode_turns"] = delete_in(TURNS, "event_id", sorted(set(items) | set(events)))
-            removed["semantic_items"] = delete_in(SEMANTIC, "item_id", items)
-            removed["episodes"] = delete_in(EPISODES, "episode_id", items)
-            removed["lineage"] = delete_in(LINEAGE, "item_id", items) + delete_in(LINEAGE, "event_id", events)
-            removed["transitions"] = delete_in(TRANSITIONS, "item_id", sorted(set(items) | set(events)))
+            removed["events"] = _delete_in(conn, EVENTS, tenant, "event_id", events)
+            # By event id, which the turns' index holds (see ``_delete_in``).
+            removed["episode_turns"] = _delete_in(conn, TURNS, tenant, "event_id", {*items, *events})
+            removed["semantic_items"] = _delete_in(conn, SEMANTIC, tenant, "item_id", items)
+            removed["episodes"] = _delete_in(conn, EPISODES, tenant, "episode_id", items)
+            removed["lineage"] = _delete_in(conn, LINEAGE, tenant, "item_id", items) + _delete_in(
+                conn, LINEAGE, tenant, "event_id", events
+            )
+            removed["transitions"] = _delete_in(conn, TRANSITIONS, tenant, "item_id", {*items, *events})
             conn.execute(update(TENANTS).where(TENANTS.c.tenant == tenant).values(epoch=TENANTS.c.epoch + 1))
         return removed
 
@@ -2659,22 +2667,11 @@ class Store:
         all_ids = event_ids | {r.item_id for r in working} | {r.item_id for r in turns} | sem_ids
 
         def delete_in(table: Table, col: str, ids: Iterable[str]) -> int:
-            ids = sorted(set(ids))
-            n = 0
-            for start in range(0, len(ids), INSERT_CHUNK):
-                n += (
-                    conn.execute(
-                        table.delete().where(
-                            table.c.tenant == tenant, table.c[col].in_(ids[start : start + INSERT_CHUNK])
-                        )
-                    ).rowcount
-                    or 0
-                )
-            return n
+            return _delete_in(conn, table, tenant, col, ids)
 
         removed["events"] = delete_in(EVENTS, "event_id", event_ids)
         removed["working_items"] = delete_in(WORKING, "item_id", {r.item_id for r in working} | event_ids)
-        # By event id, which the turns' index holds (a turn's item id is its event's id; no index leads with it).
+        # By event id, which the turns' index holds (see ``_delete_in``).
         removed["episode_turns"] = delete_in(TURNS, "event_id", {r.event_id for r in turns} | event_ids)
         removed["semantic_items"] = delete_in(SEMANTIC, "item_id", sem_ids)
         removed["lineage"] = delete_in(LINEAGE, "item_id", sem_ids) + delete_in(LINEAGE, "event_id", event_ids)
