@@ -64,7 +64,7 @@ _log = logging.getLogger("engram.archive")
 ARCHIVED_TABLES = {"semantic_items": SEMANTIC, "episodes": EPISODES, "episode_turns": TURNS}
 LAYER_OF_TABLE = {"semantic_items": Layer.SEMANTIC, "episodes": Layer.EPISODIC, "episode_turns": Layer.EPISODIC}
 # The hot rows' own bookkeeping, which means nothing once archived.
-_DROPPED_COLUMNS = {"archived_manifest_id", "lease_owner", "lease_expires_at"}
+_DROPPED_COLUMNS = {"archived_manifest_id", "lease_owner", "lease_expires_at", "consolidation_failures"}
 # Archived turns carry the rendering their hot search document had, so an archived hit reads the same. Searchable
 # rows carry their index terms (``engram.search.search_terms`` of text and actor), so that loading a file for search
 # tokenises nothing; a file written before that column was added is tokenised when it is loaded.

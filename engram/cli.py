@@ -443,6 +443,49 @@ def lifecycle(
     _stdout().print(_summary_table(summary, "lifecycle"))
 
 
+@app.command("set-aside")
+def set_aside(
+    tenant: Annotated[str | None, typer.Option("--tenant", help="One tenant (default: all).")] = None,
+    as_json: JsonOption = False,
+    store: StoreOption = None,
+    archive: ArchiveOption = None,
+) -> None:
+    """The episodes set aside after ENGRAM_CONSOLIDATE_ATTEMPTS consolidation runs failed on them (their errors are
+    in the quarantine, source 'consolidate'); `engram retry-held` gives them their attempts back."""
+    with _open_memory(store, archive) as memory:
+        rows = memory.set_aside(tenant)
+    if as_json:
+        for row in rows:
+            _print_json(row)
+        return
+    if not rows:
+        _stdout().print(Text("no episode set aside", style="dim"))
+        return
+    table = Table(title="episodes set aside", title_justify="left")
+    for name in ("tenant", "episode", "session", "ended (UTC)", "failed runs"):
+        table.add_column(name, overflow="fold", justify="right" if name == "failed runs" else "left")
+    for r in rows:
+        table.add_row(
+            r["tenant"], r["episode_id"], r["session_id"], _when(r["ended_at"]), str(r["consolidation_failures"])
+        )
+    _stdout().print(table)
+
+
+@app.command("retry-held")
+def retry_held(
+    tenant: Annotated[str, typer.Argument(help="Whose episodes.", show_default=False)],
+    episode: Annotated[
+        list[str] | None, typer.Option("--episode", help="One episode id (repeatable; default: every one).")
+    ] = None,
+    store: StoreOption = None,
+    archive: ArchiveOption = None,
+) -> None:
+    """Give a tenant's set-aside episodes their consolidation attempts back: the next run takes them up."""
+    with _open_memory(store, archive) as memory:
+        n = memory.retry_set_aside(tenant, episode or None)
+    _stdout().print(f"{n} episode(s) of {tenant} will be retried by the next consolidation run")
+
+
 # -- moving a tenant ---------------------------------------------------------------------------------------------
 
 

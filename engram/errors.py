@@ -66,7 +66,8 @@ class EpisodesHeldBack(EngramError):
     Raised at the end of the run, after its last batch, so that the run shows failed while the episodes that could
     be distilled are in the semantic layer. The held-back episodes stay unconsolidated, each with a quarantine row
     (source ``consolidate``) giving the consolidator's error, and are retried by the first run after their lease
-    expires.
+    expires, until ``ENGRAM_CONSOLIDATE_ATTEMPTS`` runs have failed on one: it is then set aside, and no run takes it
+    until an operator retries it (``Memory.retry_set_aside``, ``engram retry-held``).
 
     Attributes:
         episodes: ``(tenant, episode_id) -> reason`` of each held-back episode.
@@ -80,9 +81,15 @@ class EpisodesHeldBack(EngramError):
         self.summaries = dict(summaries or {})
         shown = "; ".join(f"{t}/{e}: {_shortened(why)}" for (t, e), why in list(self.episodes.items())[:5])
         more = f" and {len(self.episodes) - 5} more" if len(self.episodes) > 5 else ""
+        aside = sum(s.get("set_aside", 0) for s in self.summaries.values())
+        aside_note = (
+            f"; {aside} of them set aside after ENGRAM_CONSOLIDATE_ATTEMPTS failed runs, until `engram retry-held`"
+            if aside
+            else ""
+        )
         super().__init__(
             f"{len(self.episodes)} episode(s) could not be distilled and stay unconsolidated until retried "
-            f"(quarantine source 'consolidate'): {shown}{more}"
+            f"(quarantine source 'consolidate'){aside_note}: {shown}{more}"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -671,6 +671,21 @@ class Memory:
         store_url = url_parameter(self.store_url)  # Prefect keeps flow parameters: never a password in clear
         return lifecycle(store_url=store_url, archive_url=self.archive_url, as_of=when, tenant=tenant)
 
+    def set_aside(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The episodes set aside after ``ENGRAM_CONSOLIDATE_ATTEMPTS`` consolidation runs failed on them, oldest
+        first: ``tenant``, ``episode_id``, ``session_id``, ``ended_at`` and ``consolidation_failures``. Their
+        errors are in the quarantine (source ``consolidate``). The setting is read from the environment, as the
+        flows read it."""
+        if tenant is not None:
+            tenant = check_tenant(tenant)
+        return self.store.set_aside_episodes(Settings().consolidate_attempts, tenant)
+
+    def retry_set_aside(self, tenant: str, episode_ids: Sequence[str] | None = None) -> int:
+        """Give the tenant's set-aside episodes (or ``episode_ids`` among them) their attempts back, so that the
+        next consolidation run takes them up, typically once the consolidator is fixed; returns how many."""
+        tenant = check_tenant(tenant)
+        return self.store.retry_set_aside(tenant, Settings().consolidate_attempts, episode_ids)
+
     # -- moving a tenant between stores ------------------------------------------------------------------------
 
     def export(self, tenant: str, dest: str) -> portable.ExportManifest:

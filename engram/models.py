@@ -167,6 +167,9 @@ class Episode(SQLModel, table=True):
     consolidated_run_id: str | None = Field(default=None, max_length=64)
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_expires_at: datetime | None = Field(default=None)
+    # How many consolidation runs failed on the episode (held it back); null when none did. At
+    # ``ENGRAM_CONSOLIDATE_ATTEMPTS`` the episode is set aside: no claim takes it until an operator retries it.
+    consolidation_failures: int | None = Field(default=None)
     archived_manifest_id: str | None = Field(default=None, max_length=64)
     seq: int = Field(default=0)
 

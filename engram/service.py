@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from engram.settings import Settings
 from engram.store import Store
 
 SERVICE_WIDE = "*"  # the tenant of a measurement that covers every tenant
@@ -100,11 +101,16 @@ class Measurement:
         return {**asdict(self), "at": at, "flow_run_id": flow_run_id}
 
 
-def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> list[Measurement]:
-    """Items per layer and tenant, the consolidation backlog and lag, unfinished forgets, and quarantine growth since
-    the last monitor.
+def measure_store(
+    store: Store, as_of: datetime, tenant: str | None = None, consolidate_attempts: int | None = None
+) -> list[Measurement]:
+    """Items per layer and tenant, the consolidation backlog and lag, episodes set aside, unfinished forgets, and
+    quarantine growth since the last monitor.
 
     Backlog is the number of episodes not consolidated yet; lag is the age, at ``as_of``, of the oldest of them.
+    Both count the episodes set aside after ``consolidate_attempts`` failed runs (default: the
+    ``ENGRAM_CONSOLIDATE_ATTEMPTS`` setting), which no run takes until an operator retries them; their number is
+    measured apart too (``set_aside.episodes``).
     An unfinished forget is one that started (its intent is recorded) and has not finished: under way, or
     interrupted and waiting for a rerun with the same subject. Their number is measured for the scope; the age of
     the oldest (from its first start) per tenant that has one.
@@ -126,6 +132,9 @@ def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> l
     oldest = [ended for _, ended in backlog.values() if ended is not None]
     out.append(Measurement(scope, "backlog.episodes", sum(n for n, _ in backlog.values())))
     out.append(Measurement(scope, "lag.seconds", max(0.0, (as_of - min(oldest)).total_seconds()) if oldest else 0.0))
+    if consolidate_attempts is None:
+        consolidate_attempts = Settings().consolidate_attempts
+    out.append(Measurement(scope, "set_aside.episodes", len(store.set_aside_episodes(consolidate_attempts, tenant))))
     unfinished = store.unfinished_forgets(tenant)
     out.append(Measurement(scope, "forget.unfinished", len(unfinished)))
     first_started: dict[str, datetime] = {}
@@ -210,6 +219,8 @@ def decide_signals(
             hours,
         ),
         "quarantine.growth": ("engram.alert.quarantine", thresholds.max_quarantine_growth, "growth", 1),
+        # Any episode set aside waits for an operator (``engram set-aside``, ``engram retry-held``).
+        "set_aside.episodes": ("engram.alert.set_aside", 0, "episodes", 1),
     }
     for m in measurements:
         rule = rules.get(m.name)

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         default=True, description="Use dense embeddings when the embeddings extra is installed (fused with BM25)."
     )
     lease_seconds: float = Field(default=300.0, gt=0, description="How long a claimed batch stays reserved.")
+    consolidate_attempts: int = Field(
+        default=5,
+        gt=0,
+        description="Consolidation runs that may fail on one episode before it is set aside, to be retried by hand.",
+    )
     search_max_tenants: int = Field(
         default=64,
         gt=0,

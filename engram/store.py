@@ -1108,13 +1108,18 @@ class Store:
         lease_seconds: float = 300,
         limit: int = 200,
         tenant: str | Sequence[str] | None = None,
+        max_failures: int | None = None,
     ) -> list[tuple[str, str]]:
-        """Lease episodes that ended by ``as_of`` and are not consolidated yet, of one tenant or several."""
+        """Lease episodes that ended by ``as_of`` and are not consolidated yet, of one tenant or several; with
+        ``max_failures``, not those that that many runs failed on (set aside, see ``retry_set_aside``)."""
         ready = and_(
             EPISODES.c.consolidated_at.is_(None),
             EPISODES.c.archived_manifest_id.is_(None),
             EPISODES.c.ended_at <= as_of,
         )
+        if max_failures is not None:
+            failures = EPISODES.c.consolidation_failures
+            ready = and_(ready, or_(failures.is_(None), failures < max_failures))
         return self._claim(
             EPISODES,
             ("tenant", "episode_id"),
@@ -1158,6 +1163,7 @@ class Store:
         plan: Any,
         vectors: Mapping[str, bytes] | None = None,
         held: Mapping[tuple[str, str], str] | None = None,
+        max_failures: int | None = None,
     ) -> dict[str, int]:
         """Apply a batch's candidate facts to the semantic layer and mark its episodes consolidated, atomically.
 
@@ -1174,16 +1180,20 @@ class Store:
                 them until then), and each gets a quarantine row (source ``consolidate``) with its reason, one per
                 episode and kind of error. Their leases are checked with the others': a lost one rolls back the
                 batch, quarantine rows included, as for any lost lease.
+            max_failures: with it, each held-back episode's ``consolidation_failures`` goes up by one, and at this
+                count the episode is set aside (``claim_episodes``). None counts nothing: for a batch that failed
+                whole, where the consolidator failed, not its episodes.
 
         Returns:
             counts: ``episodes`` (marked consolidated), ``candidates``, ``new``, ``merged``, ``superseded``,
-            ``held_back``.
+            ``held_back``, and ``set_aside`` (held-back episodes whose count reached ``max_failures``).
         """
         import pandas as pd
 
         held = dict(held or {})
         counts = {"episodes": 0, "candidates": int(len(candidates)), "new": 0, "merged": 0, "superseded": 0}
         counts["held_back"] = len(held)
+        counts["set_aside"] = 0
         if not episodes and not held:
             return counts
         tenants = {t for t, _ in episodes} | {t for t, _ in held}
@@ -1196,6 +1206,8 @@ class Store:
                     for (t, e), why in sorted(held.items())
                 ]
                 self.insert_ignore(conn, QUARANTINE, rows)
+                if max_failures is not None:
+                    counts["set_aside"] = self._count_failures(conn, sorted(held), max_failures)
             if len(candidates):
                 candidates = self._with_living_sources(conn, candidates)
             existing_rows: list[dict[str, Any]] = []
@@ -1254,6 +1266,70 @@ class Store:
                 )
             counts["episodes"] = done
         return counts
+
+    def _count_failures(self, conn: Connection, held: Sequence[tuple[str, str]], max_failures: int) -> int:
+        """Add one to each held-back episode's ``consolidation_failures``; returns how many reached
+        ``max_failures``."""
+        failures = EPISODES.c.consolidation_failures
+        reached = 0
+        for chunk in pair_chunks(held):
+            counted = conn.execute(
+                update(EPISODES)
+                .where(self._pairs_in(EPISODES.c.tenant, EPISODES.c.episode_id, chunk))
+                .values(consolidation_failures=func.coalesce(failures, 0) + 1)
+                .returning(failures)
+            ).scalars()
+            reached += sum(1 for n in counted if n >= max_failures)
+        return reached
+
+    def set_aside_episodes(self, min_failures: int, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The unconsolidated episodes that at least ``min_failures`` consolidation runs failed on (with the
+        ``consolidate_attempts`` setting: those set aside), oldest first: tenant, episode and session ids, when it
+        ended, and the count."""
+        query = select(
+            EPISODES.c.tenant,
+            EPISODES.c.episode_id,
+            EPISODES.c.session_id,
+            EPISODES.c.ended_at,
+            EPISODES.c.consolidation_failures,
+        ).where(
+            EPISODES.c.consolidated_at.is_(None),
+            EPISODES.c.archived_manifest_id.is_(None),
+            EPISODES.c.consolidation_failures >= min_failures,
+        )
+        if tenant is not None:
+            query = query.where(EPISODES.c.tenant == tenant)
+        with self.read() as conn:
+            rows = _dicts(conn.execute(query.order_by(EPISODES.c.ended_at, EPISODES.c.tenant, EPISODES.c.episode_id)))
+        for r in rows:
+            r["ended_at"] = _aware(r["ended_at"])
+        return rows
+
+    def retry_set_aside(self, tenant: str, min_failures: int, episode_ids: Sequence[str] | None = None) -> int:
+        """Clear the failure count and the lease of the tenant's episodes set aside (unconsolidated, at least
+        ``min_failures`` failed runs), or of ``episode_ids`` among them, so that the next consolidation run takes
+        them up; returns how many."""
+        conditions = [
+            EPISODES.c.tenant == tenant,
+            EPISODES.c.consolidated_at.is_(None),
+            EPISODES.c.archived_manifest_id.is_(None),
+            EPISODES.c.consolidation_failures >= min_failures,
+        ]
+        ids = sorted(set(episode_ids)) if episode_ids is not None else [None]
+        n = 0
+        with self.write() as conn:
+            for start in range(0, len(ids), INSERT_CHUNK):
+                chunk = ids[start : start + INSERT_CHUNK]
+                where = [*conditions, EPISODES.c.episode_id.in_(chunk)] if episode_ids is not None else conditions
+                n += (
+                    conn.execute(
+                        update(EPISODES)
+                        .where(*where)
+                        .values(consolidation_failures=None, lease_owner=None, lease_expires_at=None)
+                    ).rowcount
+                    or 0
+                )
+        return n
 
     def _with_legacy_archived_hashes(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Give each archived current version (a tombstone, its text blanked) whose ``content_hash`` column is null

@@ -14,7 +14,8 @@ from prefect.utilities.annotations import opaque
 from engram.collector import cyclic_gc_paused
 from engram.consolidate import Consolidator, LocalConsolidator, distill_isolating, plan_changes
 from engram.embed import enabled as embeddings_enabled
-from engram.errors import LeaseLost, QualityGateFailed
+from engram.errors import LeaseLost, QualityGateFailed, failed_whole
+from engram.settings import Settings
 from tasks.common import current_run_id, open_store
 from tasks.reporting import publish_gate_failure
 
@@ -37,8 +38,11 @@ def claim_episodes(
     batch_size: int,
     tenant: str | list[str] | None,
 ) -> list[tuple[str, str]]:
-    """Lease a batch of episodes not consolidated yet, of one tenant or of several (a shard's)."""
-    return open_store(store_url).claim_episodes(as_of, owner, lease_seconds, batch_size, tenant)
+    """Lease a batch of episodes not consolidated yet, of one tenant or of several (a shard's); not those set aside
+    after ``ENGRAM_CONSOLIDATE_ATTEMPTS`` failed runs."""
+    return open_store(store_url).claim_episodes(
+        as_of, owner, lease_seconds, batch_size, tenant, Settings().consolidate_attempts
+    )
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -100,7 +104,9 @@ def commit_facts(
     held: dict[tuple[str, str], str] | None = None,
 ) -> dict[str, int]:
     """Merge, version or add the facts and mark the episodes consolidated, in one transaction under the leases;
-    quarantine the reasons of the ``held`` episodes (some of ``episodes``), which stay unconsolidated.
+    quarantine the reasons of the ``held`` episodes (some of ``episodes``), which stay unconsolidated, and count
+    the failure against each (``set_aside``: those that reached ``ENGRAM_CONSOLIDATE_ATTEMPTS``), unless the batch
+    failed whole: then the consolidator failed, not its episodes.
 
     A lost lease (another worker retook the episodes after this one was too slow) is not a failure: nothing of the
     batch was written, the new holder does it, and the run goes on with its next batch.
@@ -115,6 +121,7 @@ def commit_facts(
             plan_changes,
             vectors,
             held,
+            None if held and failed_whole(len(episodes), len(held)) else Settings().consolidate_attempts,
         )
     except LeaseLost as exc:
         get_run_logger().warning("batch of %d episodes skipped: %s", len(episodes), exc)

@@ -229,3 +229,33 @@ def test_a_store_that_cannot_be_opened_is_a_user_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["stats", "--store", "nosuch://x", "--archive", tmp_path.as_uri()])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: cannot open the store")
+
+
+def test_set_aside_lists_what_consolidation_gave_up_on_and_retry_held_gives_it_back(invoke: Invoke, store: str) -> None:
+    from datetime import UTC, datetime
+
+    from engram.store import EPISODES
+
+    at = datetime(2024, 3, 1, 10, tzinfo=UTC)
+    episode = {"tenant": "acme", "session_id": "s1", "started_at": at, "ended_at": at, "participants": [], "tags": []}
+    episode["summary"] = ""
+    with Memory(store) as memory, memory.store.write() as conn:
+        conn.execute(
+            EPISODES.insert(),
+            [
+                {**episode, "episode_id": "ep-given-up", "consolidation_failures": 5},
+                {**episode, "episode_id": "ep-failed-once", "consolidation_failures": 1},  # still retried by runs
+            ],
+        )
+    listed = invoke("set-aside", "--json")
+    assert listed.exit_code == 0, listed.output
+    [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (row["tenant"], row["episode_id"], row["consolidation_failures"]) == ("acme", "ep-given-up", 5)
+    table = invoke("set-aside", "--tenant", "acme")
+    assert "ep-given-up" in table.stdout and "ep-failed-once" not in table.stdout
+    retried = invoke("retry-held", "acme", "--episode", "ep-given-up")
+    assert retried.exit_code == 0, retried.output
+    assert "1 episode(s) of acme will be retried" in retried.stdout
+    assert "no episode set aside" in invoke("set-aside").stdout
+    with Memory(store, migrate=False) as memory:
+        assert memory.set_aside() == []

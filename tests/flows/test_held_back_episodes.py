@@ -19,6 +19,7 @@ from blocks.consolidator import LLMConsolidatorEndpoint
 from engram import Memory
 from engram.consolidate import FACT_COLUMNS, LocalConsolidator, distill_isolating
 from engram.errors import EpisodesHeldBack
+from engram.service import MonitorThresholds, decide_signals, measure_store
 from engram.store import EPISODES, LINEAGE, QUARANTINE, SEMANTIC
 from flows.consolidate import consolidate
 from flows.ingest import ingest
@@ -30,6 +31,7 @@ from tests.flows.helpers import assert_every_event_in_exactly_one_place, convers
 from tests.flows.test_llm_consolidator import ChatHandler, chat_server  # noqa: F401 - its fixture
 
 AS_OF = T0 + timedelta(days=10)
+real_turn_statements = consolidate_module._turn_statements
 MARK = "zanzibar"  # a word of one turn; the injected fault fires on it
 
 
@@ -116,6 +118,53 @@ def test_one_episode_the_consolidator_fails_on_holds_back_itself_not_its_batch(
     assert hits and MARK in hits[0].text
 
 
+def test_an_episode_failed_on_as_many_times_as_allowed_is_set_aside_until_retried(
+    memory: Memory, failing_distil: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault = consolidate_module._turn_statements
+    monkeypatch.setenv("ENGRAM_CONSOLIDATE_ATTEMPTS", "2")
+    memory.observe_many(_rows_with_a_marked_session())
+    with pytest.raises(EpisodesHeldBack) as first:
+        memory.run_lifecycle(as_of=AS_OF)
+    held = _episodes(memory)["acme-s1"]
+    assert held["consolidation_failures"] == 1 and first.value.summaries["consolidate"]["set_aside"] == 0
+    assert "set aside" not in str(first.value) and memory.set_aside() == []
+
+    # The second failure reaches the limit: the run says so, and the episode is set aside.
+    _expire_leases(memory)
+    with pytest.raises(EpisodesHeldBack, match="1 of them set aside") as second:
+        memory.run_lifecycle(as_of=AS_OF)
+    assert second.value.summaries["consolidate"]["set_aside"] == 1
+    [aside] = memory.set_aside("acme")
+    assert (aside["episode_id"], aside["session_id"], aside["consolidation_failures"]) == (
+        held["episode_id"],
+        "acme-s1",
+        2,
+    )
+    assert aside["ended_at"].tzinfo is not None
+    assert aside["ended_at"].replace(tzinfo=None) == held["ended_at"].replace(tzinfo=None)
+    measured = {(m.tenant, m.name): m.value for m in measure_store(memory.store, AS_OF)}
+    assert measured[("*", "set_aside.episodes")] == 1
+    signals = decide_signals([], measure_store(memory.store, AS_OF), MonitorThresholds(max_lag_hours=10_000))
+    assert [(s.event, s.payload) for s in signals] == [("engram.alert.set_aside", {"episodes": 1, "threshold": 0})]
+
+    # The next runs leave it alone and succeed; it stays unconsolidated, every turn of it kept, one quarantine row.
+    _expire_leases(memory)
+    assert memory.run_lifecycle(as_of=AS_OF)["consolidate"].get("episodes", 0) == 0  # nothing claimed
+    assert _episodes(memory)["acme-s1"]["consolidated_at"] is None and len(_quarantine(memory)) == 1
+    assert_every_event_in_exactly_one_place(memory.store, "acme")
+    assert memory.retry_set_aside("globex") == 0  # another tenant's: nothing to retry
+
+    # Once the consolidator is fixed, an operator gives it its attempts back and the next run consolidates it.
+    monkeypatch.setattr(consolidate_module, "_turn_statements", real_turn_statements)
+    assert fault is not real_turn_statements
+    assert memory.retry_set_aside("acme", [held["episode_id"]]) == 1
+    assert memory.set_aside() == [] and _episodes(memory)["acme-s1"]["consolidation_failures"] is None
+    assert memory.run_lifecycle(as_of=AS_OF)["consolidate"]["episodes"] == 1
+    assert all(e["consolidated_at"] is not None for e in _episodes(memory).values())
+    assert memory.retry_set_aside("acme") == 0
+
+
 def test_a_batch_of_several_that_fails_whole_is_held_back_and_ends_the_runs_claiming(
     sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,6 +182,9 @@ def test_a_batch_of_several_that_fails_whole_is_held_back_and_ends_the_runs_clai
     assert all(e["consolidated_at"] is None for e in episodes.values())
     reasons = [r["reason"] for r in _quarantine(sqlite_memory)]
     assert reasons == ["RuntimeError: the consolidator is broken"] * 2
+    # The consolidator failed, not its episodes: no failure is counted against them, none comes nearer being set aside.
+    assert all(e["consolidation_failures"] is None for e in episodes.values())
+    assert raised.value.summaries["consolidate"]["set_aside"] == 0
 
 
 def test_a_shard_worker_holds_back_the_failing_episode_and_drains_the_rest(
