@@ -483,7 +483,7 @@ def retry_held(
     """Give a tenant's set-aside episodes their consolidation attempts back: the next run takes them up."""
     with _open_memory(store, archive) as memory:
         n = memory.retry_set_aside(tenant, episode or None)
-    _stdout().print(f"{n} episode(s) of {tenant} will be retried by the next consolidation run")
+    _stdout().print(f"{n} episode(s) of {tenant} will be retried by the next consolidation run after their lease")
 
 
 # -- moving a tenant ---------------------------------------------------------------------------------------------

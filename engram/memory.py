@@ -682,7 +682,8 @@ class Memory:
 
     def retry_set_aside(self, tenant: str, episode_ids: Sequence[str] | None = None) -> int:
         """Give the tenant's set-aside episodes (or ``episode_ids`` among them) their attempts back, so that the
-        next consolidation run takes them up, typically once the consolidator is fixed; returns how many."""
+        first consolidation run after their lease expires takes them up, typically once the consolidator is fixed;
+        returns how many."""
         tenant = check_tenant(tenant)
         return self.store.retry_set_aside(tenant, Settings().consolidate_attempts, episode_ids)
 

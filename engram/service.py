@@ -108,9 +108,9 @@ def measure_store(
     quarantine growth since the last monitor.
 
     Backlog is the number of episodes not consolidated yet; lag is the age, at ``as_of``, of the oldest of them.
-    Both count the episodes set aside after ``consolidate_attempts`` failed runs (default: the
-    ``ENGRAM_CONSOLIDATE_ATTEMPTS`` setting), which no run takes until an operator retries them; their number is
-    measured apart too (``set_aside.episodes``).
+    Neither counts the episodes set aside after ``consolidate_attempts`` failed runs (default: the
+    ``ENGRAM_CONSOLIDATE_ATTEMPTS`` setting), which no run takes until an operator retries them: more workers would
+    not help them. Their number is measured apart (``set_aside.episodes``).
     An unfinished forget is one that started (its intent is recorded) and has not finished: under way, or
     interrupted and waiting for a rerun with the same subject. Their number is measured for the scope; the age of
     the oldest (from its first start) per tenant that has one.
@@ -127,13 +127,13 @@ def measure_store(
     if tenant is None:
         for layer in CHARTED_LAYERS:
             out.append(Measurement(SERVICE_WIDE, f"layer.{layer}", totals.get(layer, 0)))
-    backlog = store.consolidation_backlog(as_of, tenant)
+    if consolidate_attempts is None:
+        consolidate_attempts = Settings().consolidate_attempts
+    backlog = store.consolidation_backlog(as_of, tenant, consolidate_attempts)
     scope = tenant if tenant is not None else SERVICE_WIDE
     oldest = [ended for _, ended in backlog.values() if ended is not None]
     out.append(Measurement(scope, "backlog.episodes", sum(n for n, _ in backlog.values())))
     out.append(Measurement(scope, "lag.seconds", max(0.0, (as_of - min(oldest)).total_seconds()) if oldest else 0.0))
-    if consolidate_attempts is None:
-        consolidate_attempts = Settings().consolidate_attempts
     out.append(Measurement(scope, "set_aside.episodes", len(store.set_aside_episodes(consolidate_attempts, tenant))))
     unfinished = store.unfinished_forgets(tenant)
     out.append(Measurement(scope, "forget.unfinished", len(unfinished)))

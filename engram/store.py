@@ -38,6 +38,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
@@ -102,6 +103,12 @@ def pair_chunks(pairs: Iterable[tuple[Any, Any]], size: int = INSERT_CHUNK) -> I
         firsts.add(pair[0])
     if chunk:
         yield chunk
+
+
+def _not_set_aside(max_failures: int) -> Any:
+    """Episodes that fewer than ``max_failures`` consolidation runs failed on: the ones claims take."""
+    failures = EPISODES.c.consolidation_failures
+    return or_(failures.is_(None), failures < max_failures)
 
 
 def _delete_in(conn: Connection, table: Table, tenant: str, col: str, ids: Iterable[str]) -> int:
@@ -1118,8 +1125,7 @@ class Store:
             EPISODES.c.ended_at <= as_of,
         )
         if max_failures is not None:
-            failures = EPISODES.c.consolidation_failures
-            ready = and_(ready, or_(failures.is_(None), failures < max_failures))
+            ready = and_(ready, _not_set_aside(max_failures))
         return self._claim(
             EPISODES,
             ("tenant", "episode_id"),
@@ -1164,6 +1170,7 @@ class Store:
         vectors: Mapping[str, bytes] | None = None,
         held: Mapping[tuple[str, str], str] | None = None,
         max_failures: int | None = None,
+        failed_whole: bool = False,
     ) -> dict[str, int]:
         """Apply a batch's candidate facts to the semantic layer and mark its episodes consolidated, atomically.
 
@@ -1181,8 +1188,10 @@ class Store:
                 episode and kind of error. Their leases are checked with the others': a lost one rolls back the
                 batch, quarantine rows included, as for any lost lease.
             max_failures: with it, each held-back episode's ``consolidation_failures`` goes up by one, and at this
-                count the episode is set aside (``claim_episodes``). None counts nothing: for a batch that failed
-                whole, where the consolidator failed, not its episodes.
+                count the episode is set aside (``claim_episodes``); None counts nothing.
+            failed_whole: the batch (of several) failed on every episode: the consolidator may be what failed (an
+                outage), so only the episodes that a run already failed on alone, beside others it distilled,
+                have the failure counted; a first failure is not.
 
         Returns:
             counts: ``episodes`` (marked consolidated), ``candidates``, ``new``, ``merged``, ``superseded``,
@@ -1207,7 +1216,7 @@ class Store:
                 ]
                 self.insert_ignore(conn, QUARANTINE, rows)
                 if max_failures is not None:
-                    counts["set_aside"] = self._count_failures(conn, sorted(held), max_failures)
+                    counts["set_aside"] = self._count_failures(conn, sorted(held), max_failures, failed_whole)
             if len(candidates):
                 candidates = self._with_living_sources(conn, candidates)
             existing_rows: list[dict[str, Any]] = []
@@ -1267,15 +1276,20 @@ class Store:
             counts["episodes"] = done
         return counts
 
-    def _count_failures(self, conn: Connection, held: Sequence[tuple[str, str]], max_failures: int) -> int:
-        """Add one to each held-back episode's ``consolidation_failures``; returns how many reached
-        ``max_failures``."""
+    def _count_failures(
+        self, conn: Connection, held: Sequence[tuple[str, str]], max_failures: int, only_counted: bool
+    ) -> int:
+        """Add one to each held-back episode's ``consolidation_failures`` (with ``only_counted``, to those that
+        have a count already); returns how many reached ``max_failures``."""
         failures = EPISODES.c.consolidation_failures
         reached = 0
         for chunk in pair_chunks(held):
             counted = conn.execute(
                 update(EPISODES)
-                .where(self._pairs_in(EPISODES.c.tenant, EPISODES.c.episode_id, chunk))
+                .where(
+                    self._pairs_in(EPISODES.c.tenant, EPISODES.c.episode_id, chunk),
+                    failures.is_not(None) if only_counted else true(),
+                )
                 .values(consolidation_failures=func.coalesce(failures, 0) + 1)
                 .returning(failures)
             ).scalars()
@@ -1306,9 +1320,9 @@ class Store:
         return rows
 
     def retry_set_aside(self, tenant: str, min_failures: int, episode_ids: Sequence[str] | None = None) -> int:
-        """Clear the failure count and the lease of the tenant's episodes set aside (unconsolidated, at least
-        ``min_failures`` failed runs), or of ``episode_ids`` among them, so that the next consolidation run takes
-        them up; returns how many."""
+        """Clear the failure count of the tenant's episodes set aside (unconsolidated, at least ``min_failures``
+        failed runs), or of ``episode_ids`` among them, so that the first consolidation run after their lease
+        expires takes them up; returns how many. A lease is left alone: a worker that holds one is not undone."""
         conditions = [
             EPISODES.c.tenant == tenant,
             EPISODES.c.consolidated_at.is_(None),
@@ -1321,14 +1335,7 @@ class Store:
             for start in range(0, len(ids), INSERT_CHUNK):
                 chunk = ids[start : start + INSERT_CHUNK]
                 where = [*conditions, EPISODES.c.episode_id.in_(chunk)] if episode_ids is not None else conditions
-                n += (
-                    conn.execute(
-                        update(EPISODES)
-                        .where(*where)
-                        .values(consolidation_failures=None, lease_owner=None, lease_expires_at=None)
-                    ).rowcount
-                    or 0
-                )
+                n += conn.execute(update(EPISODES).where(*where).values(consolidation_failures=None)).rowcount or 0
         return n
 
     def _with_legacy_archived_hashes(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -1565,9 +1572,10 @@ class Store:
     # -- service: metrics and shards ---------------------------------------------------------------------------
 
     def consolidation_backlog(
-        self, as_of: datetime, tenant: str | None = None
+        self, as_of: datetime, tenant: str | None = None, max_failures: int | None = None
     ) -> dict[str, tuple[int, datetime | None]]:
-        """Per tenant: how many episodes that ended by ``as_of`` wait for consolidation, and when the oldest ended."""
+        """Per tenant: how many episodes that ended by ``as_of`` wait for consolidation, and when the oldest ended;
+        with ``max_failures``, not counting those set aside (``claim_episodes``), which no run takes."""
         q = (
             select(EPISODES.c.tenant, func.count(), func.min(EPISODES.c.ended_at))
             .where(
@@ -1579,6 +1587,8 @@ class Store:
         )
         if tenant is not None:
             q = q.where(EPISODES.c.tenant == tenant)
+        if max_failures is not None:
+            q = q.where(_not_set_aside(max_failures))
         with self.read() as conn:
             return {t: (n, _aware(oldest)) for t, n, oldest in conn.execute(q)}
 

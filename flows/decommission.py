@@ -23,6 +23,7 @@ from tasks.reporting import publish_run_summary
 from tasks.service import (
     close_open_sessions,
     count_layers,
+    count_set_aside,
     default_archive_block,
     forget_tenants,
     list_tenants,
@@ -63,6 +64,8 @@ def decommission(
         steps["close_sessions"] = close_sessions(**common, as_of=as_of)
         steps["expire_working"] = expire_working(**common, as_of=as_of + policy.working_ttl)
         steps["consolidate"] = consolidate(**common, as_of=as_of)
+        # An episode set aside after failed consolidation runs is not drained: the report names how many stay.
+        steps["set_aside"] = count_set_aside(url, tenant)
         steps["migrate"] = migrate_memory(
             store_url, archive_url, as_of, tenant, batch_size, target_store_url, staging_url
         )

@@ -105,8 +105,8 @@ def commit_facts(
 ) -> dict[str, int]:
     """Merge, version or add the facts and mark the episodes consolidated, in one transaction under the leases;
     quarantine the reasons of the ``held`` episodes (some of ``episodes``), which stay unconsolidated, and count
-    the failure against each (``set_aside``: those that reached ``ENGRAM_CONSOLIDATE_ATTEMPTS``), unless the batch
-    failed whole: then the consolidator failed, not its episodes.
+    the failure against each (``set_aside``: those that reached ``ENGRAM_CONSOLIDATE_ATTEMPTS``). When the batch
+    failed whole, the consolidator may be what failed: only episodes already failed on alone are counted.
 
     A lost lease (another worker retook the episodes after this one was too slow) is not a failure: nothing of the
     batch was written, the new holder does it, and the run goes on with its next batch.
@@ -121,7 +121,8 @@ def commit_facts(
             plan_changes,
             vectors,
             held,
-            None if held and failed_whole(len(episodes), len(held)) else Settings().consolidate_attempts,
+            Settings().consolidate_attempts,
+            bool(held) and failed_whole(len(episodes), len(held)),
         )
     except LeaseLost as exc:
         get_run_logger().warning("batch of %d episodes skipped: %s", len(episodes), exc)

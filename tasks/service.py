@@ -28,6 +28,7 @@ from engram.service import (
     tenants_by_shard,
     timed_check,
 )
+from engram.settings import Settings
 from tasks.common import current_run_id, open_store
 
 DEFAULT_BLOCK = "default"  # the name of the block documents provision saves (EngramStore.load("default"), ...)
@@ -296,8 +297,9 @@ def emit_signals(signals: Sequence[Signal]) -> list[str]:
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def measure_backlog(store_url: str | None, as_of: datetime, tenant: str | None) -> int:
-    """Episodes waiting for consolidation."""
-    return sum(n for n, _ in open_store(store_url).consolidation_backlog(as_of, tenant).values())
+    """Episodes waiting for consolidation (not those set aside, which no worker takes)."""
+    backlog = open_store(store_url).consolidation_backlog(as_of, tenant, Settings().consolidate_attempts)
+    return sum(n for n, _ in backlog.values())
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -379,8 +381,9 @@ def announce_scaling(decision: ScalingDecision, pool: str) -> None:
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def shards_with_backlog(store_url: str | None, as_of: datetime, shard_count: int) -> dict[int, list[str]]:
-    """The shards that hold tenants with episodes to consolidate, and those tenants."""
-    return tenants_by_shard(open_store(store_url).consolidation_backlog(as_of), shard_count)
+    """The shards that hold tenants with episodes to consolidate (not set aside), and those tenants."""
+    backlog = open_store(store_url).consolidation_backlog(as_of, max_failures=Settings().consolidate_attempts)
+    return tenants_by_shard(backlog, shard_count)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -432,6 +435,12 @@ def pause_schedules(deployment_names: Sequence[str]) -> dict[str, str]:
 def count_layers(store_url: str | None, tenant: str | None) -> dict[str, int]:
     """Items per layer for the tenant (or the whole store)."""
     return open_store(store_url).count_by_layer(tenant)
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def count_set_aside(store_url: str | None, tenant: str | None) -> int:
+    """Episodes set aside after ``ENGRAM_CONSOLIDATE_ATTEMPTS`` failed consolidation runs, of the tenant (or all)."""
+    return len(open_store(store_url).set_aside_episodes(Settings().consolidate_attempts, tenant))
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)

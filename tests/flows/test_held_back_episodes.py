@@ -165,6 +165,30 @@ def test_an_episode_failed_on_as_many_times_as_allowed_is_set_aside_until_retrie
     assert memory.retry_set_aside("acme") == 0
 
 
+def test_episodes_failed_on_alone_before_are_counted_when_later_their_batch_fails_whole(
+    sqlite_memory: Memory, failing_distil: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENGRAM_CONSOLIDATE_ATTEMPTS", "2")
+    rows = conversation_rows("acme", sessions=3, start=T0)
+    for session in ("acme-s0", "acme-s2"):
+        next(r for r in rows if r["session"] == session)["text"] = f"I sailed to {MARK} last spring"
+    sqlite_memory.observe_many(rows)
+    with pytest.raises(EpisodesHeldBack):
+        sqlite_memory.run_lifecycle(as_of=AS_OF)  # the good episode is distilled beside the two bad ones
+    bad = {s: e for s, e in _episodes(sqlite_memory).items() if s != "acme-s1"}
+    assert [e["consolidation_failures"] for e in bad.values()] == [1, 1]
+
+    # Nothing new came: the next batch is the two bad episodes alone, and fails whole. They were failed on alone
+    # before, so this failure counts too, and they are set aside rather than retried without end.
+    _expire_leases(sqlite_memory)
+    with pytest.raises(EpisodesHeldBack) as raised:
+        sqlite_memory.run_lifecycle(as_of=AS_OF)
+    assert raised.value.summaries["consolidate"]["set_aside"] == 2
+    assert sorted(r["session_id"] for r in sqlite_memory.set_aside("acme")) == ["acme-s0", "acme-s2"]
+    _expire_leases(sqlite_memory)
+    assert sqlite_memory.run_lifecycle(as_of=AS_OF)["consolidate"].get("held_back", 0) == 0
+
+
 def test_a_batch_of_several_that_fails_whole_is_held_back_and_ends_the_runs_claiming(
     sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
