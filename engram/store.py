@@ -1329,14 +1329,16 @@ class Store:
             EPISODES.c.archived_manifest_id.is_(None),
             EPISODES.c.consolidation_failures >= min_failures,
         ]
-        ids = sorted(set(episode_ids)) if episode_ids is not None else [None]
-        n = 0
+        retry = update(EPISODES).values(consolidation_failures=None)
         with self.write() as conn:
-            for start in range(0, len(ids), INSERT_CHUNK):
-                chunk = ids[start : start + INSERT_CHUNK]
-                where = [*conditions, EPISODES.c.episode_id.in_(chunk)] if episode_ids is not None else conditions
-                n += conn.execute(update(EPISODES).where(*where).values(consolidation_failures=None)).rowcount or 0
-        return n
+            if episode_ids is None:
+                return conn.execute(retry.where(*conditions)).rowcount or 0
+            ids = sorted(set(episode_ids))
+            return sum(
+                conn.execute(retry.where(*conditions, EPISODES.c.episode_id.in_(ids[i : i + INSERT_CHUNK]))).rowcount
+                or 0
+                for i in range(0, len(ids), INSERT_CHUNK)
+            )
 
     def _with_legacy_archived_hashes(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Give each archived current version (a tombstone, its text blanked) whose ``content_hash`` column is null
