@@ -486,6 +486,26 @@ def retry_held(
     _stdout().print(f"{n} episode(s) of {tenant} will be retried by the next consolidation run after their lease")
 
 
+@app.command()
+def resummarize(
+    tenant: Annotated[str, typer.Argument(help="Whose episodes.", show_default=False)],
+    as_json: JsonOption = False,
+    store: StoreOption = None,
+    archive: ArchiveOption = None,
+) -> None:
+    """Summarize again the episodes written without a summary because the summarizer failed (quarantine source
+    'close_sessions', field 'summary'), once it is fixed, and print the counts."""
+    with _open_memory(store, archive) as memory:
+        counts = memory.resummarize(tenant)
+    if as_json:
+        _print_json(counts)
+        return
+    _stdout().print(
+        f"{counts['resummarized']} of {counts['episodes']} episode(s) of {tenant} written without a summary now have"
+        f" one; {counts['failed']} failed again, {counts['empty']} came out empty"
+    )
+
+
 # -- moving a tenant ---------------------------------------------------------------------------------------------
 
 

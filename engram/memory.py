@@ -687,6 +687,16 @@ class Memory:
         tenant = check_tenant(tenant)
         return self.store.retry_set_aside(tenant, Settings().consolidate_attempts, episode_ids)
 
+    def resummarize(self, tenant: str, *, flow_run_id: str | None = None) -> dict[str, int]:
+        """Summarize again the tenant's episodes that were written without a summary because the summarizer raised
+        (quarantine source ``close_sessions``, field ``summary``), typically once it is fixed; each new summary is
+        audited (``resummarize``). Returns ``episodes`` (found), ``resummarized``, ``failed`` and ``empty``
+        (``Store.resummarize_episodes``)."""
+        from engram.consolidate import summarize_episode
+
+        tenant = check_tenant(tenant)
+        return self.store.resummarize_episodes(tenant, summarize_episode, self._now(), flow_run_id)
+
     # -- moving a tenant between stores ------------------------------------------------------------------------
 
     def export(self, tenant: str, dest: str) -> portable.ExportManifest:

@@ -1055,6 +1055,107 @@ class Store:
             counts["unsummarized"] = len(unsummarized)
         return counts
 
+    def resummarize_episodes(
+        self, tenant: str, summarize: Any, now: datetime, flow_run_id: str | None = None
+    ) -> dict[str, int]:
+        """Summarize again the tenant's hot episodes that were written without a summary because ``summarize``
+        raised (``close_sessions``: each is named by a quarantine row, source ``close_sessions``, field ``summary``),
+        typically once the summarizer is fixed.
+
+        The turns are read and summarized outside the write transaction; an episode's summary is then written only
+        while it is still empty and hot, with an audit row (``resummarize``) and a new change stamp, so that search
+        picks it up. An episode whose summary raises again, or comes out empty, is left as it is. The quarantine rows
+        stay, as the record of the failure.
+
+        Returns:
+            ``episodes`` (written without a summary and still hot), ``resummarized``, ``failed`` (raised again) and
+            ``empty`` (the summarizer found nothing to say).
+        """
+        counts = {"episodes": 0, "resummarized": 0, "failed": 0, "empty": 0}
+        named: set[str] = set()
+        with self.read() as conn:
+            for payload in conn.execute(
+                select(QUARANTINE.c.raw_payload).where(
+                    QUARANTINE.c.tenant == tenant,
+                    QUARANTINE.c.source == "close_sessions",
+                    QUARANTINE.c.field == "summary",
+                )
+            ).scalars():
+                try:
+                    episode_id = _json_loads(payload).get("episode_id")
+                except (ValueError, AttributeError):  # not a row engram wrote: nothing of an episode to find
+                    continue
+                if isinstance(episode_id, str):
+                    named.add(episode_id)
+            ids = sorted(named)
+            waiting: list[str] = []
+            turns: dict[str, list[dict[str, Any]]] = {}
+            for start in range(0, len(ids), INSERT_CHUNK):
+                chunk = ids[start : start + INSERT_CHUNK]
+                waiting += conn.execute(
+                    select(EPISODES.c.episode_id).where(
+                        EPISODES.c.tenant == tenant,
+                        EPISODES.c.episode_id.in_(chunk),
+                        EPISODES.c.summary == "",
+                        EPISODES.c.archived_manifest_id.is_(None),
+                    )
+                ).scalars()
+            for start in range(0, len(waiting), INSERT_CHUNK):
+                for r in _dicts(
+                    conn.execute(
+                        select(TURNS)
+                        .where(TURNS.c.tenant == tenant, TURNS.c.episode_id.in_(waiting[start : start + INSERT_CHUNK]))
+                        .order_by(TURNS.c.episode_id, TURNS.c.position)
+                    )
+                ):
+                    turns.setdefault(r["episode_id"], []).append(r)
+        counts["episodes"] = len(waiting)
+        summaries: dict[str, str] = {}
+        for episode_id in waiting:
+            try:
+                summary = summarize(turns.get(episode_id, []))
+            except Exception:  # noqa: BLE001 - the episode's own failure, as when it was closed: it waits again
+                counts["failed"] += 1
+                continue
+            if summary:
+                summaries[episode_id] = summary
+            else:
+                counts["empty"] += 1
+        if not summaries:
+            return counts
+        with self.write() as conn:
+            seq = self.bump_seq(conn, [tenant], now)[tenant]
+            audit = []
+            for episode_id, summary in sorted(summaries.items()):
+                written = conn.execute(
+                    update(EPISODES)
+                    .where(
+                        EPISODES.c.tenant == tenant,
+                        EPISODES.c.episode_id == episode_id,
+                        EPISODES.c.summary == "",
+                        EPISODES.c.archived_manifest_id.is_(None),
+                    )
+                    .values(summary=summary, seq=seq)
+                ).rowcount
+                if written:
+                    audit.append(
+                        transition_row(
+                            tenant,
+                            episode_id,
+                            Layer.EPISODIC,
+                            Layer.EPISODIC,
+                            "resummarize",
+                            now,
+                            flow_run_id,
+                            seq,
+                            {"summary_chars": len(summary)},
+                            key=str(seq),
+                        )
+                    )
+            self.insert_ignore(conn, TRANSITIONS, audit)
+            counts["resummarized"] = len(audit)
+        return counts
+
     def expire_working(
         self, as_of: datetime, flow_run_id: str | None, limit: int = 5_000, tenant: str | None = None
     ) -> int:

@@ -259,3 +259,11 @@ def test_set_aside_lists_what_consolidation_gave_up_on_and_retry_held_gives_it_b
     assert "no episode set aside" in invoke("set-aside").stdout
     with Memory(store, migrate=False) as memory:
         assert memory.set_aside() == []
+
+
+def test_resummarize_reports_what_it_did(invoke: Invoke, events_file: Path) -> None:
+    ingested(invoke, events_file)
+    result = invoke("resummarize", "acme", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"episodes": 0, "resummarized": 0, "failed": 0, "empty": 0}
+    assert "0 of 0 episode(s) of acme" in invoke("resummarize", "acme").stdout

@@ -20,7 +20,7 @@ from engram import Memory
 from engram.consolidate import FACT_COLUMNS, LocalConsolidator, distill_isolating
 from engram.errors import EpisodesHeldBack
 from engram.service import MonitorThresholds, decide_signals, measure_store
-from engram.store import EPISODES, LINEAGE, QUARANTINE, SEMANTIC
+from engram.store import EPISODES, LINEAGE, QUARANTINE, SEMANTIC, TRANSITIONS, TURNS
 from flows.consolidate import consolidate
 from flows.ingest import ingest
 from flows.lifecycle import lifecycle
@@ -350,6 +350,30 @@ def test_a_summary_that_fails_leaves_its_episode_unsummarized_and_quarantined_no
     assert_every_event_in_exactly_one_place(memory.store, "acme")
     with memory.store.read() as conn:
         assert conn.execute(select(SEMANTIC.c.item_id)).first() is not None
+
+    # Resummarizing while the summarizer still fails leaves the episode as it is.
+    held_id = episodes["acme-s1"]["episode_id"]
+    monkeypatch.setattr(consolidate_module, "summarize_episode", summarize)
+    assert memory.resummarize("acme") == {"episodes": 1, "resummarized": 0, "failed": 1, "empty": 0}
+    assert _episodes(memory)["acme-s1"]["summary"] == ""
+    # Once it is fixed, the episode gets its summary, audited, with a new change stamp; the others are untouched.
+    monkeypatch.setattr(consolidate_module, "summarize_episode", real)
+    assert memory.resummarize("acme") == {"episodes": 1, "resummarized": 1, "failed": 0, "empty": 0}
+    after = _episodes(memory)
+    with memory.store.read() as conn:
+        turns = [
+            r._asdict()
+            for r in conn.execute(select(TURNS).where(TURNS.c.episode_id == held_id).order_by(TURNS.c.position))
+        ]
+        actions = conn.execute(select(TRANSITIONS.c.action).where(TRANSITIONS.c.item_id == held_id)).scalars().all()
+    assert after["acme-s1"]["summary"] == real(turns) != ""
+    assert after["acme-s1"]["seq"] > episodes["acme-s1"]["seq"] and actions.count("resummarize") == 1
+    assert {s: e["summary"] for s, e in after.items() if s != "acme-s1"} == {
+        s: e["summary"] for s, e in episodes.items() if s != "acme-s1"
+    }
+    assert memory.resummarize("acme")["episodes"] == 0  # nothing left to do
+    [row] = _quarantine(memory)  # the record of the failure stays
+    assert row["field"] == "summary"
 
 
 def test_a_summarizer_that_fails_on_every_episode_of_a_batch_fails_the_close_and_writes_nothing(
