@@ -502,7 +502,7 @@ def resummarize(
         return
     _stdout().print(
         f"{counts['resummarized']} of {counts['episodes']} episode(s) of {tenant} written without a summary now have"
-        f" one; {counts['failed']} failed again, {counts['empty']} came out empty"
+        f" one; {counts['failed']} failed again, {counts['empty']} came out empty, {counts['skipped']} skipped"
     )
 
 

@@ -27,6 +27,7 @@ ALLOWED_TRANSITIONS: dict[tuple[Layer | None, Layer | None], frozenset[str]] = {
     (Layer.WORKING, Layer.EPISODIC): frozenset({"close_session"}),
     (Layer.WORKING, None): frozenset({"expire", "forget"}),
     (Layer.EPISODIC, Layer.SEMANTIC): frozenset({"consolidate"}),
+    (Layer.EPISODIC, Layer.EPISODIC): frozenset({"resummarize"}),
     (Layer.SEMANTIC, Layer.SEMANTIC): frozenset({"merge", "supersede"}),
     (Layer.EPISODIC, Layer.ARCHIVAL): frozenset({"archive"}),
     (Layer.SEMANTIC, Layer.ARCHIVAL): frozenset({"archive"}),

@@ -1063,17 +1063,22 @@ class Store:
         typically once the summarizer is fixed.
 
         The turns are read and summarized outside the write transaction; an episode's summary is then written only
-        while it is still empty and hot, with an audit row (``resummarize``) and a new change stamp, so that search
-        picks it up. An episode whose summary raises again, or comes out empty, is left as it is. The quarantine rows
-        stay, as the record of the failure.
+        while it is still empty and hot, with an audit row (``resummarize``) and a new change stamp (so that an
+        archive copy taken before, with the empty summary, is not taken for it). An episode whose summary raises
+        again, or comes out empty, is left as it is. The quarantine rows stay, as the record of the failure.
+
+        A forget must not come back through a summary: an episode that lost turns to a forget (fewer turns than it
+        was written with) is skipped, and when a forget of the tenant commits between the read and the write
+        (the tenant's epoch moved), nothing is written and every summary counts as skipped; a rerun does the rest.
 
         Returns:
-            ``episodes`` (written without a summary and still hot), ``resummarized``, ``failed`` (raised again) and
-            ``empty`` (the summarizer found nothing to say).
+            ``episodes`` (written without a summary and still hot), ``resummarized``, ``failed`` (raised again),
+            ``empty`` (the summarizer found nothing to say) and ``skipped`` (turns forgotten, or changed meanwhile).
         """
-        counts = {"episodes": 0, "resummarized": 0, "failed": 0, "empty": 0}
+        counts = {"episodes": 0, "resummarized": 0, "failed": 0, "empty": 0, "skipped": 0}
         named: set[str] = set()
         with self.read() as conn:
+            epoch = conn.execute(select(TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).scalar()
             for payload in conn.execute(
                 select(QUARANTINE.c.raw_payload).where(
                     QUARANTINE.c.tenant == tenant,
@@ -1088,18 +1093,20 @@ class Store:
                 if isinstance(episode_id, str):
                     named.add(episode_id)
             ids = sorted(named)
-            waiting: list[str] = []
+            written_with: dict[str, int] = {}
             turns: dict[str, list[dict[str, Any]]] = {}
             for start in range(0, len(ids), INSERT_CHUNK):
                 chunk = ids[start : start + INSERT_CHUNK]
-                waiting += conn.execute(
-                    select(EPISODES.c.episode_id).where(
+                for episode_id, turn_count in conn.execute(
+                    select(EPISODES.c.episode_id, EPISODES.c.turn_count).where(
                         EPISODES.c.tenant == tenant,
                         EPISODES.c.episode_id.in_(chunk),
                         EPISODES.c.summary == "",
                         EPISODES.c.archived_manifest_id.is_(None),
                     )
-                ).scalars()
+                ):
+                    written_with[episode_id] = turn_count
+            waiting = sorted(written_with)
             for start in range(0, len(waiting), INSERT_CHUNK):
                 for r in _dicts(
                     conn.execute(
@@ -1112,6 +1119,9 @@ class Store:
         counts["episodes"] = len(waiting)
         summaries: dict[str, str] = {}
         for episode_id in waiting:
+            if len(turns.get(episode_id, [])) != written_with[episode_id]:
+                counts["skipped"] += 1  # a forget took some of its turns: a summary of the rest could name the subject
+                continue
             try:
                 summary = summarize(turns.get(episode_id, []))
             except Exception:  # noqa: BLE001 - the episode's own failure, as when it was closed: it waits again
@@ -1124,7 +1134,10 @@ class Store:
         if not summaries:
             return counts
         with self.write() as conn:
-            seq = self.bump_seq(conn, [tenant], now)[tenant]
+            seq = self.bump_seq(conn, [tenant], now)[tenant]  # holds the tenant's row: no forget commits until the end
+            if conn.execute(select(TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).scalar() != epoch:
+                counts["skipped"] += len(summaries)
+                return counts
             audit = []
             for episode_id, summary in sorted(summaries.items()):
                 written = conn.execute(
@@ -1154,6 +1167,7 @@ class Store:
                     )
             self.insert_ignore(conn, TRANSITIONS, audit)
             counts["resummarized"] = len(audit)
+            counts["skipped"] += len(summaries) - len(audit)  # archived or summarized meanwhile
         return counts
 
     def expire_working(

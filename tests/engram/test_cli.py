@@ -265,5 +265,5 @@ def test_resummarize_reports_what_it_did(invoke: Invoke, events_file: Path) -> N
     ingested(invoke, events_file)
     result = invoke("resummarize", "acme", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"episodes": 0, "resummarized": 0, "failed": 0, "empty": 0}
+    assert json.loads(result.stdout) == {"episodes": 0, "resummarized": 0, "failed": 0, "empty": 0, "skipped": 0}
     assert "0 of 0 episode(s) of acme" in invoke("resummarize", "acme").stdout

@@ -354,11 +354,11 @@ def test_a_summary_that_fails_leaves_its_episode_unsummarized_and_quarantined_no
     # Resummarizing while the summarizer still fails leaves the episode as it is.
     held_id = episodes["acme-s1"]["episode_id"]
     monkeypatch.setattr(consolidate_module, "summarize_episode", summarize)
-    assert memory.resummarize("acme") == {"episodes": 1, "resummarized": 0, "failed": 1, "empty": 0}
+    assert memory.resummarize("acme") == {"episodes": 1, "resummarized": 0, "failed": 1, "empty": 0, "skipped": 0}
     assert _episodes(memory)["acme-s1"]["summary"] == ""
     # Once it is fixed, the episode gets its summary, audited, with a new change stamp; the others are untouched.
     monkeypatch.setattr(consolidate_module, "summarize_episode", real)
-    assert memory.resummarize("acme") == {"episodes": 1, "resummarized": 1, "failed": 0, "empty": 0}
+    assert memory.resummarize("acme") == {"episodes": 1, "resummarized": 1, "failed": 0, "empty": 0, "skipped": 0}
     after = _episodes(memory)
     with memory.store.read() as conn:
         turns = [
@@ -374,6 +374,36 @@ def test_a_summary_that_fails_leaves_its_episode_unsummarized_and_quarantined_no
     assert memory.resummarize("acme")["episodes"] == 0  # nothing left to do
     [row] = _quarantine(memory)  # the record of the failure stays
     assert row["field"] == "summary"
+
+
+def test_a_forget_during_a_resummarize_does_not_come_back_through_the_summary(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = consolidate_module.summarize_episode
+
+    def failing(turns: Any) -> str:
+        if any(MARK in str(t["text"]) for t in turns):
+            raise ValueError("year 0 is out of range")
+        return real(turns)
+
+    monkeypatch.setattr(session_tasks, "summarize_episode", failing)
+    memory.observe_many(_rows_with_a_marked_session())
+    memory.run_lifecycle(as_of=AS_OF)
+    assert _episodes(memory)["acme-s1"]["summary"] == ""
+
+    def forgetting_meanwhile(turns: Any) -> str:
+        # The summary is made from the turns as read, the subject among them; a forget commits before the write.
+        memory.forget("acme", MARK)
+        return real(turns)
+
+    monkeypatch.setattr(consolidate_module, "summarize_episode", forgetting_meanwhile)
+    counts = memory.resummarize("acme")
+    assert counts == {"episodes": 1, "resummarized": 0, "failed": 0, "empty": 0, "skipped": 1}
+    assert _episodes(memory)["acme-s1"]["summary"] == ""
+    # Afterwards the episode has fewer turns than it was written with: a summary of the rest is not made either.
+    monkeypatch.setattr(consolidate_module, "summarize_episode", real)
+    assert memory.resummarize("acme")["skipped"] == 1
+    assert MARK not in _episodes(memory)["acme-s1"]["summary"]
 
 
 def test_a_summarizer_that_fails_on_every_episode_of_a_batch_fails_the_close_and_writes_nothing(
