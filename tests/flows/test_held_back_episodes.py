@@ -32,6 +32,7 @@ from tests.flows.test_llm_consolidator import ChatHandler, chat_server  # noqa: 
 
 AS_OF = T0 + timedelta(days=10)
 real_turn_statements = consolidate_module._turn_statements
+real_summarize = consolidate_module.summarize_episode
 MARK = "zanzibar"  # a word of one turn; the injected fault fires on it
 
 
@@ -325,16 +326,17 @@ def test_the_held_back_error_survives_pickling_and_keeps_its_message_short() -> 
     assert "and 2 more" in str(error) and len(str(error)) < 2000
 
 
+def _summary_failing_on_the_mark(turns: Any) -> str:
+    """The summarizer, except that it raises on the episode that holds the marked turn."""
+    if any(MARK in str(t["text"]) for t in turns):
+        raise ValueError("year 0 is out of range")
+    return real_summarize(turns)
+
+
 def test_a_summary_that_fails_leaves_its_episode_unsummarized_and_quarantined_not_its_batch_unclosed(
     memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = session_tasks.summarize_episode
-
-    def summarize(turns: Any) -> str:
-        if any(MARK in str(t["text"]) for t in turns):
-            raise ValueError("year 0 is out of range")
-        return real(turns)
-
+    real, summarize = real_summarize, _summary_failing_on_the_mark
     monkeypatch.setattr(session_tasks, "summarize_episode", summarize)
     memory.observe_many(_rows_with_a_marked_session())
     summary = memory.run_lifecycle(as_of=AS_OF)
@@ -379,14 +381,8 @@ def test_a_summary_that_fails_leaves_its_episode_unsummarized_and_quarantined_no
 def test_a_forget_during_a_resummarize_does_not_come_back_through_the_summary(
     memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = consolidate_module.summarize_episode
-
-    def failing(turns: Any) -> str:
-        if any(MARK in str(t["text"]) for t in turns):
-            raise ValueError("year 0 is out of range")
-        return real(turns)
-
-    monkeypatch.setattr(session_tasks, "summarize_episode", failing)
+    real = real_summarize
+    monkeypatch.setattr(session_tasks, "summarize_episode", _summary_failing_on_the_mark)
     memory.observe_many(_rows_with_a_marked_session())
     memory.run_lifecycle(as_of=AS_OF)
     assert _episodes(memory)["acme-s1"]["summary"] == ""
