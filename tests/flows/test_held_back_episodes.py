@@ -134,7 +134,7 @@ def test_an_episode_failed_on_as_many_times_as_allowed_is_set_aside_until_retrie
     # The second failure reaches the limit: the run says so, and the episode is set aside.
     _expire_leases(memory)
     with pytest.raises(EpisodesHeldBack, match="1 of them set aside") as second:
-        memory.run_lifecycle(as_of=AS_OF)
+        consolidate(store_url=memory.store_url, as_of=AS_OF)
     assert second.value.summaries["consolidate"]["set_aside"] == 1
     [aside] = memory.set_aside("acme")
     assert (aside["episode_id"], aside["session_id"], aside["consolidation_failures"]) == (
@@ -151,7 +151,7 @@ def test_an_episode_failed_on_as_many_times_as_allowed_is_set_aside_until_retrie
 
     # The next runs leave it alone and succeed; it stays unconsolidated, every turn of it kept, one quarantine row.
     _expire_leases(memory)
-    assert memory.run_lifecycle(as_of=AS_OF)["consolidate"].get("episodes", 0) == 0  # nothing claimed
+    assert consolidate(store_url=memory.store_url, as_of=AS_OF).get("episodes", 0) == 0  # nothing claimed
     assert _episodes(memory)["acme-s1"]["consolidated_at"] is None and len(_quarantine(memory)) == 1
     assert_every_event_in_exactly_one_place(memory.store, "acme")
     assert memory.retry_set_aside("globex") == 0  # another tenant's: nothing to retry
@@ -161,7 +161,7 @@ def test_an_episode_failed_on_as_many_times_as_allowed_is_set_aside_until_retrie
     assert fault is not real_turn_statements
     assert memory.retry_set_aside("acme", [held["episode_id"]]) == 1
     assert memory.set_aside() == [] and _episodes(memory)["acme-s1"]["consolidation_failures"] is None
-    assert memory.run_lifecycle(as_of=AS_OF)["consolidate"]["episodes"] == 1
+    assert consolidate(store_url=memory.store_url, as_of=AS_OF)["episodes"] == 1
     assert all(e["consolidated_at"] is not None for e in _episodes(memory).values())
     assert memory.retry_set_aside("acme") == 0
 
@@ -183,11 +183,11 @@ def test_episodes_failed_on_alone_before_are_counted_when_later_their_batch_fail
     # before, so this failure counts too, and they are set aside rather than retried without end.
     _expire_leases(sqlite_memory)
     with pytest.raises(EpisodesHeldBack) as raised:
-        sqlite_memory.run_lifecycle(as_of=AS_OF)
+        consolidate(store_url=sqlite_memory.store_url, as_of=AS_OF)
     assert raised.value.summaries["consolidate"]["set_aside"] == 2
     assert sorted(r["session_id"] for r in sqlite_memory.set_aside("acme")) == ["acme-s0", "acme-s2"]
     _expire_leases(sqlite_memory)
-    assert sqlite_memory.run_lifecycle(as_of=AS_OF)["consolidate"].get("held_back", 0) == 0
+    assert consolidate(store_url=sqlite_memory.store_url, as_of=AS_OF).get("held_back", 0) == 0
 
 
 def test_a_batch_of_several_that_fails_whole_is_held_back_and_ends_the_runs_claiming(
@@ -379,12 +379,13 @@ def test_a_summary_that_fails_leaves_its_episode_unsummarized_and_quarantined_no
 
 
 def test_a_forget_during_a_resummarize_does_not_come_back_through_the_summary(
-    memory: Memory, monkeypatch: pytest.MonkeyPatch
+    sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = real_summarize
+    memory, real = sqlite_memory, real_summarize
     monkeypatch.setattr(session_tasks, "summarize_episode", _summary_failing_on_the_mark)
     memory.observe_many(_rows_with_a_marked_session())
-    memory.run_lifecycle(as_of=AS_OF)
+    ingest(store_url=memory.store_url, as_of=AS_OF)
+    close_sessions(store_url=memory.store_url, as_of=AS_OF)
     assert _episodes(memory)["acme-s1"]["summary"] == ""
 
     def forgetting_meanwhile(turns: Any) -> str:
