@@ -101,16 +101,14 @@ class Measurement:
         return {**asdict(self), "at": at, "flow_run_id": flow_run_id}
 
 
-def measure_store(
-    store: Store, as_of: datetime, tenant: str | None = None, consolidate_attempts: int | None = None
-) -> list[Measurement]:
+def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> list[Measurement]:
     """Items per layer and tenant, the consolidation backlog and lag, episodes set aside, unfinished forgets, and
     quarantine growth since the last monitor.
 
     Backlog is the number of episodes not consolidated yet; lag is the age, at ``as_of``, of the oldest of them.
-    Neither counts the episodes set aside after ``consolidate_attempts`` failed runs (default: the
-    ``ENGRAM_CONSOLIDATE_ATTEMPTS`` setting), which no run takes until an operator retries them: more workers would
-    not help them. Their number is measured apart (``set_aside.episodes``).
+    Neither counts the episodes set aside after ``ENGRAM_CONSOLIDATE_ATTEMPTS`` failed runs, which no run takes
+    until an operator retries them: more workers would not help them. Their number is measured apart
+    (``set_aside.episodes``).
     An unfinished forget is one that started (its intent is recorded) and has not finished: under way, or
     interrupted and waiting for a rerun with the same subject. Their number is measured for the scope; the age of
     the oldest (from its first start) per tenant that has one.
@@ -127,8 +125,7 @@ def measure_store(
     if tenant is None:
         for layer in CHARTED_LAYERS:
             out.append(Measurement(SERVICE_WIDE, f"layer.{layer}", totals.get(layer, 0)))
-    if consolidate_attempts is None:
-        consolidate_attempts = Settings().consolidate_attempts
+    consolidate_attempts = Settings().consolidate_attempts
     backlog = store.consolidation_backlog(as_of, tenant, consolidate_attempts)
     scope = tenant if tenant is not None else SERVICE_WIDE
     oldest = [ended for _, ended in backlog.values() if ended is not None]
