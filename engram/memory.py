@@ -178,7 +178,7 @@ class Memory:
         self.archive = location or ArchiveLocation.from_settings(self.archive_url, self.settings)
         self.clock: Clock = clock or utc_now
         self.limits = Limits(self.settings.max_text_bytes, self.settings.max_metadata_bytes)
-        self.store = Store(self.store_url)
+        self.store = Store(self.store_url, consolidate_attempts=self.settings.consolidate_attempts)
         if migrate:
             self.store.migrate()
         self._indexes = IndexRegistry(self.settings.search_max_tenants)
@@ -674,18 +674,18 @@ class Memory:
     def set_aside(self, tenant: str | None = None) -> list[dict[str, Any]]:
         """The episodes set aside after ``ENGRAM_CONSOLIDATE_ATTEMPTS`` consolidation runs failed on them, oldest
         first: ``tenant``, ``episode_id``, ``session_id``, ``ended_at`` and ``consolidation_failures``. Their
-        errors are in the quarantine (source ``consolidate``). The setting is read from the environment, as the
-        flows read it."""
+        errors are in the quarantine (source ``consolidate``). The limit is this Memory's settings' (by default the
+        environment's, as the flows read it)."""
         if tenant is not None:
             tenant = check_tenant(tenant)
-        return self.store.set_aside_episodes(Settings().consolidate_attempts, tenant)
+        return self.store.set_aside_episodes(tenant)
 
     def retry_set_aside(self, tenant: str, episode_ids: Sequence[str] | None = None) -> int:
         """Give the tenant's set-aside episodes (or ``episode_ids`` among them) their attempts back, so that the
         first consolidation run after their lease expires takes them up, typically once the consolidator is fixed;
         returns how many."""
         tenant = check_tenant(tenant)
-        return self.store.retry_set_aside(tenant, Settings().consolidate_attempts, episode_ids)
+        return self.store.retry_set_aside(tenant, episode_ids)
 
     def resummarize(self, tenant: str, *, flow_run_id: str | None = None) -> dict[str, int]:
         """Summarize again the tenant's episodes that were written without a summary because the summarizer raised

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from engram.settings import Settings
 from engram.store import Store
 
 SERVICE_WIDE = "*"  # the tenant of a measurement that covers every tenant
@@ -125,13 +124,12 @@ def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> l
     if tenant is None:
         for layer in CHARTED_LAYERS:
             out.append(Measurement(SERVICE_WIDE, f"layer.{layer}", totals.get(layer, 0)))
-    consolidate_attempts = Settings().consolidate_attempts
-    backlog = store.consolidation_backlog(as_of, tenant, consolidate_attempts)
+    backlog = store.consolidation_backlog(as_of, tenant)
     scope = tenant if tenant is not None else SERVICE_WIDE
     oldest = [ended for _, ended in backlog.values() if ended is not None]
     out.append(Measurement(scope, "backlog.episodes", sum(n for n, _ in backlog.values())))
     out.append(Measurement(scope, "lag.seconds", max(0.0, (as_of - min(oldest)).total_seconds()) if oldest else 0.0))
-    out.append(Measurement(scope, "set_aside.episodes", len(store.set_aside_episodes(consolidate_attempts, tenant))))
+    out.append(Measurement(scope, "set_aside.episodes", len(store.set_aside_episodes(tenant))))
     unfinished = store.unfinished_forgets(tenant)
     out.append(Measurement(scope, "forget.unfinished", len(unfinished)))
     first_started: dict[str, datetime] = {}

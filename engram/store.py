@@ -105,10 +105,13 @@ def pair_chunks(pairs: Iterable[tuple[Any, Any]], size: int = INSERT_CHUNK) -> I
         yield chunk
 
 
-def _not_set_aside(max_failures: int) -> Any:
-    """Episodes that fewer than ``max_failures`` consolidation runs failed on: the ones claims take."""
+def _not_set_aside(consolidate_attempts: int | None) -> Any:
+    """Episodes that fewer than ``consolidate_attempts`` consolidation runs failed on (every one when None): the
+    ones claims take."""
+    if consolidate_attempts is None:
+        return true()
     failures = EPISODES.c.consolidation_failures
-    return or_(failures.is_(None), failures < max_failures)
+    return or_(failures.is_(None), failures < consolidate_attempts)
 
 
 def _delete_in(conn: Connection, table: Table, tenant: str, col: str, ids: Iterable[str]) -> int:
@@ -275,13 +278,20 @@ class Store:
 
     Args:
         url: a SQLAlchemy URL: ``sqlite:///path/to/engram.db`` or ``postgresql://user@host:5432/db``.
+        consolidate_attempts: how many consolidation runs may fail on one episode before it is set aside (the
+            ``consolidate_attempts`` setting, which the flows' stores and ``Memory`` pass): claims, the backlog
+            and ``set_aside_episodes`` apply it, and ``commit_consolidation`` counts the failures. None (a store
+            opened without settings) counts no failure and sets nothing aside.
 
     Example:
         >>> store = Store("sqlite:///:memory:")  # doctest: +SKIP
         >>> store.migrate()  # doctest: +SKIP
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, consolidate_attempts: int | None = None):
+        if consolidate_attempts is not None and consolidate_attempts < 1:
+            raise ValueError(f"consolidate_attempts: at least 1, not {consolidate_attempts}")
+        self.consolidate_attempts = consolidate_attempts
         if url.startswith("postgres://"):
             url = "postgresql://" + url.removeprefix("postgres://")
         self.url = url
@@ -1230,17 +1240,15 @@ class Store:
         lease_seconds: float = 300,
         limit: int = 200,
         tenant: str | Sequence[str] | None = None,
-        max_failures: int | None = None,
     ) -> list[tuple[str, str]]:
-        """Lease episodes that ended by ``as_of`` and are not consolidated yet, of one tenant or several; with
-        ``max_failures``, not those that that many runs failed on (set aside, see ``retry_set_aside``)."""
+        """Lease episodes that ended by ``as_of`` and are not consolidated yet, of one tenant or several; not those
+        that ``consolidate_attempts`` runs failed on (set aside, see ``retry_set_aside``)."""
         ready = and_(
             EPISODES.c.consolidated_at.is_(None),
             EPISODES.c.archived_manifest_id.is_(None),
             EPISODES.c.ended_at <= as_of,
+            _not_set_aside(self.consolidate_attempts),
         )
-        if max_failures is not None:
-            ready = and_(ready, _not_set_aside(max_failures))
         return self._claim(
             EPISODES,
             ("tenant", "episode_id"),
@@ -1284,7 +1292,6 @@ class Store:
         plan: Any,
         vectors: Mapping[str, bytes] | None = None,
         held: Mapping[tuple[str, str], str] | None = None,
-        max_failures: int | None = None,
         failed_whole: bool = False,
     ) -> dict[str, int]:
         """Apply a batch's candidate facts to the semantic layer and mark its episodes consolidated, atomically.
@@ -1302,15 +1309,15 @@ class Store:
                 them until then), and each gets a quarantine row (source ``consolidate``) with its reason, one per
                 episode and kind of error. Their leases are checked with the others': a lost one rolls back the
                 batch, quarantine rows included, as for any lost lease.
-            max_failures: with it, each held-back episode's ``consolidation_failures`` goes up by one, and at this
-                count the episode is set aside (``claim_episodes``); None counts nothing.
+                With the store's ``consolidate_attempts``, each held-back episode's ``consolidation_failures``
+                goes up by one, and at that count the episode is set aside (``claim_episodes``).
             failed_whole: the batch (of several) failed on every episode: the consolidator may be what failed (an
                 outage), so only the episodes that a run already failed on alone, beside others it distilled,
                 have the failure counted; a first failure is not.
 
         Returns:
             counts: ``episodes`` (marked consolidated), ``candidates``, ``new``, ``merged``, ``superseded``,
-            ``held_back``, and ``set_aside`` (held-back episodes whose count reached ``max_failures``).
+            ``held_back``, and ``set_aside`` (held-back episodes whose count reached ``consolidate_attempts``).
         """
         import pandas as pd
 
@@ -1330,8 +1337,8 @@ class Store:
                     for (t, e), why in sorted(held.items())
                 ]
                 self.insert_ignore(conn, QUARANTINE, rows)
-                if max_failures is not None:
-                    counts["set_aside"] = self._count_failures(conn, sorted(held), max_failures, failed_whole)
+                if self.consolidate_attempts is not None:
+                    counts["set_aside"] = self._count_failures(conn, sorted(held), failed_whole)
             if len(candidates):
                 candidates = self._with_living_sources(conn, candidates)
             existing_rows: list[dict[str, Any]] = []
@@ -1391,11 +1398,12 @@ class Store:
             counts["episodes"] = done
         return counts
 
-    def _count_failures(
-        self, conn: Connection, held: Sequence[tuple[str, str]], max_failures: int, only_counted: bool
-    ) -> int:
+    def _count_failures(self, conn: Connection, held: Sequence[tuple[str, str]], only_counted: bool) -> int:
         """Add one to each held-back episode's ``consolidation_failures`` (with ``only_counted``, to those that
-        have a count already); returns how many reached ``max_failures``."""
+        have a count already); returns how many reached ``consolidate_attempts``."""
+        limit = self.consolidate_attempts
+        if limit is None:
+            return 0
         failures = EPISODES.c.consolidation_failures
         reached = 0
         for chunk in pair_chunks(held):
@@ -1408,13 +1416,14 @@ class Store:
                 .values(consolidation_failures=func.coalesce(failures, 0) + 1)
                 .returning(failures)
             ).scalars()
-            reached += sum(1 for n in counted if n >= max_failures)
+            reached += sum(1 for n in counted if n >= limit)
         return reached
 
-    def set_aside_episodes(self, min_failures: int, tenant: str | None = None) -> list[dict[str, Any]]:
-        """The unconsolidated episodes that at least ``min_failures`` consolidation runs failed on (with the
-        ``consolidate_attempts`` setting: those set aside), oldest first: tenant, episode and session ids, when it
-        ended, and the count."""
+    def set_aside_episodes(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The unconsolidated episodes that ``consolidate_attempts`` consolidation runs failed on (set aside; none
+        without the setting), oldest first: tenant, episode and session ids, when it ended, and the count."""
+        if self.consolidate_attempts is None:
+            return []
         query = select(
             EPISODES.c.tenant,
             EPISODES.c.episode_id,
@@ -1424,7 +1433,7 @@ class Store:
         ).where(
             EPISODES.c.consolidated_at.is_(None),
             EPISODES.c.archived_manifest_id.is_(None),
-            EPISODES.c.consolidation_failures >= min_failures,
+            EPISODES.c.consolidation_failures >= self.consolidate_attempts,
         )
         if tenant is not None:
             query = query.where(EPISODES.c.tenant == tenant)
@@ -1434,15 +1443,18 @@ class Store:
             r["ended_at"] = _aware(r["ended_at"])
         return rows
 
-    def retry_set_aside(self, tenant: str, min_failures: int, episode_ids: Sequence[str] | None = None) -> int:
-        """Clear the failure count of the tenant's episodes set aside (unconsolidated, at least ``min_failures``
-        failed runs), or of ``episode_ids`` among them, so that the first consolidation run after their lease
-        expires takes them up; returns how many. A lease is left alone: a worker that holds one is not undone."""
+    def retry_set_aside(self, tenant: str, episode_ids: Sequence[str] | None = None) -> int:
+        """Clear the failure count of the tenant's episodes set aside (unconsolidated, at least
+        ``consolidate_attempts`` failed runs), or of ``episode_ids`` among them, so that the first consolidation run
+        after their lease expires takes them up; returns how many (none without the setting). A lease is left
+        alone: a worker that holds one is not undone."""
+        if self.consolidate_attempts is None:
+            return 0
         conditions = [
             EPISODES.c.tenant == tenant,
             EPISODES.c.consolidated_at.is_(None),
             EPISODES.c.archived_manifest_id.is_(None),
-            EPISODES.c.consolidation_failures >= min_failures,
+            EPISODES.c.consolidation_failures >= self.consolidate_attempts,
         ]
         retry = update(EPISODES).values(consolidation_failures=None)
         with self.write() as conn:
@@ -1689,23 +1701,22 @@ class Store:
     # -- service: metrics and shards ---------------------------------------------------------------------------
 
     def consolidation_backlog(
-        self, as_of: datetime, tenant: str | None = None, max_failures: int | None = None
+        self, as_of: datetime, tenant: str | None = None
     ) -> dict[str, tuple[int, datetime | None]]:
         """Per tenant: how many episodes that ended by ``as_of`` wait for consolidation, and when the oldest ended;
-        with ``max_failures``, not counting those set aside (``claim_episodes``), which no run takes."""
+        not counting those set aside (``claim_episodes``), which no run takes."""
         q = (
             select(EPISODES.c.tenant, func.count(), func.min(EPISODES.c.ended_at))
             .where(
                 EPISODES.c.consolidated_at.is_(None),
                 EPISODES.c.archived_manifest_id.is_(None),
                 EPISODES.c.ended_at <= as_of,
+                _not_set_aside(self.consolidate_attempts),
             )
             .group_by(EPISODES.c.tenant)
         )
         if tenant is not None:
             q = q.where(EPISODES.c.tenant == tenant)
-        if max_failures is not None:
-            q = q.where(_not_set_aside(max_failures))
         with self.read() as conn:
             return {t: (n, _aware(oldest)) for t, n, oldest in conn.execute(q)}
 

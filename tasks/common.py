@@ -13,10 +13,16 @@ from engram.settings import Settings
 from engram.store import Store
 
 
-@lru_cache(maxsize=8)
 def open_store(url: str | None) -> Store:
-    """The store at ``url`` (or the configured default), migrated to head once per process."""
-    store = Store(url or Settings().resolved_store_url())
+    """The store at ``url`` (or the configured default), with the ``consolidate_attempts`` setting, migrated to head
+    once per process."""
+    settings = Settings()
+    return _opened_store(url or settings.resolved_store_url(), settings.consolidate_attempts)
+
+
+@lru_cache(maxsize=8)
+def _opened_store(url: str, consolidate_attempts: int) -> Store:
+    store = Store(url, consolidate_attempts=consolidate_attempts)
     store.migrate()
     return store
 

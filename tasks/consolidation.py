@@ -15,7 +15,6 @@ from engram.collector import cyclic_gc_paused
 from engram.consolidate import Consolidator, LocalConsolidator, distill_isolating, plan_changes
 from engram.embed import enabled as embeddings_enabled
 from engram.errors import LeaseLost, QualityGateFailed, failed_whole
-from engram.settings import Settings
 from tasks.common import current_run_id, open_store
 from tasks.reporting import publish_gate_failure
 
@@ -40,9 +39,7 @@ def claim_episodes(
 ) -> list[tuple[str, str]]:
     """Lease a batch of episodes not consolidated yet, of one tenant or of several (a shard's); not those set aside
     after ``ENGRAM_CONSOLIDATE_ATTEMPTS`` failed runs."""
-    return open_store(store_url).claim_episodes(
-        as_of, owner, lease_seconds, batch_size, tenant, Settings().consolidate_attempts
-    )
+    return open_store(store_url).claim_episodes(as_of, owner, lease_seconds, batch_size, tenant)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -121,7 +118,6 @@ def commit_facts(
             plan_changes,
             vectors,
             held,
-            Settings().consolidate_attempts,
             bool(held) and failed_whole(len(episodes), len(held)),
         )
     except LeaseLost as exc:

@@ -28,7 +28,6 @@ from engram.service import (
     tenants_by_shard,
     timed_check,
 )
-from engram.settings import Settings
 from tasks.common import current_run_id, open_store
 
 DEFAULT_BLOCK = "default"  # the name of the block documents provision saves (EngramStore.load("default"), ...)
@@ -298,7 +297,7 @@ def emit_signals(signals: Sequence[Signal]) -> list[str]:
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def measure_backlog(store_url: str | None, as_of: datetime, tenant: str | None) -> int:
     """Episodes waiting for consolidation (not those set aside, which no worker takes)."""
-    backlog = open_store(store_url).consolidation_backlog(as_of, tenant, Settings().consolidate_attempts)
+    backlog = open_store(store_url).consolidation_backlog(as_of, tenant)
     return sum(n for n, _ in backlog.values())
 
 
@@ -382,7 +381,7 @@ def announce_scaling(decision: ScalingDecision, pool: str) -> None:
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def shards_with_backlog(store_url: str | None, as_of: datetime, shard_count: int) -> dict[int, list[str]]:
     """The shards that hold tenants with episodes to consolidate (not set aside), and those tenants."""
-    backlog = open_store(store_url).consolidation_backlog(as_of, max_failures=Settings().consolidate_attempts)
+    backlog = open_store(store_url).consolidation_backlog(as_of)
     return tenants_by_shard(backlog, shard_count)
 
 
@@ -440,7 +439,7 @@ def count_layers(store_url: str | None, tenant: str | None) -> dict[str, int]:
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def count_set_aside(store_url: str | None, tenant: str | None) -> int:
     """Episodes set aside after ``ENGRAM_CONSOLIDATE_ATTEMPTS`` failed consolidation runs, of the tenant (or all)."""
-    return len(open_store(store_url).set_aside_episodes(Settings().consolidate_attempts, tenant))
+    return len(open_store(store_url).set_aside_episodes(tenant))
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)

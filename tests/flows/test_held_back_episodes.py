@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -17,10 +18,10 @@ import flows.scale as scale_flows
 import tasks.sessions as session_tasks
 from blocks.consolidator import LLMConsolidatorEndpoint
 from engram import Memory
-from engram.consolidate import FACT_COLUMNS, LocalConsolidator, distill_isolating
+from engram.consolidate import FACT_COLUMNS, LocalConsolidator, distill_isolating, plan_changes
 from engram.errors import EpisodesHeldBack
 from engram.service import MonitorThresholds, decide_signals, measure_store
-from engram.store import EPISODES, LINEAGE, QUARANTINE, SEMANTIC, TRANSITIONS, TURNS
+from engram.store import EPISODES, LINEAGE, QUARANTINE, SEMANTIC, TRANSITIONS, TURNS, Store
 from flows.consolidate import consolidate
 from flows.ingest import ingest
 from flows.lifecycle import lifecycle
@@ -76,6 +77,13 @@ def failing_distil(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(consolidate_module, "_turn_statements", statements)
 
 
+@pytest.fixture
+def two_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two failed runs set an episode aside, for the flows and for a ``Memory`` made after this fixture (a
+    ``Memory`` and the flows' stores take the limit from the settings when they open the store)."""
+    monkeypatch.setenv("ENGRAM_CONSOLIDATE_ATTEMPTS", "2")
+
+
 def test_one_episode_the_consolidator_fails_on_holds_back_itself_not_its_batch(
     memory: Memory, failing_distil: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,10 +128,10 @@ def test_one_episode_the_consolidator_fails_on_holds_back_itself_not_its_batch(
 
 
 def test_an_episode_failed_on_as_many_times_as_allowed_is_set_aside_until_retried(
-    memory: Memory, failing_distil: None, monkeypatch: pytest.MonkeyPatch
+    two_attempts: None, memory: Memory, failing_distil: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fault = consolidate_module._turn_statements
-    monkeypatch.setenv("ENGRAM_CONSOLIDATE_ATTEMPTS", "2")
+    assert memory.store.consolidate_attempts == 2
     memory.observe_many(_rows_with_a_marked_session())
     with pytest.raises(EpisodesHeldBack) as first:
         memory.run_lifecycle(as_of=AS_OF)
@@ -166,10 +174,51 @@ def test_an_episode_failed_on_as_many_times_as_allowed_is_set_aside_until_retrie
     assert memory.retry_set_aside("acme") == 0
 
 
+def test_the_limit_is_the_stores_and_a_store_opened_without_it_counts_and_sets_aside_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'engram.db'}"
+    with pytest.raises(ValueError, match="consolidate_attempts"):
+        Store(url, consolidate_attempts=0)
+    limited, plain = Store(url, consolidate_attempts=3), Store(url)
+    limited.migrate()
+    episode = {"tenant": "acme", "session_id": "s", "started_at": T0, "ended_at": T0, "participants": [], "tags": []}
+    with limited.write() as conn:
+        conn.execute(
+            EPISODES.insert(),
+            [{**episode, "summary": "", "episode_id": f"ep-{n}", "consolidation_failures": n} for n in (None, 2, 3)],
+        )
+    as_of = T0 + timedelta(days=1)
+    assert [r["episode_id"] for r in limited.set_aside_episodes()] == ["ep-3"]
+    assert limited.consolidation_backlog(as_of)["acme"][0] == 2
+    assert plain.set_aside_episodes() == [] and plain.consolidation_backlog(as_of)["acme"][0] == 3
+
+    # A failure counts only through the store that holds the limit: ep-2 reaches it there, not through the other.
+    no_facts = pd.DataFrame(columns=FACT_COLUMNS)
+    claimed = plain.claim_episodes(as_of, "w1", 60, 10, "acme")
+    assert sorted(e for _, e in claimed) == ["ep-2", "ep-3", "ep-None"]
+    held = {("acme", "ep-2"): "KeyError: boom"}
+    assert plain.commit_consolidation([], no_facts, "w1", as_of, None, plan_changes, held=held)["set_aside"] == 0
+    assert _failures(limited) == {"ep-None": None, "ep-2": 2, "ep-3": 3}
+    _expire(limited)
+    assert sorted(e for _, e in limited.claim_episodes(as_of, "w2", 60, 10, "acme")) == ["ep-2", "ep-None"]
+    assert limited.commit_consolidation([], no_facts, "w2", as_of, None, plan_changes, held=held)["set_aside"] == 1
+    assert [r["episode_id"] for r in limited.set_aside_episodes("acme")] == ["ep-2", "ep-3"]
+    assert plain.retry_set_aside("acme") == 0 and limited.retry_set_aside("acme", ["ep-3"]) == 1
+    assert _failures(limited) == {"ep-None": None, "ep-2": 3, "ep-3": None}
+
+
+def _failures(store: Store) -> dict[str, int | None]:
+    with store.read() as conn:
+        return dict(conn.execute(select(EPISODES.c.episode_id, EPISODES.c.consolidation_failures)).all())
+
+
+def _expire(store: Store) -> None:
+    with store.write() as conn:
+        conn.execute(update(EPISODES).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+
+
 def test_episodes_failed_on_alone_before_are_counted_when_later_their_batch_fails_whole(
-    sqlite_memory: Memory, failing_distil: None, monkeypatch: pytest.MonkeyPatch
+    two_attempts: None, sqlite_memory: Memory, failing_distil: None
 ) -> None:
-    monkeypatch.setenv("ENGRAM_CONSOLIDATE_ATTEMPTS", "2")
     rows = conversation_rows("acme", sessions=3, start=T0)
     for session in ("acme-s0", "acme-s2"):
         next(r for r in rows if r["session"] == session)["text"] = f"I sailed to {MARK} last spring"
