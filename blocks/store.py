@@ -32,7 +32,9 @@ class EngramStore(Block):
     )
 
     def get_store(self) -> Store:
-        """The ``Store`` for this URL, migrated to the newest schema."""
-        store = Store(self.url.get_secret_value())
+        """The ``Store`` for this URL, with the ``consolidate_attempts`` setting, migrated to the newest schema."""
+        from engram.settings import Settings
+
+        store = Store(self.url.get_secret_value(), consolidate_attempts=Settings().consolidate_attempts)
         store.migrate()
         return store

@@ -675,7 +675,8 @@ class Memory:
         """The episodes set aside after ``ENGRAM_CONSOLIDATE_ATTEMPTS`` consolidation runs failed on them, oldest
         first: ``tenant``, ``episode_id``, ``session_id``, ``ended_at`` and ``consolidation_failures``. Their
         errors are in the quarantine (source ``consolidate``). The limit is this Memory's settings' (by default the
-        environment's, as the flows read it)."""
+        environment's). The flows, ``run_lifecycle``'s too, read it from their environment: a Memory made with
+        other settings lists by its own limit, not theirs."""
         if tenant is not None:
             tenant = check_tenant(tenant)
         return self.store.set_aside_episodes(tenant)

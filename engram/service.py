@@ -105,7 +105,7 @@ def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> l
     quarantine growth since the last monitor.
 
     Backlog is the number of episodes not consolidated yet; lag is the age, at ``as_of``, of the oldest of them.
-    Neither counts the episodes set aside after ``ENGRAM_CONSOLIDATE_ATTEMPTS`` failed runs, which no run takes
+    Neither counts the episodes set aside after the store's ``consolidate_attempts`` failed runs, which no run takes
     until an operator retries them: more workers would not help them. Their number is measured apart
     (``set_aside.episodes``).
     An unfinished forget is one that started (its intent is recorded) and has not finished: under way, or

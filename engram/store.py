@@ -279,9 +279,9 @@ class Store:
     Args:
         url: a SQLAlchemy URL: ``sqlite:///path/to/engram.db`` or ``postgresql://user@host:5432/db``.
         consolidate_attempts: how many consolidation runs may fail on one episode before it is set aside (the
-            ``consolidate_attempts`` setting, which the flows' stores and ``Memory`` pass): claims, the backlog
-            and ``set_aside_episodes`` apply it, and ``commit_consolidation`` counts the failures. None (a store
-            opened without settings) counts no failure and sets nothing aside.
+            ``consolidate_attempts`` setting, which the flows' stores and ``Memory`` pass): claims, the backlog,
+            ``set_aside_episodes`` and ``retry_set_aside`` apply it, and ``commit_consolidation`` counts the
+            failures. None (a store opened without settings) counts no failure and sets nothing aside.
 
     Example:
         >>> store = Store("sqlite:///:memory:")  # doctest: +SKIP
@@ -1066,29 +1066,35 @@ class Store:
         return counts
 
     def resummarize_episodes(
-        self, tenant: str, summarize: Any, now: datetime, flow_run_id: str | None = None
+        self, tenant: str, summarize: Any, now: datetime, flow_run_id: str | None = None, batch_size: int = 200
     ) -> dict[str, int]:
         """Summarize again the tenant's hot episodes that were written without a summary because ``summarize``
         raised (``close_sessions``: each is named by a quarantine row, source ``close_sessions``, field ``summary``),
         typically once the summarizer is fixed.
 
-        The turns are read and summarized outside the write transaction; an episode's summary is then written only
-        while it is still empty and hot, with an audit row (``resummarize``) and a new change stamp (so that an
-        archive copy taken before, with the empty summary, is not taken for it). An episode whose summary raises
-        again, or comes out empty, is left as it is. The quarantine rows stay, as the record of the failure.
+        The episodes go in batches of ``batch_size``, each in two steps, so that memory holds one batch's turns:
+        its turns are read and summarized outside any write transaction; its summaries are then written in one
+        transaction, each only while the episode's summary is still empty and it is hot, with an audit row
+        (``resummarize``) and a new change stamp (so that an archive copy taken before, with the empty summary, is
+        not taken for it). A batch written stays written if a later one fails; a rerun finds what is left. An
+        episode whose summary raises again, or comes out empty, is left as it is. The quarantine rows stay, as the
+        record of the failure.
 
         A forget must not come back through a summary: an episode that lost turns to a forget (fewer turns than it
-        was written with) is skipped, and when a forget of the tenant commits between the read and the write
-        (the tenant's epoch moved), nothing is written and every summary counts as skipped; a rerun does the rest.
+        was written with) is skipped, and when a forget of the tenant commits between a batch's read and its write
+        (the tenant's epoch moved), nothing of that batch is written and its summaries count as skipped; a rerun
+        does the rest.
 
         Returns:
             ``episodes`` (written without a summary and still hot), ``resummarized``, ``failed`` (raised again),
             ``empty`` (the summarizer found nothing to say) and ``skipped`` (turns forgotten, or changed meanwhile).
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size: at least 1, not {batch_size}")
         counts = {"episodes": 0, "resummarized": 0, "failed": 0, "empty": 0, "skipped": 0}
         named: set[str] = set()
+        written_with: dict[str, int] = {}
         with self.read() as conn:
-            epoch = conn.execute(select(TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).scalar()
             for payload in conn.execute(
                 select(QUARANTINE.c.raw_payload).where(
                     QUARANTINE.c.tenant == tenant,
@@ -1103,8 +1109,6 @@ class Store:
                 if isinstance(episode_id, str):
                     named.add(episode_id)
             ids = sorted(named)
-            written_with: dict[str, int] = {}
-            turns: dict[str, list[dict[str, Any]]] = {}
             for start in range(0, len(ids), INSERT_CHUNK):
                 chunk = ids[start : start + INSERT_CHUNK]
                 for episode_id, turn_count in conn.execute(
@@ -1116,24 +1120,45 @@ class Store:
                     )
                 ):
                     written_with[episode_id] = turn_count
-            waiting = sorted(written_with)
-            for start in range(0, len(waiting), INSERT_CHUNK):
+        waiting = sorted(written_with)
+        counts["episodes"] = len(waiting)
+        for start in range(0, len(waiting), batch_size):
+            batch = {e: written_with[e] for e in waiting[start : start + batch_size]}
+            self._resummarize_batch(tenant, batch, summarize, now, flow_run_id, counts)
+        return counts
+
+    def _resummarize_batch(
+        self,
+        tenant: str,
+        written_with: Mapping[str, int],
+        summarize: Any,
+        now: datetime,
+        flow_run_id: str | None,
+        counts: dict[str, int],
+    ) -> None:
+        """One batch of ``resummarize_episodes``: read the turns of the episodes (id -> turns written with),
+        summarize them, and write the summaries in one transaction unless a forget of the tenant committed
+        meanwhile; adds to ``counts``."""
+        ids = sorted(written_with)
+        turns: dict[str, list[dict[str, Any]]] = {}
+        with self.read() as conn:
+            epoch = conn.execute(select(TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).scalar()
+            for start in range(0, len(ids), INSERT_CHUNK):
                 for r in _dicts(
                     conn.execute(
                         select(TURNS)
-                        .where(TURNS.c.tenant == tenant, TURNS.c.episode_id.in_(waiting[start : start + INSERT_CHUNK]))
+                        .where(TURNS.c.tenant == tenant, TURNS.c.episode_id.in_(ids[start : start + INSERT_CHUNK]))
                         .order_by(TURNS.c.episode_id, TURNS.c.position)
                     )
                 ):
                     turns.setdefault(r["episode_id"], []).append(r)
-        counts["episodes"] = len(waiting)
         summaries: dict[str, str] = {}
-        for episode_id in waiting:
+        for episode_id in ids:
             if len(turns.get(episode_id, [])) != written_with[episode_id]:
                 counts["skipped"] += 1  # a forget took some of its turns: a summary of the rest could name the subject
                 continue
             try:
-                summary = summarize(turns.get(episode_id, []))
+                summary = summarize(turns.pop(episode_id, []))
             except Exception:  # noqa: BLE001 - the episode's own failure, as when it was closed: it waits again
                 counts["failed"] += 1
                 continue
@@ -1142,12 +1167,12 @@ class Store:
             else:
                 counts["empty"] += 1
         if not summaries:
-            return counts
+            return
         with self.write() as conn:
             seq = self.bump_seq(conn, [tenant], now)[tenant]  # holds the tenant's row: no forget commits until the end
             if conn.execute(select(TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).scalar() != epoch:
                 counts["skipped"] += len(summaries)
-                return counts
+                return
             audit = []
             for episode_id, summary in sorted(summaries.items()):
                 written = conn.execute(
@@ -1176,9 +1201,8 @@ class Store:
                         )
                     )
             self.insert_ignore(conn, TRANSITIONS, audit)
-            counts["resummarized"] = len(audit)
-            counts["skipped"] += len(summaries) - len(audit)  # archived or summarized meanwhile
-        return counts
+        counts["resummarized"] += len(audit)
+        counts["skipped"] += len(summaries) - len(audit)  # archived or summarized meanwhile
 
     def expire_working(
         self, as_of: datetime, flow_run_id: str | None, limit: int = 5_000, tenant: str | None = None

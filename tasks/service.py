@@ -43,8 +43,11 @@ DECOMMISSION_RETENTION = "engram-decommission-everything"  # the RetentionPolicy
 def migrate_store(store_url: str | None) -> dict[str, str]:
     """Upgrade the store's schema to the newest revision."""
     from engram.migrations import current_revision, head_revision
+    from engram.settings import Settings
+    from engram.store import Store
 
-    store = open_store.__wrapped__(store_url)  # a fresh handle: open_store's cache would migrate before we look
+    # A handle of its own, not open_store's, which would have migrated the store before the first look.
+    store = Store(store_url or Settings().resolved_store_url())
     try:
         before = current_revision(store.engine)
         store.migrate()

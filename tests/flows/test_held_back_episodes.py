@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,14 @@ def test_the_limit_is_the_stores_and_a_store_opened_without_it_counts_and_sets_a
     with pytest.raises(ValueError, match="consolidate_attempts"):
         Store(url, consolidate_attempts=0)
     limited, plain = Store(url, consolidate_attempts=3), Store(url)
+    try:
+        _limit_applied_by(limited, plain)
+    finally:
+        limited.dispose()
+        plain.dispose()
+
+
+def _limit_applied_by(limited: Store, plain: Store) -> None:
     limited.migrate()
     episode = {"tenant": "acme", "session_id": "s", "started_at": T0, "ended_at": T0, "participants": [], "tags": []}
     with limited.write() as conn:
@@ -219,6 +228,7 @@ def _expire(store: Store) -> None:
 def test_episodes_failed_on_alone_before_are_counted_when_later_their_batch_fails_whole(
     two_attempts: None, sqlite_memory: Memory, failing_distil: None
 ) -> None:
+    assert sqlite_memory.store.consolidate_attempts == 2
     rows = conversation_rows("acme", sessions=3, start=T0)
     for session in ("acme-s0", "acme-s2"):
         next(r for r in rows if r["session"] == session)["text"] = f"I sailed to {MARK} last spring"
@@ -450,6 +460,94 @@ def test_a_forget_during_a_resummarize_does_not_come_back_through_the_summary(
     monkeypatch.setattr(consolidate_module, "summarize_episode", real)
     assert memory.resummarize("acme")["skipped"] == 1
     assert MARK not in _episodes(memory)["acme-s1"]["summary"]
+
+
+class Crash(Exception):
+    """The injected crash: raised in the process at a step, as a SIGKILL there would leave the store."""
+
+
+# (step, which of the two episodes, in order, the crash leaves summarized)
+RESUMMARIZE_CRASHES = [
+    ("first_audit_insert", 0),  # inside the first batch's transaction, its summary updated: rolled back whole
+    ("second_batch_write", 1),  # the first batch committed; the second's transaction fails as it starts
+]
+
+
+@pytest.mark.parametrize(("step", "left_summarized"), RESUMMARIZE_CRASHES, ids=[c[0] for c in RESUMMARIZE_CRASHES])
+def test_a_resummarize_that_crashes_midway_loses_nothing_and_its_rerun_finishes(
+    sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch, step: str, left_summarized: int
+) -> None:
+    memory = sqlite_memory
+    monkeypatch.setattr(session_tasks, "summarize_episode", _summary_failing_on_the_mark)
+    rows = conversation_rows("acme", sessions=3, start=T0)
+    for session in ("acme-s0", "acme-s2"):
+        next(r for r in rows if r["session"] == session)["text"] = f"I sailed to {MARK} last spring"
+    memory.observe_many(rows)
+    ingest(store_url=memory.store_url, as_of=AS_OF)
+    close_sessions(store_url=memory.store_url, as_of=AS_OF)
+    before = _episodes(memory)
+    unsummarized = sorted(e["episode_id"] for e in before.values() if e["summary"] == "")
+    assert len(unsummarized) == 2
+
+    calls: list[str] = []
+    if step == "first_audit_insert":
+        insert = Store.insert_ignore
+
+        def crashing(self: Store, conn: Any, table: Any, rows: Any) -> int:
+            if table is TRANSITIONS and not calls:
+                calls.append(step)
+                raise Crash(step)
+            return insert(self, conn, table, rows)
+
+        monkeypatch.setattr(Store, "insert_ignore", crashing)
+    else:
+        bump = Store.bump_seq
+
+        def crashing(self: Store, conn: Any, tenants: Any, now: datetime) -> dict[str, int]:
+            calls.append(step)
+            if len(calls) == 2:
+                raise Crash(step)
+            return bump(self, conn, tenants, now)
+
+        monkeypatch.setattr(Store, "bump_seq", crashing)
+    with pytest.raises(Crash):
+        memory.store.resummarize_episodes("acme", real_summarize, AS_OF, None, batch_size=1)
+
+    crashed = _episodes(memory)
+    written = unsummarized[:left_summarized]
+    assert sorted(e["episode_id"] for e in crashed.values() if e["summary"] == "") == unsummarized[left_summarized:]
+    assert _resummarize_audit(memory) == dict.fromkeys(written, 1)
+    for session, episode in crashed.items():  # nothing else of any episode changed
+        changed = {k for k in episode if episode[k] != before[session][k]}
+        assert changed == ({"summary", "seq"} if episode["episode_id"] in written else set()), session
+    assert_every_event_in_exactly_one_place(memory.store, "acme")
+
+    monkeypatch.undo()  # the store as it is, and the real summarizer
+    assert memory.resummarize("acme") == {
+        "episodes": 2 - left_summarized,
+        "resummarized": 2 - left_summarized,
+        "failed": 0,
+        "empty": 0,
+        "skipped": 0,
+    }
+    done = {e["episode_id"]: e["summary"] for e in _episodes(memory).values()}
+    with memory.store.read() as conn:
+        for episode_id in unsummarized:
+            turns = [
+                r._asdict()
+                for r in conn.execute(select(TURNS).where(TURNS.c.episode_id == episode_id).order_by(TURNS.c.position))
+            ]
+            assert done[episode_id] == real_summarize(turns) != ""
+    assert _resummarize_audit(memory) == dict.fromkeys(unsummarized, 1)
+    assert len(_quarantine(memory)) == 2 and memory.resummarize("acme")["episodes"] == 0
+    assert_every_event_in_exactly_one_place(memory.store, "acme")
+
+
+def _resummarize_audit(memory: Memory) -> dict[str, int]:
+    """Per episode, its ``resummarize`` audit rows."""
+    with memory.store.read() as conn:
+        ids = conn.execute(select(TRANSITIONS.c.item_id).where(TRANSITIONS.c.action == "resummarize")).scalars()
+        return dict(Counter(ids))
 
 
 def test_a_summarizer_that_fails_on_every_episode_of_a_batch_fails_the_close_and_writes_nothing(

@@ -37,10 +37,14 @@ def _with_episodes(memory: Memory, tenants: list[str], sessions: int = 3) -> Non
     close_sessions(store_url=memory.store_url, as_of=AS_OF)
 
 
-def test_provision_twice_creates_once_then_changes_nothing(sqlite_memory: Memory) -> None:
-    first = provision(store_url=sqlite_memory.store_url, archive_url=sqlite_memory.archive_url)
-    second = provision(store_url=sqlite_memory.store_url, archive_url=sqlite_memory.archive_url)
-    assert second["changed"] == [], second
+def test_provision_twice_creates_once_then_changes_nothing(tmp_path: Path) -> None:
+    from engram.migrations import head_revision
+
+    store_url, archive_url = f"sqlite:///{tmp_path / 'new' / 'engram.db'}", (tmp_path / "archive").as_uri()
+    first = provision(store_url=store_url, archive_url=archive_url)
+    second = provision(store_url=store_url, archive_url=archive_url)
+    assert first["database.schema"] == f"created: revision none -> {head_revision()}", first
+    assert second["database.schema"] == "unchanged" and second["changed"] == [], second
     assert set(first) == set(second)
     for pool in ("engram-sensory", "engram-working", "engram-semantic", "engram-lifecycle", "engram-service"):
         assert f"work_pool.{pool}" in second
