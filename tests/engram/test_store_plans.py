@@ -196,7 +196,8 @@ def _route_open_sessions(memory: Memory, as_of: Any) -> tuple[Counter[str], str]
 
 def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_index(tmp_path: Path) -> None:
     """What runs beside the layer moves: expiring every tenant's stale working items while sessions are open,
-    search (hot and archival), an item and its history, stats, rehydrating, and both kinds of forget."""
+    search (hot and archival), an item and its history, stats, the monitor's backlog and set-aside episodes,
+    rehydrating, and both kinds of forget."""
     db_path = tmp_path / "engram.db"
     memory = _three_tenants(tmp_path)
     store = memory.store
@@ -215,6 +216,10 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
         "get a working item": lambda: memory.get("acme", in_open_session),
         "history": lambda: memory.history("acme", "acme-e1-0"),
         "stats": lambda: memory.stats("acme"),
+        "backlog": lambda: store.consolidation_backlog(LATER),
+        "backlog of a tenant": lambda: store.consolidation_backlog(LATER, "acme"),
+        "set aside": lambda: store.set_aside_episodes(),
+        "set aside of a tenant": lambda: store.set_aside_episodes("acme"),
         "rehydrate": lambda: rehydrate_batch(store, memory.archive, "acme", None, LATER, None, 50),
         "forget a subject": lambda: memory.forget("globex", "Rex"),
         "forget a subject in hot turns": lambda: memory.forget("hooli", "Rex"),
@@ -233,6 +238,9 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
     assert results["get an archived turn"].layer == "archival" and results["get a working item"].layer == "working"
     assert [e.action for e in results["history"]][:3] == ["ingest", "close_session", "archive"]
     assert results["stats"]["archival"] > 0 and results["rehydrate"]["rehydrated"] > 0
+    # Every episode is consolidated (and the store applies the setting's limit: its statements are the monitor's).
+    assert store.consolidate_attempts == 5 and results["backlog"] == results["backlog of a tenant"] == {}
+    assert results["set aside"] == results["set aside of a tenant"] == []
     # The subject's events are archived ones (their tombstones, turns and lineage go by id) and open-session items.
     removed = results["forget a subject"].removed
     assert removed["episode_turns_archived"] > 0 and removed["lineage_archived"] > 0 and removed["working_items"] > 0
