@@ -408,6 +408,13 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot migrate the store at {self.safe_url}: {exc}") from exc
 
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the schema is at (None before the first migration): one row of one table."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.read() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -2673,6 +2680,14 @@ class Store:
                 "quarantine": count(QUARANTINE),
                 "events": count(EVENTS),
             }
+
+    def quarantine_count(self, tenant: str | None = None) -> int:
+        """Rows in the quarantine, of one tenant or all (rows whose tenant id was itself invalid included)."""
+        query = select(func.count()).select_from(QUARANTINE)
+        if tenant is not None:
+            query = query.where(QUARANTINE.c.tenant == tenant)
+        with self.read() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def tenants(self) -> list[str]:
         with self.read() as conn:

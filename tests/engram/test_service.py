@@ -14,6 +14,7 @@ from engram.service import (
     MonitorThresholds,
     ScalingPolicy,
     changed,
+    check_database,
     decide_parallelism,
     decide_signals,
     layer_chart_markdown,
@@ -22,6 +23,7 @@ from engram.service import (
     sparkline,
     tenants_by_shard,
 )
+from engram.store import Store
 from tests.conftest import T0
 
 POLICY = ScalingPolicy(backlog_per_worker=100, min_workers=1, max_workers=4, shard_count=16)
@@ -98,15 +100,19 @@ def test_changed_lists_only_what_a_run_created_or_updated() -> None:
 def test_measure_store_counts_backlog_lag_and_quarantine_growth(memory: Memory) -> None:
     from tests.flows.helpers import conversation_rows
 
-    memory.observe_many(conversation_rows("acme", sessions=1, start=T0) + [{"tenant": "acme", "text": " "}])
+    bad = [{"tenant": "acme", "text": " "}, {"tenant": "no such/tenant", "text": "hello"}]  # both quarantined
+    memory.observe_many(conversation_rows("acme", sessions=1, start=T0) + bad)
     got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, T0 + timedelta(days=1))}
     assert got[("acme", "layer.sensory")] == 8 and got[("*", "layer.sensory")] == 8
     assert got[("*", "backlog.episodes")] == 0 and got[("*", "lag.seconds")] == 0
     assert got[("*", "quarantine.growth")] == 0  # no earlier measurement to grow from
-    memory.store.record_metrics([{"tenant": "*", "name": "layer.quarantine", "value": 0.0, "at": T0}])
+    zero = {"name": "layer.quarantine", "value": 0.0, "at": T0}
+    memory.store.record_metrics([{"tenant": "*", **zero}, {"tenant": "acme", **zero}])
     got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, T0 + timedelta(days=1))}
-    assert got[("*", "quarantine.growth")] == 1
+    assert got[("*", "quarantine.growth")] == 2  # the row whose tenant id was invalid too
     assert got[("*", "forget.unfinished")] == 0 and not [k for k in got if k[1] == "forget.oldest_age_seconds"]
+    got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, T0 + timedelta(days=1), "acme")}
+    assert got[("acme", "quarantine.growth")] == 1
 
 
 def test_measure_store_reports_a_forget_that_started_and_did_not_finish(memory: Memory) -> None:
@@ -132,8 +138,27 @@ def test_measure_store_reports_a_forget_that_started_and_did_not_finish(memory: 
     assert got[("*", "forget.unfinished")] == 0 and not [k for k in got if k[1] == "forget.oldest_age_seconds"]
 
 
+def test_the_database_check_reads_the_schema_revision_and_fails_on_another(store_url: str) -> None:
+    from sqlalchemy import text
+
+    from engram.migrations import head_revision
+
+    store = Store(store_url)
+    try:
+        unmigrated = check_database(store)
+        assert not unmigrated.ok and "revision none" in unmigrated.detail, unmigrated
+        store.migrate()
+        ok = check_database(store)
+        assert ok.ok and ok.detail == f"{store.dialect}: schema at revision {head_revision()}", ok
+        with store.write() as conn:  # as a newer engram would leave it
+            conn.execute(text("UPDATE alembic_version SET version_num = 'ffffffffffff'"))
+        ahead = check_database(store)
+        assert not ahead.ok and "StoreError" in ahead.detail and "ffffffffffff" in ahead.detail, ahead
+    finally:
+        store.dispose()
+
+
 def test_shard_leases_go_to_one_owner_at_a_time(store_url: str) -> None:
-    from engram.store import Store
 
     store = Store(store_url)
     store.migrate()

@@ -23,6 +23,7 @@ from sqlalchemy import event, select
 
 from engram import Memory
 from engram.archive import archive_cold_items, rehydrate_batch
+from engram.service import measure_store
 from engram.store import LINEAGE, PAIR_FIRSTS, Store, pair_chunks
 from tests.conftest import T0
 from tests.engram.archive_helpers import COLD, LATER, consolidate_pending
@@ -220,6 +221,8 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
         "backlog of a tenant": lambda: store.consolidation_backlog(LATER, "acme"),
         "set aside": lambda: store.set_aside_episodes(),
         "set aside of a tenant": lambda: store.set_aside_episodes("acme"),
+        "monitor": lambda: measure_store(store, LATER),
+        "monitor a tenant": lambda: measure_store(store, LATER, "acme"),
         "rehydrate": lambda: rehydrate_batch(store, memory.archive, "acme", None, LATER, None, 50),
         "forget a subject": lambda: memory.forget("globex", "Rex"),
         "forget a subject in hot turns": lambda: memory.forget("hooli", "Rex"),
@@ -241,6 +244,9 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
     # Every episode is consolidated (and the store applies the setting's limit: its statements are the monitor's).
     assert store.consolidate_attempts == 5 and results["backlog"] == results["backlog of a tenant"] == {}
     assert results["set aside"] == results["set aside of a tenant"] == []
+    measured = {(m.tenant, m.name) for m in results["monitor a tenant"]}
+    assert measured >= {("acme", "layer.semantic"), ("acme", "lag.seconds")}
+    assert ("*", "quarantine.growth") in {(m.tenant, m.name) for m in results["monitor"]}
     # The subject's events are archived ones (their tombstones, turns and lineage go by id) and open-session items.
     removed = results["forget a subject"].removed
     assert removed["episode_turns_archived"] > 0 and removed["lineage_archived"] > 0 and removed["working_items"] > 0
@@ -248,7 +254,11 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
     hot = results["forget a subject in hot turns"].removed
     assert hot["episode_turns"] == hot["events"] > 0 and hot["semantic_items"] > 0 and hot["lineage"] > 0
     assert results["forget a tenant"].removed["events"] == 24 + 16  # its first three sessions and the two open ones
-    assert flagged == {name: [] for name in steps}
+    # The service-wide monitor reads three things whole, as it must: the tenants, the unfinished forgets, and the
+    # quarantine's size (rows with an invalid tenant id belong to no tenant). Every layer it counts tenant by tenant.
+    whole = {re.match(r"SCAN (\w+)", detail).group(1) for detail, _ in flagged.pop("monitor")}
+    assert whole == {"tenant_state", "forget_intents", "quarantine"}
+    assert flagged == {name: [] for name in steps if name != "monitor"}
     memory.close()
 
 
