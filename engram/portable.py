@@ -349,6 +349,8 @@ def export_tenant(
     """
     import pyarrow.parquet as pq
 
+    from engram.migrations import revision_of
+
     tenant = check_tenant(tenant)
     fs, root = _fs(dest_url, storage_options)
     try:
@@ -358,7 +360,7 @@ def export_tenant(
         files: list[ExportedFile] = []
         manifests: list[dict[str, Any]] = []
         with store.snapshot() as conn:
-            revision = _revision(conn)
+            revision = revision_of(conn)
             for table in TENANT_TABLES:
                 schema = _arrow_schema(table)
                 relative = f"{TABLES_DIR}/{table.name}.parquet"
@@ -391,12 +393,6 @@ def export_tenant(
     except OSError as exc:
         raise ArchiveError(f"cannot write the export to {dest_url}: {exc}") from exc
     return manifest
-
-
-def _revision(conn: Any) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    return MigrationContext.configure(conn).get_current_revision()
 
 
 def _now() -> str:

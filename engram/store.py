@@ -358,7 +358,7 @@ class Store:
 
     def _not_a_key(self, column: Any) -> Any:
         """``column`` in a form SQLite does not look rows up by (``+column``), for a condition that only narrows rows
-        a statement names by key.
+        a statement names by key, or a grouping that should not pick the index the rows are read through.
 
         SQLite plans without table statistics. For ``tenant = ? AND event_id IN (...) AND routed_at IS NULL`` it
         ranks the index on (tenant, routed_at) above the primary key, and so reads every pending event of the tenant
@@ -410,10 +410,10 @@ class Store:
 
     def schema_revision(self) -> str | None:
         """The Alembic revision the schema is at (None before the first migration): one row of one table."""
-        from alembic.runtime.migration import MigrationContext
+        from engram.migrations import revision_of
 
         with self.read() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            return revision_of(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -1090,7 +1090,8 @@ class Store:
         A forget must not come back through a summary: an episode that lost turns to a forget (fewer turns than it
         was written with) is skipped, and when a forget of the tenant commits between a batch's read and its write
         (the tenant's epoch moved), nothing of that batch is written and its summaries count as skipped; a rerun
-        does the rest.
+        does the rest. The epoch also moves when an archive compaction of the tenant commits: a batch that meets
+        one is skipped the same way.
 
         Returns:
             ``episodes`` (written without a summary and still hot), ``resummarized``, ``failed`` (raised again),

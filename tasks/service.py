@@ -21,6 +21,7 @@ from engram.service import (
     Signal,
     check_database,
     check_object_storage,
+    check_schema,
     health_measurements,
     layer_chart_markdown,
     measure_store,
@@ -42,19 +43,22 @@ DECOMMISSION_RETENTION = "engram-decommission-everything"  # the RetentionPolicy
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def migrate_store(store_url: str | None) -> dict[str, str]:
     """Upgrade the store's schema to the newest revision."""
-    from engram.migrations import current_revision, head_revision
+    from engram.migrations import head_revision
     from engram.settings import Settings
     from engram.store import Store
 
     # A handle of its own, not open_store's, which would have migrated the store before the first look.
     store = Store(store_url or Settings().resolved_store_url())
     try:
-        before = current_revision(store.engine)
+        before = store.schema_revision()
         store.migrate()
-        after = current_revision(store.engine)
+        after = store.schema_revision()
     finally:
         store.dispose()
-    status = "unchanged" if before == after else f"created: revision {before or 'none'} -> {after}"
+    if before == after:
+        status = "unchanged"
+    else:
+        status = f"{'created' if before is None else 'updated'}: revision {before or 'none'} -> {after}"
     assert after == head_revision(), f"store is at {after}, not at head {head_revision()}"
     return {"database.schema": status}
 
@@ -177,7 +181,8 @@ def apply_automations() -> dict[str, str]:
 
 @task(cache_policy=NO_CACHE, timeout_seconds=120)
 def check_health(store_url: str | None, archive_url: str | None) -> list[HealthCheck]:
-    """Database, object storage and the Prefect API, each timed; a failed check is reported, not raised."""
+    """Database, its schema revision, object storage and the Prefect API, each timed; a failed check is reported,
+    not raised."""
     from prefect.client.orchestration import get_client
 
     from engram.settings import Settings
@@ -190,7 +195,7 @@ def check_health(store_url: str | None, archive_url: str | None) -> list[HealthC
             return str(client.api_url)
 
     opened = timed_check("database", lambda: open_store(store_url) and "")
-    checks = [check_database(open_store(store_url)) if opened.ok else opened]
+    checks = [check_database(open_store(store_url)), check_schema(open_store(store_url))] if opened.ok else [opened]
     url, options = archive_url or Settings().resolved_archive_url(), {}
     if archive_url is None:
         try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 MIGRATIONS_DIR = Path(__file__).parent
 
@@ -41,11 +41,16 @@ def migrate(engine: Engine, revision: str, down: bool = False) -> None:
             conn.info.pop("engram_write", None)
 
 
-def current_revision(engine: Engine) -> str | None:
+def revision_of(conn: Connection) -> str | None:
+    """The revision the schema on ``conn`` is at (None before the first migration)."""
     from alembic.runtime.migration import MigrationContext
 
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return revision_of(conn)
 
 
 def head_revision() -> str | None:

@@ -15,6 +15,7 @@ from engram.service import (
     ScalingPolicy,
     changed,
     check_database,
+    check_schema,
     decide_parallelism,
     decide_signals,
     layer_chart_markdown,
@@ -108,11 +109,22 @@ def test_measure_store_counts_backlog_lag_and_quarantine_growth(memory: Memory) 
     assert got[("*", "quarantine.growth")] == 0  # no earlier measurement to grow from
     zero = {"name": "layer.quarantine", "value": 0.0, "at": T0}
     memory.store.record_metrics([{"tenant": "*", **zero}, {"tenant": "acme", **zero}])
-    got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, T0 + timedelta(days=1))}
+    day = T0 + timedelta(days=1)
+    measured = measure_store(memory.store, day)
+    got = {(m.tenant, m.name): m.value for m in measured}
     assert got[("*", "quarantine.growth")] == 2  # the row whose tenant id was invalid too
+    assert got[("*", "layer.quarantine")] == 2 and got[("acme", "layer.quarantine")] == 1
     assert got[("*", "forget.unfinished")] == 0 and not [k for k in got if k[1] == "forget.oldest_age_seconds"]
-    got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, T0 + timedelta(days=1), "acme")}
+    got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, day, "acme")}
     assert got[("acme", "quarantine.growth")] == 1
+
+    # Recorded as the monitor records them, the next run grows from them: by nothing, then by one more bad row.
+    memory.store.record_metrics([m.row(day, None) for m in measured])
+    got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, day + timedelta(hours=1))}
+    assert got[("*", "quarantine.growth")] == 0
+    memory.observe_many([{"tenant": "no such/tenant", "text": "hello again"}])
+    got = {(m.tenant, m.name): m.value for m in measure_store(memory.store, day + timedelta(hours=2))}
+    assert got[("*", "quarantine.growth")] == 1
 
 
 def test_measure_store_reports_a_forget_that_started_and_did_not_finish(memory: Memory) -> None:
@@ -138,22 +150,24 @@ def test_measure_store_reports_a_forget_that_started_and_did_not_finish(memory: 
     assert got[("*", "forget.unfinished")] == 0 and not [k for k in got if k[1] == "forget.oldest_age_seconds"]
 
 
-def test_the_database_check_reads_the_schema_revision_and_fails_on_another(store_url: str) -> None:
+def test_the_database_check_reads_the_schema_revision_and_the_schema_check_fails_on_another(store_url: str) -> None:
     from sqlalchemy import text
 
     from engram.migrations import head_revision
 
     store = Store(store_url)
     try:
-        unmigrated = check_database(store)
+        assert check_database(store).ok and check_database(store).detail == f"{store.dialect}: schema at revision none"
+        unmigrated = check_schema(store)
         assert not unmigrated.ok and "revision none" in unmigrated.detail, unmigrated
         store.migrate()
-        ok = check_database(store)
-        assert ok.ok and ok.detail == f"{store.dialect}: schema at revision {head_revision()}", ok
+        assert check_database(store).detail == f"{store.dialect}: schema at revision {head_revision()}"
+        assert check_schema(store).ok and check_schema(store).name == "schema"
         with store.write() as conn:  # as a newer engram would leave it
             conn.execute(text("UPDATE alembic_version SET version_num = 'ffffffffffff'"))
-        ahead = check_database(store)
+        ahead = check_schema(store)
         assert not ahead.ok and "StoreError" in ahead.detail and "ffffffffffff" in ahead.detail, ahead
+        assert check_database(store).ok  # the store still answers: measured, and ingest is not paused
     finally:
         store.dispose()
 
