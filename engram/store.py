@@ -400,13 +400,25 @@ class Store:
     # -- schema ------------------------------------------------------------------------------------------------
 
     def migrate(self) -> None:
-        """Upgrade the schema to the newest Alembic revision (idempotent)."""
+        """Upgrade the schema to the newest Alembic revision (idempotent).
+
+        Raises:
+            StoreError: the database failed, or its schema is at a revision this code does not know (migrated by a
+                newer engram): this code cannot use the store.
+        """
+        from alembic.util.exc import CommandError
+
         from engram.migrations import upgrade_to_head
 
         try:
             upgrade_to_head(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot migrate the store at {self.safe_url}: {exc}") from exc
+        except CommandError as exc:  # alembic's own: a revision that none of this code's migrations is
+            raise StoreError(
+                f"cannot migrate the store at {self.safe_url}: its schema is at a revision this engram does not know"
+                f" (a newer engram migrated it?): {exc}"
+            ) from exc
 
     def schema_revision(self) -> str | None:
         """The Alembic revision the schema is at (None before the first migration): one row of one table."""

@@ -21,7 +21,6 @@ from engram.service import (
     Signal,
     check_database,
     check_object_storage,
-    check_schema,
     health_measurements,
     layer_chart_markdown,
     measure_store,
@@ -181,8 +180,7 @@ def apply_automations() -> dict[str, str]:
 
 @task(cache_policy=NO_CACHE, timeout_seconds=120)
 def check_health(store_url: str | None, archive_url: str | None) -> list[HealthCheck]:
-    """Database, its schema revision, object storage and the Prefect API, each timed; a failed check is reported,
-    not raised."""
+    """Database, object storage and the Prefect API, each timed; a failed check is reported, not raised."""
     from prefect.client.orchestration import get_client
 
     from engram.settings import Settings
@@ -195,7 +193,7 @@ def check_health(store_url: str | None, archive_url: str | None) -> list[HealthC
             return str(client.api_url)
 
     opened = timed_check("database", lambda: open_store(store_url) and "")
-    checks = [check_database(open_store(store_url)), check_schema(open_store(store_url))] if opened.ok else [opened]
+    checks = [check_database(open_store(store_url)) if opened.ok else opened]
     url, options = archive_url or Settings().resolved_archive_url(), {}
     if archive_url is None:
         try:

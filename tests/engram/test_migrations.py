@@ -186,6 +186,22 @@ def test_the_audit_trail_is_rekeyed_by_item_with_its_rows_and_back(store_engine:
     assert shape(store_engine) == at_0007  # columns, types, nullability, key and indexes as they were
 
 
+def test_a_store_a_newer_engram_migrated_is_refused_with_the_reason_and_left_as_it_is(store_url: str) -> None:
+    from engram.errors import StoreError
+
+    store = Store(store_url)
+    try:
+        store.migrate()
+        with store.write() as conn:  # a revision none of this code's migrations is, as a newer engram would leave
+            conn.execute(text("UPDATE alembic_version SET version_num = 'ffffffffffff'"))
+        with pytest.raises(StoreError, match="a revision this engram does not know") as refused:
+            store.migrate()
+        assert "ffffffffffff" in str(refused.value)
+        assert store.schema_revision() == "ffffffffffff"
+    finally:
+        store.dispose()
+
+
 def test_the_store_migrates_holding_the_write_lock_from_its_first_statement(store_url: str) -> None:
     store = Store(store_url)
     begins: list[str] = []
