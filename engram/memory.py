@@ -691,8 +691,9 @@ class Memory:
     def resummarize(self, tenant: str, *, flow_run_id: str | None = None) -> dict[str, int]:
         """Summarize again the tenant's episodes that were written without a summary because the summarizer raised
         (quarantine source ``close_sessions``, field ``summary``), typically once it is fixed; each new summary is
-        audited (``resummarize``). Returns ``episodes`` (found), ``resummarized``, ``failed``, ``empty`` and
-        ``skipped`` (``Store.resummarize_episodes``: an episode a forget took turns from is never summarized)."""
+        audited (``resummarize``), in batches of 200 episodes each written on its own (a rerun does what an
+        interrupted call left). Returns ``episodes`` (found), ``resummarized``, ``failed``, ``empty`` and ``skipped``
+        (``Store.resummarize_episodes``: an episode a forget took turns from is never summarized)."""
         from engram.consolidate import summarize_episode
 
         tenant = check_tenant(tenant)
