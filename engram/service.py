@@ -118,16 +118,14 @@ def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> l
     tenants = [tenant] if tenant is not None else store.tenants()
     out: list[Measurement] = []
     totals: dict[str, float] = {}
-    counts: dict[str, int] = {}
     for t in tenants:
         counts = store.count_by_layer(t)
         for layer in CHARTED_LAYERS:
             out.append(Measurement(t, f"layer.{layer}", counts.get(layer, 0)))
             totals[layer] = totals.get(layer, 0) + counts.get(layer, 0)
-    # The whole quarantine, counted apart: rows whose tenant id was itself invalid are in no tenant's count.
-    whole_quarantine = store.quarantine_count() if tenant is None else 0
     if tenant is None:
-        totals["quarantine"] = whole_quarantine
+        # The whole quarantine, counted apart: rows whose tenant id was itself invalid are in no tenant's count.
+        totals["quarantine"] = store.quarantine_count()
         for layer in CHARTED_LAYERS:
             out.append(Measurement(SERVICE_WIDE, f"layer.{layer}", totals.get(layer, 0)))
     backlog = store.consolidation_backlog(as_of, tenant)
@@ -144,7 +142,7 @@ def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> l
     for t, started in sorted(first_started.items()):  # per tenant, so that an alert names whose forget to rerun
         out.append(Measurement(t, "forget.oldest_age_seconds", max(0.0, (as_of - started).total_seconds())))
     previous = store.latest_metric(scope, "layer.quarantine", before=as_of)
-    now_quarantined = counts.get("quarantine", 0) if tenant is not None else whole_quarantine
+    now_quarantined = totals.get("quarantine", 0)  # the tenant's, or the whole quarantine's
     out.append(Measurement(scope, "quarantine.growth", now_quarantined - previous if previous is not None else 0.0))
     return out
 

@@ -1381,8 +1381,7 @@ class Store:
                     for (t, e), why in sorted(held.items())
                 ]
                 self.insert_ignore(conn, QUARANTINE, rows)
-                if self.consolidate_attempts is not None:
-                    counts["set_aside"] = self._count_failures(conn, sorted(held), failed_whole)
+                counts["set_aside"] = self._count_failures(conn, sorted(held), failed_whole)
             if len(candidates):
                 candidates = self._with_living_sources(conn, candidates)
             existing_rows: list[dict[str, Any]] = []
@@ -1444,7 +1443,7 @@ class Store:
 
     def _count_failures(self, conn: Connection, held: Sequence[tuple[str, str]], only_counted: bool) -> int:
         """Add one to each held-back episode's ``consolidation_failures`` (with ``only_counted``, to those that
-        have a count already); returns how many reached ``consolidate_attempts``."""
+        have a count already); returns how many reached ``consolidate_attempts``. Without the limit, counts nothing."""
         limit = self.consolidate_attempts
         if limit is None:
             return 0
@@ -2694,13 +2693,11 @@ class Store:
                 "events": count(EVENTS),
             }
 
-    def quarantine_count(self, tenant: str | None = None) -> int:
-        """Rows in the quarantine, of one tenant or all (rows whose tenant id was itself invalid included)."""
-        query = select(func.count()).select_from(QUARANTINE)
-        if tenant is not None:
-            query = query.where(QUARANTINE.c.tenant == tenant)
+    def quarantine_count(self) -> int:
+        """Rows in the whole quarantine, those whose tenant id was itself invalid included (``count_by_layer`` counts
+        a tenant's)."""
         with self.read() as conn:
-            return int(conn.execute(query).scalar_one())
+            return int(conn.execute(select(func.count()).select_from(QUARANTINE)).scalar_one())
 
     def tenants(self) -> list[str]:
         with self.read() as conn:

@@ -392,6 +392,21 @@ def _summary_failing_on_the_mark(turns: Any) -> str:
     return real_summarize(turns)
 
 
+def _closed_unsummarized(memory: Memory, monkeypatch: pytest.MonkeyPatch, rows: list[dict[str, Any]]) -> None:
+    """``rows`` ingested and their sessions closed while the summarizer fails on the marked turn's episodes."""
+    monkeypatch.setattr(session_tasks, "summarize_episode", _summary_failing_on_the_mark)
+    memory.observe_many(rows)
+    ingest(store_url=memory.store_url, as_of=AS_OF)
+    close_sessions(store_url=memory.store_url, as_of=AS_OF)
+
+
+def _turns(memory: Memory, episode_id: str) -> list[dict[str, Any]]:
+    """An episode's turns, in order, as the summarizer gets them."""
+    with memory.store.read() as conn:
+        query = select(TURNS).where(TURNS.c.episode_id == episode_id).order_by(TURNS.c.position)
+        return [r._asdict() for r in conn.execute(query)]
+
+
 def test_a_summary_that_fails_leaves_its_episode_unsummarized_and_quarantined_not_its_batch_unclosed(
     memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -422,12 +437,8 @@ def test_a_summary_that_fails_leaves_its_episode_unsummarized_and_quarantined_no
     assert memory.resummarize("acme") == {"episodes": 1, "resummarized": 1, "failed": 0, "empty": 0, "skipped": 0}
     after = _episodes(memory)
     with memory.store.read() as conn:
-        turns = [
-            r._asdict()
-            for r in conn.execute(select(TURNS).where(TURNS.c.episode_id == held_id).order_by(TURNS.c.position))
-        ]
         actions = conn.execute(select(TRANSITIONS.c.action).where(TRANSITIONS.c.item_id == held_id)).scalars().all()
-    assert after["acme-s1"]["summary"] == real(turns) != ""
+    assert after["acme-s1"]["summary"] == real(_turns(memory, held_id)) != ""
     assert after["acme-s1"]["seq"] > episodes["acme-s1"]["seq"] and actions.count("resummarize") == 1
     assert {s: e["summary"] for s, e in after.items() if s != "acme-s1"} == {
         s: e["summary"] for s, e in episodes.items() if s != "acme-s1"
@@ -441,10 +452,7 @@ def test_a_forget_during_a_resummarize_does_not_come_back_through_the_summary(
     sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     memory, real = sqlite_memory, real_summarize
-    monkeypatch.setattr(session_tasks, "summarize_episode", _summary_failing_on_the_mark)
-    memory.observe_many(_rows_with_a_marked_session())
-    ingest(store_url=memory.store_url, as_of=AS_OF)
-    close_sessions(store_url=memory.store_url, as_of=AS_OF)
+    _closed_unsummarized(memory, monkeypatch, _rows_with_a_marked_session())
     assert _episodes(memory)["acme-s1"]["summary"] == ""
 
     def forgetting_meanwhile(turns: Any) -> str:
@@ -478,13 +486,10 @@ def test_a_resummarize_that_crashes_midway_loses_nothing_and_its_rerun_finishes(
     sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch, step: str, left_summarized: int
 ) -> None:
     memory = sqlite_memory
-    monkeypatch.setattr(session_tasks, "summarize_episode", _summary_failing_on_the_mark)
     rows = conversation_rows("acme", sessions=3, start=T0)
     for session in ("acme-s0", "acme-s2"):
         next(r for r in rows if r["session"] == session)["text"] = f"I sailed to {MARK} last spring"
-    memory.observe_many(rows)
-    ingest(store_url=memory.store_url, as_of=AS_OF)
-    close_sessions(store_url=memory.store_url, as_of=AS_OF)
+    _closed_unsummarized(memory, monkeypatch, rows)
     before = _episodes(memory)
     unsummarized = sorted(e["episode_id"] for e in before.values() if e["summary"] == "")
     assert len(unsummarized) == 2
@@ -531,13 +536,8 @@ def test_a_resummarize_that_crashes_midway_loses_nothing_and_its_rerun_finishes(
         "skipped": 0,
     }
     done = {e["episode_id"]: e["summary"] for e in _episodes(memory).values()}
-    with memory.store.read() as conn:
-        for episode_id in unsummarized:
-            turns = [
-                r._asdict()
-                for r in conn.execute(select(TURNS).where(TURNS.c.episode_id == episode_id).order_by(TURNS.c.position))
-            ]
-            assert done[episode_id] == real_summarize(turns) != ""
+    for episode_id in unsummarized:
+        assert done[episode_id] == real_summarize(_turns(memory, episode_id)) != ""
     assert _resummarize_audit(memory) == dict.fromkeys(unsummarized, 1)
     assert len(_quarantine(memory)) == 2 and memory.resummarize("acme")["episodes"] == 0
     assert_every_event_in_exactly_one_place(memory.store, "acme")
