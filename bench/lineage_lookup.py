@@ -21,12 +21,12 @@ the statement is recorded beside it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,16 +47,11 @@ def measure_one(folder: Path, revision: str, rows: int, ids: int, repeats: int, 
     """Milliseconds per lookup of ``ids`` event ids against a tenant's lineage of ``rows`` rows, at ``revision``."""
     from sqlalchemy import select
 
-    from engram.migrations import migrate
-    from engram.store import INSERT_CHUNK, LINEAGE, Store
+    from bench.perf import sqlite_store_at
+    from engram.store import INSERT_CHUNK, LINEAGE
 
     path = folder / f"lineage-{revision}-{rows}.db"
-    store = Store(f"sqlite:///{path}")
-    try:
-        if revision == "head":
-            store.migrate()
-        else:
-            migrate(store.engine, revision)
+    with sqlite_store_at(path, revision) as store:
         rng = random.Random(seed)
         db = sqlite3.connect(path)
         with db:
@@ -79,9 +74,6 @@ def measure_one(folder: Path, revision: str, rows: int, ids: int, repeats: int, 
         if len(found) != len(set(wanted)):
             raise SystemExit(f"{revision} at {rows} rows found {len(found)} items for {len(set(wanted))} events")
         return {"ms": round(statistics.median(seconds) * 1000, 2), "plan": plan, "found": len(found)}
-    finally:
-        store.dispose()
-        path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lineage_lookup.json")
     args = parser.parse_args(argv)
-    from bench.perf import sqlite_run_header
+    from bench.perf import by_revision, sqlite_run_header
 
     out: dict[str, Any] = {
         **sqlite_run_header(),
@@ -100,14 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "sizes": [],
     }
-    with tempfile.TemporaryDirectory(prefix="engram-lineage-") as tmp:
-        for rows in args.sizes:
-            entry: dict[str, Any] = {"rows": rows}
-            for revision in REVISIONS:
-                entry[revision] = measure_one(Path(tmp), revision, rows, args.ids, args.repeats, args.seed)
-                print(f"{rows} rows, {revision}: {entry[revision]['ms']} ms; {entry[revision]['plan']}", flush=True)
-            entry["ratio"] = round(entry["0008"]["ms"] / entry["head"]["ms"], 1)
-            out["sizes"].append(entry)
+    measure = functools.partial(measure_one, ids=args.ids, repeats=args.repeats, seed=args.seed)
+    for entry in by_revision(args.sizes, REVISIONS, measure, "engram-lineage-"):
+        entry["ratio"] = round(entry["0008"]["ms"] / entry["head"]["ms"], 1)
+        out["sizes"].append(entry)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

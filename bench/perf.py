@@ -728,6 +728,38 @@ def sqlite_run_header() -> dict[str, Any]:
     }
 
 
+@contextmanager
+def sqlite_store_at(path: Path, revision: str) -> Iterator[Any]:
+    """A ``Store`` on a new SQLite file at ``path``, migrated by engram's own migrations to ``revision`` (``"head"``:
+    the latest); the file and its WAL are removed afterwards."""
+    from engram.migrations import migrate
+    from engram.store import Store
+
+    store = Store(f"sqlite:///{path}")
+    try:
+        if revision == "head":
+            store.migrate()
+        else:
+            migrate(store.engine, revision)
+        yield store
+    finally:
+        store.dispose()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def by_revision(sizes: list[int], revisions: tuple[str, str], measure: Any, prefix: str) -> Iterator[dict[str, Any]]:
+    """For each size, ``{"rows": size, revision: measure(folder, revision, size), ...}`` for both revisions, in a
+    temporary folder; each entry printed as it is measured."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        for rows in sizes:
+            entry: dict[str, Any] = {"rows": rows}
+            for revision in revisions:
+                entry[revision] = measure(Path(tmp), revision, rows)
+                print(f"{rows} rows, {revision}: {entry[revision]}", flush=True)
+            yield entry
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 

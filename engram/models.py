@@ -151,6 +151,10 @@ class Episode(SQLModel, table=True):
             sqlite_where=UNARCHIVED,
             postgresql_where=UNARCHIVED,
         ),
+        # Tombstones by manifest, as on the turns and the facts.
+        Index(
+            "ix_episodes_archived", "tenant", "archived_manifest_id", sqlite_where=ARCHIVED, postgresql_where=ARCHIVED
+        ),
     )
 
     tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)
@@ -212,6 +216,10 @@ class SemanticItem(SQLModel, table=True):
         Index("ix_semantic_fact", "tenant", "fact_key", "version"),
         Index("ix_semantic_current", "tenant", "valid_to"),
         Index("ix_semantic_hot_seq", "tenant", "seq", sqlite_where=HOT, postgresql_where=HOT),
+        # Tombstones by manifest: what compaction moves and what a manifest's drop checks for.
+        Index(
+            "ix_semantic_archived", "tenant", "archived_manifest_id", sqlite_where=ARCHIVED, postgresql_where=ARCHIVED
+        ),
     )
 
     tenant: str = Field(primary_key=True, max_length=TENANT_ID_MAX)

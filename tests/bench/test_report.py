@@ -278,3 +278,40 @@ def test_the_lineage_lookup_gets_a_row_per_size_with_both_revisions_and_their_ra
     assert "`SEARCH lineage USING COVERING INDEX ix (tenant=? AND event_id=?)` | 95.5 |" in text
     assert "- conditions: test" in text
     assert lineage_lookup_section(tmp_path / "nothing-here") == []
+
+
+def test_the_tombstone_lookup_gets_a_row_per_size_with_both_revisions_and_their_ratios(tmp_path: Path) -> None:
+    from bench.report import tombstone_lookup_section
+
+    def at(read: float, commit: float, index: str) -> dict:
+        plan = f"SEARCH semantic_items USING INDEX {index}"
+        return {"read_ms": read, "commit_ms": commit, "plan": [plan, plan], "manifests": 1_800}
+
+    data = {
+        "archived": 0.9,
+        "manifest_rows": 500,
+        "group": 20,
+        "repeats": 5,
+        "sqlite": "3.40.1",
+        "machine": {"load_avg_at_start": [0.1, 0.2, 0.3]},
+        "sizes": [
+            {
+                "rows": 1_000_000,
+                "0010": at(172.0, 180.0, "ix_current (tenant=?)"),
+                "head": at(10.0, 21.7, "ix_archived (tenant=? AND archived_manifest_id=?)"),
+                "read_ratio": 17.2,
+                "commit_ratio": 8.3,
+            },
+        ],
+        "notes": ["conditions: test"],
+    }
+    (tmp_path / "tombstone_lookup.json").write_text(json.dumps(data))
+    text = "\n".join(tombstone_lookup_section(tmp_path))
+    assert "a group of 20 manifests" in text and "median of 5 groups" in text and "90% of them" in text
+    assert "each group moves 10,000 tombstones" in text
+    # The read's and the commit's plans, the same here, are shown once.
+    row = "| 1,000,000 | 172.0 | 180.0 | `SEARCH semantic_items USING INDEX ix_current (tenant=?)` | 10.0 | 21.7 |"
+    assert row in text and text.count("| 1,000,000 |") == 1
+    assert "(tenant=? AND archived_manifest_id=?)` | 17.2, 8.3 |" in text
+    assert "- conditions: test" in text
+    assert tombstone_lookup_section(tmp_path / "nothing-here") == []

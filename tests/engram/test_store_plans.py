@@ -4,8 +4,9 @@ SQLite answers ``(tenant, id) IN (VALUES ...)`` by reading the whole table, a ba
 order by reading and sorting the whole table, and ``tenant = ? AND event_id IN (...) AND routed_at IS NULL`` by
 reading every pending event of the tenant through the index on (tenant, routed_at); each made a run's cost grow with
 the square of its size. It answered ``tenant = ? AND event_id IN (...)`` on the lineage through the primary key's
-tenant prefix (every lineage row of the tenant) while the event index lacked the item id, and expired every tenant's
-working items by reading and sorting the whole layer.
+tenant prefix (every lineage row of the tenant) while the event index lacked the item id, expired every tenant's
+working items by reading and sorting the whole layer, and found the facts and episodes a compaction merges by reading
+every fact and episode of the tenant.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy import event, select
 
 from engram import Memory
 from engram.archive import archive_cold_items, rehydrate_batch
+from engram.compaction import compact_tenant
 from engram.service import measure_store
 from engram.store import LINEAGE, PAIR_FIRSTS, Store, pair_chunks
 from tests.conftest import T0
@@ -171,6 +173,17 @@ def test_no_statement_of_the_archive_step_reads_a_whole_table(tmp_path: Path) ->
     memory.close()
 
 
+# Merge every manifest of a tenant, however small and few.
+MERGE_ALL = {"target_rows": 1_000, "small_rows": 1_000, "min_manifests": 2}
+
+
+def _unpointed_manifest(store: Store, tenant: str) -> str:
+    """The id of a new committed manifest of the tenant that no tombstone points at (as a discarded write)."""
+    row = {**store.manifests(tenant, ["committed"])[0], "manifest_id": "m-unpointed", "files": [], "row_count": 0}
+    store.add_manifests([row])
+    return row["manifest_id"]
+
+
 def _route_open_sessions(memory: Memory, as_of: Any) -> tuple[Counter[str], str]:
     """Two more sessions per tenant routed to working memory and left open, half their events as task scratch, all
     of them past their TTL at ``as_of``; returns how many are task-scoped per tenant, and the id of an acme item that
@@ -198,7 +211,7 @@ def _route_open_sessions(memory: Memory, as_of: Any) -> tuple[Counter[str], str]
 def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_index(tmp_path: Path) -> None:
     """What runs beside the layer moves: expiring every tenant's stale working items while sessions are open,
     search (hot and archival), an item and its history, stats, the monitor's backlog and set-aside episodes,
-    rehydrating, and both kinds of forget."""
+    rehydrating, compacting, dropping a manifest, and both kinds of forget."""
     db_path = tmp_path / "engram.db"
     memory = _three_tenants(tmp_path)
     store = memory.store
@@ -224,6 +237,8 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
         "monitor": lambda: measure_store(store, LATER),
         "monitor a tenant": lambda: measure_store(store, LATER, "acme"),
         "rehydrate": lambda: rehydrate_batch(store, memory.archive, "acme", None, LATER, None, 50),
+        "compact": lambda: compact_tenant(store, memory.archive, "globex", LATER, **MERGE_ALL),
+        "drop a manifest": lambda: store.drop_manifest("acme", _unpointed_manifest(store, "acme")),
         "forget a subject": lambda: memory.forget("globex", "Rex"),
         "forget a subject in hot turns": lambda: memory.forget("hooli", "Rex"),
         "forget a tenant": lambda: memory.forget("initech"),
@@ -241,6 +256,9 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
     assert results["get an archived turn"].layer == "archival" and results["get a working item"].layer == "working"
     assert [e.action for e in results["history"]][:3] == ["ingest", "close_session", "archive"]
     assert results["stats"]["archival"] > 0 and results["rehydrate"]["rehydrated"] > 0
+    # Every layer's manifests of the tenant merged, in groups; a manifest no tombstone points at dropped.
+    assert results["compact"]["manifests_merged"] > results["compact"]["manifests_written"] > 0
+    assert results["drop a manifest"] == 1
     # Every episode is consolidated (and the store applies the setting's limit: its statements are the monitor's).
     assert store.consolidate_attempts == 5 and results["backlog"] == results["backlog of a tenant"] == {}
     assert results["set aside"] == results["set aside of a tenant"] == []
