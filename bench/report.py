@@ -696,9 +696,10 @@ def tombstone_lookup_section(results: Path) -> list[str]:
         "## A compaction's tombstones by manifest (`bench/tombstone_lookup.py`)",
         "",
         f"Milliseconds for `Store.archived_ids` to read which facts a group of {data['group']} manifests holds, and "
-        "for `Store.commit_compaction` to point their tombstones at the merged manifest (the two statements "
-        f"compaction runs per group), median of {data['repeats']} groups, in a SQLite store migrated to revision "
-        "0010 and in one migrated to the head. The tenant holds the given facts, "
+        "for `Store.commit_compaction` to point their tombstones at the merged manifest (the two calls compaction "
+        f"makes per group), median of {data['repeats']} groups, in a SQLite store migrated to revision 0010 and in "
+        "one migrated to the head; the plans are those of the statements the two calls ran on the facts by manifest, "
+        "the read's and the commit's (shown once when they are the same). The tenant holds the given facts, "
         f"{data['archived']:.0%} of them tombstones of manifests of {fmt(data['manifest_rows'])} rows, so each "
         f"group moves {fmt(data['group'] * data['manifest_rows'])} tombstones. SQLite {data['sqlite']}; load average "
         f"{machine.get('load_avg_at_start')} at the start.",

@@ -913,7 +913,8 @@ def tenant_tombstones(store: Store, tenant: str) -> Tombstones:
             select(SEMANTIC.c.archived_manifest_id, SEMANTIC.c.item_id, SEMANTIC.c.seq, SEMANTIC.c.last_seen).where(
                 SEMANTIC.c.tenant == tenant,
                 SEMANTIC.c.valid_to.is_(None),
-                SEMANTIC.c.archived_manifest_id.is_not(None),
+                # Through the current facts (hot ones and tombstones), not every tombstone, superseded ones included.
+                store.not_a_key(SEMANTIC.c.archived_manifest_id).is_not(None),
             )
         ):
             facts.setdefault(r[0], {})[r[1]] = (r[2], r[3])

@@ -356,7 +356,7 @@ class Store:
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("engram_write") else "BEGIN")
 
-    def _not_a_key(self, column: Any) -> Any:
+    def not_a_key(self, column: Any) -> Any:
         """``column`` in a form SQLite does not look rows up by (``+column``), for a condition that only narrows rows
         a statement names by key, or a grouping that should not pick the index the rows are read through.
 
@@ -767,7 +767,7 @@ class Store:
                     .where(
                         EVENTS.c.tenant == tenant,
                         EVENTS.c.event_id.in_(chunk),
-                        self._not_a_key(EVENTS.c.routed_at).is_(None),
+                        self.not_a_key(EVENTS.c.routed_at).is_(None),
                     )
                     .values(routed_at=now)
                     .returning(EVENTS.c.event_id)
@@ -1760,7 +1760,7 @@ class Store:
                 EPISODES.c.ended_at <= as_of,
                 _not_set_aside(self.consolidate_attempts),
             )
-            .group_by(self._not_a_key(EPISODES.c.tenant))
+            .group_by(self.not_a_key(EPISODES.c.tenant))
         )
         if tenant is not None:
             q = q.where(EPISODES.c.tenant == tenant)
@@ -2354,7 +2354,7 @@ class Store:
                         .where(
                             EVENTS.c.tenant == tenant,
                             EVENTS.c.event_id.in_(event_ids[start : start + INSERT_CHUNK]),
-                            self._not_a_key(EVENTS.c.routed_at).is_not(None),
+                            self.not_a_key(EVENTS.c.routed_at).is_not(None),
                         )
                         .values(text="", metadata={})
                     ).rowcount
@@ -2389,14 +2389,19 @@ class Store:
         self, tenant: str | None, item_ids: Sequence[str] | None, limit: int
     ) -> list[tuple[str, str, str, datetime | None]]:
         """Up to ``limit`` (tenant, item_id, manifest_id, last_seen) of semantic tombstones; all of them or the given
-        ids. ``last_seen`` names the date its archived file is likely filed under (the date it had when archived)."""
-        query = select(
-            SEMANTIC.c.tenant, SEMANTIC.c.item_id, SEMANTIC.c.archived_manifest_id, SEMANTIC.c.last_seen
-        ).where(SEMANTIC.c.archived_manifest_id.is_not(None))
+        ids. ``last_seen`` names the date its archived file is likely filed under (the date it had when archived).
+
+        Given ids are looked up by key: the tombstone index by manifest, which hands rows in this order, would read
+        every tombstone of the tenant to find a few."""
+        archived = SEMANTIC.c.archived_manifest_id
+        query = select(SEMANTIC.c.tenant, SEMANTIC.c.item_id, archived, SEMANTIC.c.last_seen)
         if tenant is not None:
             query = query.where(SEMANTIC.c.tenant == tenant)
-        if item_ids is not None:
-            query = query.where(SEMANTIC.c.item_id.in_(sorted(set(item_ids))[:INSERT_CHUNK]))
+        if item_ids is None:
+            query = query.where(archived.is_not(None))
+        else:
+            ids = sorted(set(item_ids))[:INSERT_CHUNK]
+            query = query.where(SEMANTIC.c.item_id.in_(ids), self.not_a_key(archived).is_not(None))
         query = query.order_by(SEMANTIC.c.tenant, SEMANTIC.c.archived_manifest_id, SEMANTIC.c.item_id).limit(limit)
         with self.read() as conn:
             return [(t, i, m, _aware(seen)) for t, i, m, seen in conn.execute(query)]

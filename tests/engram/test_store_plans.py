@@ -221,6 +221,8 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
     # A tenant whose episodes and facts are all hot, for a forget that finds its turns in the hot store.
     memory.observe_many(conversation_rows("hooli", sessions=3, start=T0, prefix="hooli-e"))
     consolidate_pending(store, "hooli", AS_OF)
+    # Three of a tenant's archived facts, by id (more than one: a single id is looked up by "=").
+    named = [item_id for _, item_id, _, _ in store.archived_semantic("globex", None, 3)]
     steps: dict[str, Callable[[], Any]] = {
         "expire a tenant": lambda: store.expire_working(LATER + timedelta(days=1), None, tenant="acme"),
         "expire every tenant": lambda: store.expire_working(LATER + timedelta(days=1), None),
@@ -237,6 +239,7 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
         "monitor": lambda: measure_store(store, LATER),
         "monitor a tenant": lambda: measure_store(store, LATER, "acme"),
         "rehydrate": lambda: rehydrate_batch(store, memory.archive, "acme", None, LATER, None, 50),
+        "rehydrate named items": lambda: rehydrate_batch(store, memory.archive, "globex", named, LATER, None, 50),
         "compact": lambda: compact_tenant(store, memory.archive, "globex", LATER, **MERGE_ALL),
         "drop a manifest": lambda: store.drop_manifest("acme", _unpointed_manifest(store, "acme")),
         "forget a subject": lambda: memory.forget("globex", "Rex"),
@@ -256,6 +259,7 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
     assert results["get an archived turn"].layer == "archival" and results["get a working item"].layer == "working"
     assert [e.action for e in results["history"]][:3] == ["ingest", "close_session", "archive"]
     assert results["stats"]["archival"] > 0 and results["rehydrate"]["rehydrated"] > 0
+    assert len(named) == 3 and results["rehydrate named items"]["rehydrated"] == 3
     # Every layer's manifests of the tenant merged, in groups; a manifest no tombstone points at dropped.
     assert results["compact"]["manifests_merged"] > results["compact"]["manifests_written"] > 0
     assert results["drop a manifest"] == 1
