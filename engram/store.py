@@ -2388,23 +2388,31 @@ class Store:
     def archived_semantic(
         self, tenant: str | None, item_ids: Sequence[str] | None, limit: int
     ) -> list[tuple[str, str, str, datetime | None]]:
-        """Up to ``limit`` (tenant, item_id, manifest_id, last_seen) of semantic tombstones; all of them or the given
-        ids. ``last_seen`` names the date its archived file is likely filed under (the date it had when archived).
+        """Up to ``limit`` (tenant, item_id, manifest_id, last_seen) of semantic tombstones, by tenant, manifest and
+        id: all of them, or those of the given ids (read ``INSERT_CHUNK`` ids at a time). ``last_seen`` names the date
+        its archived file is likely filed under (the date it had when archived).
 
-        Given ids are looked up by key: the tombstone index by manifest, which hands rows in this order, would read
-        every tombstone of the tenant to find a few."""
+        A tenant's given ids are looked up by key: from three ids on, SQLite ranks the tombstone index by manifest
+        above the primary key, and would read every tombstone of the tenant to find a few."""
         archived = SEMANTIC.c.archived_manifest_id
         query = select(SEMANTIC.c.tenant, SEMANTIC.c.item_id, archived, SEMANTIC.c.last_seen)
+        order = (SEMANTIC.c.tenant, archived, SEMANTIC.c.item_id)
         if tenant is not None:
             query = query.where(SEMANTIC.c.tenant == tenant)
         if item_ids is None:
-            query = query.where(archived.is_not(None))
+            with self.read() as conn:
+                rows = conn.execute(query.where(archived.is_not(None)).order_by(*order).limit(limit)).all()
         else:
-            ids = sorted(set(item_ids))[:INSERT_CHUNK]
-            query = query.where(SEMANTIC.c.item_id.in_(ids), self.not_a_key(archived).is_not(None))
-        query = query.order_by(SEMANTIC.c.tenant, SEMANTIC.c.archived_manifest_id, SEMANTIC.c.item_id).limit(limit)
-        with self.read() as conn:
-            return [(t, i, m, _aware(seen)) for t, i, m, seen in conn.execute(query)]
+            ids = sorted(set(item_ids))
+            query = query.where((self.not_a_key(archived) if tenant is not None else archived).is_not(None))
+            with self.read() as conn:
+                rows = [
+                    row
+                    for start in range(0, len(ids), INSERT_CHUNK)
+                    for row in conn.execute(query.where(SEMANTIC.c.item_id.in_(ids[start : start + INSERT_CHUNK])))
+                ]
+            rows = sorted(rows, key=lambda r: (r[0], r[2], r[1]))[:limit]
+        return [(t, i, m, _aware(seen)) for t, i, m, seen in rows]
 
     def commit_rehydrate(
         self,

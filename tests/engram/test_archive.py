@@ -285,6 +285,32 @@ def test_rehydrate_brings_items_back_and_is_idempotent(archived: tuple[Memory, A
     assert contents(memory.store, location, "acme") == before
 
 
+def test_rehydrate_brings_back_every_id_it_is_given_past_a_statements_share(
+    archived: tuple[Memory, ArchiveLocation, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ids of a batch are read a statement's share at a time (``INSERT_CHUNK``, made 2 here): none past the first
+    share is left archived, with the tenant named or not."""
+    memory, location, before = archived
+    store = memory.store
+    archive_cold_items(store, location, COLD, LATER)
+    ids = [item_id for _, item_id, _, _ in store.archived_semantic("acme", None, 1_000)]
+    assert len(ids) >= 6
+    monkeypatch.setattr("engram.store.INSERT_CHUNK", 2)
+
+    named = rehydrate_batch(store, location, "acme", ids[:5], LATER, "run-r", 100)
+    unnamed = rehydrate_batch(store, location, None, ids[5:], LATER, "run-r", 100)
+
+    assert named == {"rehydrated": 5, "candidates": 5}
+    assert unnamed == {"rehydrated": len(ids) - 5, "candidates": len(ids) - 5}
+    assert store.archived_semantic("acme", None, 1_000) == []
+    # Up to the limit, in the listing's order: by tenant, manifest and id.
+    archive_cold_items(store, location, COLD, LATER + timedelta(days=365))
+    listed = store.archived_semantic("acme", None, 1_000)
+    assert sorted(i for _, i, _, _ in listed) == sorted(ids)
+    assert store.archived_semantic("acme", [i for _, i, _, _ in reversed(listed)], 3) == listed[:3]
+    assert contents(store, location, "acme") == before
+
+
 # -- forget across the archive ------------------------------------------------------------------------------------
 
 

@@ -221,7 +221,8 @@ def test_no_statement_of_expiry_search_reads_rehydrate_or_forget_reads_past_an_i
     # A tenant whose episodes and facts are all hot, for a forget that finds its turns in the hot store.
     memory.observe_many(conversation_rows("hooli", sessions=3, start=T0, prefix="hooli-e"))
     consolidate_pending(store, "hooli", AS_OF)
-    # Three of a tenant's archived facts, by id (more than one: a single id is looked up by "=").
+    # Three of a tenant's archived facts, by id: from three ids on, SQLite would rank the tombstone index by manifest
+    # above the primary key.
     named = [item_id for _, item_id, _, _ in store.archived_semantic("globex", None, 3)]
     steps: dict[str, Callable[[], Any]] = {
         "expire a tenant": lambda: store.expire_working(LATER + timedelta(days=1), None, tenant="acme"),
