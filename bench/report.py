@@ -718,6 +718,47 @@ def tombstone_lookup_section(results: Path) -> list[str]:
     return lines + [""] + [f"- {n}" for n in data.get("notes", [])] + [""]
 
 
+def monitor_counts_section(results: Path) -> list[str]:
+    """The monitor's measurement of one tenant as its history grows, per code run (``bench/monitor_counts.py``)."""
+    data = load(results / "monitor_counts.json")
+    if not data or not data.get("runs"):
+        return []
+    runs = data["runs"]
+    labels = list(runs)
+    first = runs[labels[0]]
+    lines = [
+        "## The monitor's counts (`bench/monitor_counts.py`)",
+        "",
+        "Milliseconds for the monitor's measurement of one tenant (`measure_store`: the layers it charts, the backlog, "
+        "the set-aside episodes, the unfinished forgets) and for every count of the tenant (`count_by_layer`, what "
+        f"`stats` shows), median of {first['repeats']} calls, in a SQLite store whose one tenant holds the given "
+        f"events, an episode per 20 of them with its turns and 0.8 facts per event, {first['archived']:.0%} of them "
+        "archived. Each run is the same history measured with the code named.",
+        "",
+        "| events of the tenant | "
+        + " | ".join(f"{label}: monitor ms | {label}: every count ms" for label in labels)
+        + " |",
+        "| ---: | " + " | ".join("---: | ---:" for _ in labels) + " |",
+    ]
+    sizes = sorted({entry["events"] for run in runs.values() for entry in run["sizes"]})
+    for events in sizes:
+        cells = []
+        for label in labels:
+            entry = next((e for e in runs[label]["sizes"] if e["events"] == events), None)
+            cells += [str(entry["monitor_ms"]), str(entry["every_count_ms"])] if entry else ["", ""]
+        lines.append(f"| {fmt(events)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for label in labels:
+        run = runs[label]
+        largest = max(run["sizes"], key=lambda e: e["events"])
+        lines.append(
+            f"- {label}: SQLite {run['sqlite']}, load average {run['machine'].get('load_avg_at_start')} at the start; "
+            f"the monitor's count statements at {fmt(largest['events'])} events: "
+            + "; ".join(f"`{plan}`" for plan in largest["plans"])
+        )
+    return lines + [f"- {n}" for n in data.get("notes", [])] + [""]
+
+
 def cold_section(results: Path) -> list[str]:
     """Archival search at each size ``bench/cold_search.py`` was run at (``make bench-cold`` for 10^7)."""
     data = load(results / "cold_search.json")
@@ -960,6 +1001,8 @@ def render(results: Path) -> str:
         " revision 0008 against the head, two minutes",
         "python bench/tombstone_lookup.py     # bench/results/tombstone_lookup.json, a compaction's tombstones by"
         " manifest, revision 0010 against the head, two minutes",
+        "python bench/monitor_counts.py --label NAME   # bench/results/monitor_counts.json, the monitor's counts of a"
+        " tenant, filed under NAME beside other code's runs, five minutes",
         "python bench/report.py   # rewrites this file from the JSON",
         "```",
         "",
@@ -1027,6 +1070,7 @@ def render(results: Path) -> str:
     out += index_growth_section(results)
     out += lineage_lookup_section(results)
     out += tombstone_lookup_section(results)
+    out += monitor_counts_section(results)
     out += flow_overhead_section(results)
     out += cold_section(results)
     out += scale_section(results)

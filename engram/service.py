@@ -19,7 +19,8 @@ from engram.store import Store
 
 SERVICE_WIDE = "*"  # the tenant of a measurement that covers every tenant
 
-# Layers charted over time; the store's count_by_layer also has helper counts (versions, turns) not charted.
+# Layers charted over time, and all the monitor counts: the store's other counts (every version, every turn, every
+# event received) are for `stats`, and the last grows with the store's whole history.
 CHARTED_LAYERS = ("sensory", "working", "episodic", "semantic", "archival", "quarantine")
 
 
@@ -119,7 +120,7 @@ def measure_store(store: Store, as_of: datetime, tenant: str | None = None) -> l
     out: list[Measurement] = []
     totals: dict[str, float] = {}
     for t in tenants:
-        counts = store.count_by_layer(t)
+        counts = store.count_by_layer(t, CHARTED_LAYERS)
         for layer in CHARTED_LAYERS:
             out.append(Measurement(t, f"layer.{layer}", counts.get(layer, 0)))
             totals[layer] = totals.get(layer, 0) + counts.get(layer, 0)

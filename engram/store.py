@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -83,6 +83,19 @@ FORGET_INTENTS: Table = ForgetIntent.__table__  # type: ignore[attr-defined]
 
 # Rows per multi-row INSERT. SQLite allows 32,766 bound parameters per statement; the widest table has 14 columns.
 INSERT_CHUNK = 2_000
+# What ``Store.count_by_layer`` counts: the layers, then the quarantine and helper counts (every version of the hot
+# facts, the hot turns, every event received).
+COUNTS = (
+    "sensory",
+    "working",
+    "episodic",
+    "episodic_turns",
+    "semantic",
+    "semantic_versions",
+    "archival",
+    "quarantine",
+    "events",
+)
 # Distinct first keys (tenants, mostly) in one ``Store._pairs_in`` lookup. SQLite parses a chain of N ORs into an
 # expression N deep and refuses one deeper than 1,000.
 PAIR_FIRSTS = 200
@@ -2681,8 +2694,17 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------------------------------
 
-    def count_by_layer(self, tenant: str | None = None) -> dict[str, int]:
-        """How many items each layer holds, plus quarantined rows; for one tenant or all."""
+    def count_by_layer(self, tenant: str | None = None, names: Iterable[str] | None = None) -> dict[str, int]:
+        """How many items each layer holds, plus quarantined rows and helper counts (``COUNTS``); for one tenant or
+        all; every count, or the ``names`` given (the monitor's: the layers it charts, not every event ever seen).
+
+        The current facts that are hot are counted among the hot versions (a partial index), not among the current
+        ones, tombstones included, which grow with the archive: on SQLite the validity is a condition on the rows
+        read, not the index to read them through."""
+        wanted = COUNTS if names is None else tuple(names)
+        unknown = sorted(set(wanted) - set(COUNTS))
+        if unknown:
+            raise ValueError(f"names: no count named {', '.join(unknown)}; the counts are {', '.join(COUNTS)}")
 
         def count(table: Table, *where: Any) -> int:
             q = select(func.count()).select_from(table).where(*where)
@@ -2690,21 +2712,23 @@ class Store:
                 q = q.where(table.c.tenant == tenant)
             return conn.execute(q).scalar_one()
 
+        hot = SEMANTIC.c.archived_manifest_id.is_(None)
+        counts: dict[str, Callable[[], int]] = {
+            Layer.SENSORY.value: lambda: count(EVENTS, EVENTS.c.routed_at.is_(None)),
+            Layer.WORKING.value: lambda: count(WORKING),
+            Layer.EPISODIC.value: lambda: count(EPISODES, EPISODES.c.archived_manifest_id.is_(None)),
+            "episodic_turns": lambda: count(TURNS, TURNS.c.archived_manifest_id.is_(None)),
+            Layer.SEMANTIC.value: lambda: count(SEMANTIC, self.not_a_key(SEMANTIC.c.valid_to).is_(None), hot),
+            "semantic_versions": lambda: count(SEMANTIC, hot),
+            Layer.ARCHIVAL.value: lambda: (
+                count(SEMANTIC, SEMANTIC.c.archived_manifest_id.is_not(None))
+                + count(TURNS, TURNS.c.archived_manifest_id.is_not(None))
+            ),
+            "quarantine": lambda: count(QUARANTINE),
+            "events": lambda: count(EVENTS),
+        }
         with self.read() as conn:
-            return {
-                Layer.SENSORY.value: count(EVENTS, EVENTS.c.routed_at.is_(None)),
-                Layer.WORKING.value: count(WORKING),
-                Layer.EPISODIC.value: count(EPISODES, EPISODES.c.archived_manifest_id.is_(None)),
-                "episodic_turns": count(TURNS, TURNS.c.archived_manifest_id.is_(None)),
-                Layer.SEMANTIC.value: count(
-                    SEMANTIC, SEMANTIC.c.valid_to.is_(None), SEMANTIC.c.archived_manifest_id.is_(None)
-                ),
-                "semantic_versions": count(SEMANTIC, SEMANTIC.c.archived_manifest_id.is_(None)),
-                Layer.ARCHIVAL.value: count(SEMANTIC, SEMANTIC.c.archived_manifest_id.is_not(None))
-                + count(TURNS, TURNS.c.archived_manifest_id.is_not(None)),
-                "quarantine": count(QUARANTINE),
-                "events": count(EVENTS),
-            }
+            return {name: counts[name]() for name in wanted}
 
     def quarantine_count(self) -> int:
         """Rows in the whole quarantine, those whose tenant id was itself invalid included (``count_by_layer`` counts

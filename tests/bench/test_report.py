@@ -315,3 +315,36 @@ def test_the_tombstone_lookup_gets_a_row_per_size_with_both_revisions_and_their_
     assert "(tenant=? AND archived_manifest_id=?)` | 17.2, 8.3 |" in text
     assert "- conditions: test" in text
     assert tombstone_lookup_section(tmp_path / "nothing-here") == []
+
+
+def test_the_monitor_counts_get_a_row_per_size_with_a_pair_of_columns_per_run(tmp_path: Path) -> None:
+    from bench.report import monitor_counts_section
+
+    def run(load: float, sizes: list[tuple[int, float, float]]) -> dict:
+        return {
+            "sqlite": "3.40.1",
+            "machine": {"load_avg_at_start": [load]},
+            "archived": 0.9,
+            "repeats": 5,
+            "sizes": [
+                {"events": n, "monitor_ms": m, "every_count_ms": e, "plans": [f"SEARCH x{n}"]} for n, m, e in sizes
+            ],
+        }
+
+    data = {
+        "runs": {
+            "before": run(0.1, [(100_000, 20.5, 21.0), (1_000_000, 210.0, 215.0)]),
+            "after": run(0.2, [(1_000_000, 75.0, 180.0)]),
+        },
+        "notes": ["conditions: test"],
+    }
+    (tmp_path / "monitor_counts.json").write_text(json.dumps(data))
+    text = "\n".join(monitor_counts_section(tmp_path))
+    assert "median of 5 calls" in text and "90% of them archived" in text
+    assert "| events of the tenant | before: monitor ms | before: every count ms | after: monitor ms |" in text
+    assert "| 100,000 | 20.5 | 21.0 |  |  |" in text and "| 1,000,000 | 210.0 | 215.0 | 75.0 | 180.0 |" in text
+    assert (
+        "- after: SQLite 3.40.1, load average [0.2] at the start; the monitor's count statements at 1,000,000" in text
+    )
+    assert "`SEARCH x1000000`" in text and "- conditions: test" in text
+    assert monitor_counts_section(tmp_path / "nothing-here") == []

@@ -362,6 +362,31 @@ def test_archived_layer_counts(archived: tuple[Memory, ArchiveLocation, dict]) -
     assert memory.stats("acme")[Layer.ARCHIVAL.value] == len(before)
 
 
+def test_the_layer_counts_a_monitor_asks_for_are_those_of_every_count(
+    archived: tuple[Memory, ArchiveLocation, dict],
+) -> None:
+    """Hot current facts beside tombstones and closed versions: each count as the rows say, the named ones alone
+    the same as in every count, and a name that is no count refused with the counts there are."""
+    memory, location, _ = archived
+    store = memory.store
+    archive_cold_items(store, location, COLD, LATER)
+    rehydrate_batch(
+        store, location, "acme", [i for _, i, _, _ in store.archived_semantic("acme", None, 3)], LATER, None, 3
+    )
+    with store.read() as conn:
+        facts = conn.execute(select(SEMANTIC.c.valid_to, SEMANTIC.c.archived_manifest_id)).all()
+    every = store.count_by_layer("acme")
+
+    assert every["semantic"] == sum(1 for valid_to, m in facts if valid_to is None and m is None) == 3
+    assert every["semantic_versions"] == sum(1 for _, m in facts if m is None)
+    assert every[Layer.ARCHIVAL.value] > 0 and every["events"] > every["sensory"] == 0
+    charted = store.count_by_layer("acme", ["semantic", "archival", "quarantine"])
+    assert charted == {name: every[name] for name in ("semantic", "archival", "quarantine")}
+    assert store.count_by_layer(None, ["semantic"]) == {"semantic": 3}
+    with pytest.raises(ValueError, match="names: no count named facts, turns; the counts are sensory, working"):
+        store.count_by_layer("acme", ["turns", "semantic", "facts"])
+
+
 def test_files_are_partitioned_by_the_month_of_their_rows(tmp_path: Path) -> None:
     """One file per table and month in a manifest: a fact under the month it was last seen, an episode and its
     turns under the month the episode ended."""
