@@ -747,7 +747,21 @@ def monitor_counts_section(results: Path) -> list[str]:
             entry = next((e for e in runs[label]["sizes"] if e["events"] == events), None)
             cells += [str(entry["monitor_ms"]), str(entry["every_count_ms"])] if entry else ["", ""]
         lines.append(f"| {fmt(events)} | " + " | ".join(cells) + " |")
-    lines.append("")
+    same = all(
+        len({json.dumps([e["layers"], e["counts"]], sort_keys=True) for e in entries}) == 1
+        for events in sizes
+        for entries in [[e for run in runs.values() for e in run["sizes"] if e["events"] == events]]
+    )
+    lines += [
+        "",
+        "The runs measured "
+        + (
+            "the same layer sizes and counts at every size."
+            if same
+            else "different layer sizes or counts: see the JSON."
+        ),
+        "",
+    ]
     for label in labels:
         run = runs[label]
         largest = max(run["sizes"], key=lambda e: e["events"])
@@ -1002,7 +1016,7 @@ def render(results: Path) -> str:
         "python bench/tombstone_lookup.py     # bench/results/tombstone_lookup.json, a compaction's tombstones by"
         " manifest, revision 0010 against the head, two minutes",
         "python bench/monitor_counts.py --label NAME   # bench/results/monitor_counts.json, the monitor's counts of a"
-        " tenant, filed under NAME beside other code's runs, five minutes",
+        " tenant, filed under NAME beside other code's runs, two minutes a run",
         "python bench/report.py   # rewrites this file from the JSON",
         "```",
         "",

@@ -2700,7 +2700,10 @@ class Store:
 
         The current facts that are hot are counted among the hot versions (a partial index), not among the current
         ones, tombstones included, which grow with the archive: on SQLite the validity is a condition on the rows
-        read, not the index to read them through."""
+        read, not the index to read them through. Closed versions stay hot only until the next archive run (the
+        retention rules archive them whatever their age, by default); where they are kept, they are read too."""
+        if isinstance(names, str):
+            raise ValueError(f"names: a list of count names, not the one string {names!r}")
         wanted = COUNTS if names is None else tuple(names)
         unknown = sorted(set(wanted) - set(COUNTS))
         if unknown:

@@ -327,7 +327,15 @@ def test_the_monitor_counts_get_a_row_per_size_with_a_pair_of_columns_per_run(tm
             "archived": 0.9,
             "repeats": 5,
             "sizes": [
-                {"events": n, "monitor_ms": m, "every_count_ms": e, "plans": [f"SEARCH x{n}"]} for n, m, e in sizes
+                {
+                    "events": n,
+                    "monitor_ms": m,
+                    "every_count_ms": e,
+                    "plans": [f"SEARCH x{n}"],
+                    "layers": {},
+                    "counts": {},
+                }
+                for n, m, e in sizes
             ],
         }
 
@@ -347,4 +355,9 @@ def test_the_monitor_counts_get_a_row_per_size_with_a_pair_of_columns_per_run(tm
         "- after: SQLite 3.40.1, load average [0.2] at the start; the monitor's count statements at 1,000,000" in text
     )
     assert "`SEARCH x1000000`" in text and "- conditions: test" in text
+    # The entries hold no layer sizes or counts here: equal, so the same in every run.
+    assert "The runs measured the same layer sizes and counts at every size." in text
+    data["runs"]["after"]["sizes"][0]["layers"] = {"layer.semantic": 1}
+    (tmp_path / "monitor_counts.json").write_text(json.dumps(data))
+    assert "The runs measured different layer sizes or counts: see the JSON." in monitor_counts_section(tmp_path)
     assert monitor_counts_section(tmp_path / "nothing-here") == []
