@@ -19,8 +19,9 @@ from engram.store import Store
 
 SERVICE_WIDE = "*"  # the tenant of a measurement that covers every tenant
 
-# Layers charted over time, and all the monitor counts: the store's other counts (every version, every turn, every
-# event received) are for `stats`, and the last grows with the store's whole history.
+# Layers charted over time, and the layers the monitor counts (beside the whole quarantine, service-wide): the store's
+# other counts (the hot versions, the hot turns, every event received) are for `stats`; the last grows with the store's
+# whole history.
 CHARTED_LAYERS = ("sensory", "working", "episodic", "semantic", "archival", "quarantine")
 
 
