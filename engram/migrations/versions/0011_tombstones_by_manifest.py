@@ -2,7 +2,7 @@
 
 Revision ID: 0011
 Revises: 0010
-Create Date: 2026-12-05 17:30:00
+Create Date: 2026-12-05 17:05:00
 
 Compaction finds the rows a group's manifests hold, and moves their tombstones to the merged manifest, by
 ``tenant = ? AND archived_manifest_id IN (...)``; dropping a manifest checks that no tombstone points at it the same
