@@ -112,6 +112,8 @@ def measure_one(folder: Path, events: int, archived: float, repeats: int) -> dic
     from engram.service import measure_store
     from engram.store import Store
 
+    # The store is opened and removed here, not by ``bench.perf.sqlite_store_at``: this file also runs with older code,
+    # whose bench/perf.py lacks it.
     path = folder / f"monitor-{events}.db"
     store = Store(f"sqlite:///{path}")
     try:

@@ -83,19 +83,6 @@ FORGET_INTENTS: Table = ForgetIntent.__table__  # type: ignore[attr-defined]
 
 # Rows per multi-row INSERT. SQLite allows 32,766 bound parameters per statement; the widest table has 14 columns.
 INSERT_CHUNK = 2_000
-# What ``Store.count_by_layer`` counts: the layers, then the quarantine and helper counts (every version of the hot
-# facts, the hot turns, every event received).
-COUNTS = (
-    "sensory",
-    "working",
-    "episodic",
-    "episodic_turns",
-    "semantic",
-    "semantic_versions",
-    "archival",
-    "quarantine",
-    "events",
-)
 # Distinct first keys (tenants, mostly) in one ``Store._pairs_in`` lookup. SQLite parses a chain of N ORs into an
 # expression N deep and refuses one deeper than 1,000.
 PAIR_FIRSTS = 200
@@ -2695,19 +2682,14 @@ class Store:
     # -- reads -------------------------------------------------------------------------------------------------
 
     def count_by_layer(self, tenant: str | None = None, names: Iterable[str] | None = None) -> dict[str, int]:
-        """How many items each layer holds, plus quarantined rows and helper counts (``COUNTS``); for one tenant or
-        all; every count, or the ``names`` given (the monitor's: the layers it charts, not every event ever seen).
+        """How many items each layer holds, plus quarantined rows and helper counts (the hot versions of the facts,
+        the hot turns, every event received); for one tenant or all; every count, or the ``names`` given (the
+        monitor's: the layers it charts, not every event ever seen).
 
         The current facts that are hot are counted among the hot versions (a partial index), not among the current
         ones, tombstones included, which grow with the archive: on SQLite the validity is a condition on the rows
         read, not the index to read them through. Closed versions stay hot only until the next archive run (the
         retention rules archive them whatever their age, by default); where they are kept, they are read too."""
-        if isinstance(names, str):
-            raise ValueError(f"names: a list of count names, not the one string {names!r}")
-        wanted = COUNTS if names is None else tuple(names)
-        unknown = sorted(set(wanted) - set(COUNTS))
-        if unknown:
-            raise ValueError(f"names: no count named {', '.join(unknown)}; the counts are {', '.join(COUNTS)}")
 
         def count(table: Table, *where: Any) -> int:
             q = select(func.count()).select_from(table).where(*where)
@@ -2730,6 +2712,12 @@ class Store:
             "quarantine": lambda: count(QUARANTINE),
             "events": lambda: count(EVENTS),
         }
+        if isinstance(names, str):
+            raise ValueError(f"names: a list of count names, not the one string {names!r}")
+        wanted = tuple(counts) if names is None else tuple(names)
+        unknown = sorted(set(wanted) - set(counts))
+        if unknown:
+            raise ValueError(f"names: no count named {', '.join(unknown)}; the counts are {', '.join(counts)}")
         with self.read() as conn:
             return {name: counts[name]() for name in wanted}
 
