@@ -20,7 +20,7 @@ from engram.layers import Layer
 from engram.search import Hit, IndexRegistry, TenantIndex
 from engram.settings import Settings, url_parameter
 from engram.store import Store, new_id, stable_id, transition_row
-from engram.text import render
+from engram.text import render, words
 from engram.validation import (
     CleanEvent,
     Limits,
@@ -615,6 +615,9 @@ class Memory:
         tenant = check_tenant(tenant)
         if subject is not None and (not isinstance(subject, str) or not subject.strip()):
             raise InvalidInput("subject", "must be a non-empty string, or None to forget the whole tenant")
+        if subject is not None and not words(subject):
+            # A forget matches whole words: with none, it would remove nothing and still give a receipt.
+            raise InvalidInput("subject", f"has no word (letters or digits) to match: {subject!r}")
         now = self._now()
         from engram.archive import forget_in_archive
 

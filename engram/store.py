@@ -28,10 +28,12 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    LargeBinary,
     Table,
     and_,
     bindparam,
     case,
+    cast,
     create_engine,
     event,
     false,
@@ -370,6 +372,29 @@ class Store:
         if self.dialect != "sqlite":
             return column
         return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
+
+    def may_mention(self, column: Any, subject: str) -> Any:
+        """A condition every row whose text ``column`` names ``subject`` (``engram.text.mentions``) meets, for the
+        database to narrow a forget's scan before ``mentions`` decides on each row.
+
+        SQL's ``lower`` and ``LIKE`` fold case in ASCII only on SQLite, and by the database's locale on PostgreSQL,
+        where Python folds every script (``Émile``, ``Straße``): a text with a character past ASCII is therefore
+        always handed to ``mentions``. A text in ASCII names the subject only if its subject's words are all ASCII,
+        and then it holds the longest of them, which ``lower(text) LIKE`` finds alike on both databases (a word has
+        no ``%``, ``_`` or backslash). A subject with no word names nothing.
+        """
+        from engram.text import words
+
+        said = words(subject)
+        if not said:
+            return false()
+        if self.dialect == "sqlite":
+            past_ascii = func.length(cast(column, LargeBinary)) != func.length(column)
+        else:
+            past_ascii = func.octet_length(column) != func.char_length(column)
+        if not all(w.isascii() for w in said):
+            return past_ascii
+        return or_(func.lower(column).like(f"%{max(said, key=len)}%"), past_ascii)
 
     def _pairs_in(self, first: Any, second: Any, pairs: Sequence[tuple[Any, Any]]) -> Any:
         """``(first, second) IN pairs``, written so that the database finds the rows through its index on the two
@@ -2497,7 +2522,7 @@ class Store:
                 r.event_id
                 for r in conn.execute(
                     select(EVENTS.c.event_id, EVENTS.c.text).where(
-                        EVENTS.c.tenant == tenant, func.lower(EVENTS.c.text).like(f"%{subject.lower()}%")
+                        EVENTS.c.tenant == tenant, self.may_mention(EVENTS.c.text, subject)
                     )
                 )
                 if mentions(r.text, subject)
@@ -2928,12 +2953,11 @@ class Store:
 
     def _forget_subject(self, conn: Connection, tenant: str, subject: str, mentions: Any) -> dict[str, int]:
         removed: dict[str, int] = {}
-        like = f"%{subject.lower()}%"
 
         def matching(table: Table, id_col: str, *extra: str) -> list[Any]:
             cols = [table.c[id_col], table.c.text, *(table.c[c] for c in extra)]
             rows = conn.execute(
-                select(*cols).where(table.c.tenant == tenant, func.lower(table.c.text).like(like))
+                select(*cols).where(table.c.tenant == tenant, self.may_mention(table.c.text, subject))
             ).all()
             return [r for r in rows if mentions(r.text, subject)]
 
@@ -2985,7 +3009,7 @@ class Store:
         # Episodes keep an extractive summary: rewrite the ones that quoted a forgotten turn.
         ep_rows = conn.execute(
             select(EPISODES.c.episode_id, EPISODES.c.summary).where(
-                EPISODES.c.tenant == tenant, func.lower(EPISODES.c.summary).like(like)
+                EPISODES.c.tenant == tenant, self.may_mention(EPISODES.c.summary, subject)
             )
         ).all()
         for r in ep_rows:

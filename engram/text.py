@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 
-_WORD = re.compile(r"[a-z0-9]+")
+# A word: a run of letters, digits and combining marks of any script (``\w`` without the underscore, and the marks
+# that an accent typed as a separate character is: ``e`` followed by U+0301 is one word with ``é``).
+_WORD = re.compile(r"(?:[^\W_][\u0300-\u036f]*)+")
 
 
 def render_date(at: datetime) -> str:
@@ -20,8 +23,9 @@ def render(text: str, actor: str, at: datetime) -> str:
 
 
 def words(text: str) -> list[str]:
-    """Lower-case alphanumeric words."""
-    return _WORD.findall(text.lower())
+    """The words of ``text``, case-folded: runs of letters and digits of any script (``"Émile"`` is ``"émile"``,
+    ``"Straße"`` is ``"strasse"``); punctuation and spaces separate them."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 STOP_WORDS = frozenset(
@@ -109,7 +113,8 @@ def content_words(text: str) -> set[str]:
 
 
 def mentions(text: str, subject: str) -> bool:
-    """Whether ``text`` names ``subject`` as whole words (case-insensitive); ``"Mel"`` does not match ``"Melanie"``."""
+    """Whether ``text`` names ``subject`` as whole words (case-insensitive, any script); ``"Mel"`` does not match
+    ``"Melanie"``, nor ``"José"`` ``"Joséphine"``."""
     needle = words(subject)
     if not needle:
         return False

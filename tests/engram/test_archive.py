@@ -32,7 +32,7 @@ from engram.models import ALL_TABLES
 from engram.store import EPISODES, SEMANTIC, TRANSITIONS
 from engram.testing import FixedClock
 from tests.conftest import T0
-from tests.engram.archive_helpers import COLD, LATER, contents, fill
+from tests.engram.archive_helpers import AS_OF, COLD, LATER, consolidate_pending, contents, fill
 
 pytestmark = pytest.mark.integration
 
@@ -342,6 +342,41 @@ def test_forget_removes_the_subject_from_every_table_and_every_object(
     # What stays is intact: every remaining fact and turn still reads back from a verified manifest.
     remaining = contents(memory.store, location, "acme")
     assert remaining and all("Lisbon" not in text for text in remaining.values())
+
+
+def test_forget_in_the_archive_takes_whole_words_in_any_script_and_nothing_else(store_url: str, tmp_path: Path) -> None:
+    """The archive's copies are matched in Python: "Émile" must not take the turn that says "a mile away" (nor the
+    fact distilled from it) with it, and "José" not "Joséphine"'s; every other archived row reads back intact."""
+    location = ArchiveLocation((tmp_path / "archive").as_uri())
+    provision_archive(location)
+    memory = Memory(store_url, location, clock=FixedClock(LATER))
+    try:
+        said = [
+            "We walked a mile away from the lake",
+            "I met Émile at the station",
+            "Joséphine visited the museum",
+            "José cooked dinner",
+            "The weather was nice",
+        ]
+        memory.observe_many(
+            [
+                {"tenant": "acme", "session": "s1", "actor": "Ada", "text": t, "at": T0 + timedelta(minutes=i)}
+                for i, t in enumerate(said)
+            ]
+        )
+        consolidate_pending(memory.store, "acme", AS_OF)
+        assert archive_cold_items(memory.store, location, COLD, LATER)["episode_turns"] == len(said)
+        before = contents(memory.store, location, "acme")
+        assert {t for (table, _), t in before.items() if table == "episode_turns"} == set(said)
+
+        for subject in ("Émile", "José"):
+            assert memory.forget("acme", subject).removed["archive_rows"] > 0
+
+        after = contents(memory.store, location, "acme")
+        gone = [t for t in before.values() if "Émile" in t or "José cooked" in t]
+        assert gone and after == {k: t for k, t in before.items() if t not in gone}
+    finally:
+        memory.close()
 
 
 def test_forget_a_whole_tenant_empties_its_archive(sqlite_memory: Memory, s3_archive: ArchiveLocation) -> None:

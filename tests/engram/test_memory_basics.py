@@ -131,6 +131,46 @@ def test_forget_subject_removes_it_everywhere_and_leaves_the_rest(memory: Memory
     assert memory.stats("acme")["sensory"] == 1
 
 
+def test_forget_finds_a_subject_in_any_script_as_whole_words_only(memory: Memory) -> None:
+    """Subjects with letters past ASCII are matched on both databases (SQL's lower() folds ASCII only on SQLite),
+    as whole words: "José" is not "Joséphine", "Émile" is not "a mile", and the same name typed with a separate
+    accent mark or in capitals is the same name. A subject of several words matches across punctuation."""
+    said = {
+        "e1": "Élodie moved to Porto",
+        "e2": "ÉLODIE called twice",
+        "e3": "Joséphine is my sister",
+        "e4": "I met Jose\u0301 at the station",
+        "e5": "Иван пришёл домой",
+        "e6": "We walked a mile away",
+        "e7": "Mary-Ann paints sunsets",
+        "e8": "The Straße was closed",
+    }
+    for event_id, text in said.items():
+        memory.observe("acme", "s1", "Caroline", text, T0, event_id=event_id)
+    removed = {}
+    for subject in ("Élodie", "José", "Иван", "Émile", "mary ann", "STRASSE"):
+        removed[subject] = memory.forget("acme", subject).removed.get("events", 0)
+    assert removed == {"Élodie": 2, "José": 1, "Иван": 1, "Émile": 0, "mary ann": 1, "STRASSE": 1}
+    left = {e: memory.get("acme", e).text for e in said if _exists(memory, "acme", e)}
+    assert left == {"e3": said["e3"], "e6": said["e6"]}
+
+
+def test_forget_refuses_a_subject_with_no_word_to_match(memory: Memory) -> None:
+    memory.observe("acme", "s1", "Caroline", "?! ...", T0, event_id="e1")
+    with pytest.raises(InvalidInput) as err:
+        memory.forget("acme", "?!")
+    assert err.value.field == "subject"
+    assert memory.get("acme", "e1").text == "?! ..."
+
+
+def _exists(memory: Memory, tenant: str, item_id: str) -> bool:
+    try:
+        memory.get(tenant, item_id)
+    except NotFound:
+        return False
+    return True
+
+
 def test_stats_counts_per_layer(memory: Memory) -> None:
     memory.observe_many(
         [
