@@ -210,7 +210,9 @@ def _file_rows(reader: Callable[[Path], Iterator[dict[str, Any]]], path: Path, f
     """The reader's rows; a file the reader cannot read at all becomes an ``InvalidInput`` on ``file``."""
     try:
         yield from reader(path)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except InvalidInput:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise InvalidInput("file", f"{path} is not a {fmt} file: {exc}") from exc
     except (AttributeError, TypeError) as exc:
         # A JSON document of another shape than the reader expects (a list of numbers, say).

@@ -289,6 +289,10 @@ class Memory:
         Returns:
             An ``IngestReport`` with the counts of accepted, duplicate and quarantined rows.
         """
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise InvalidInput("batch_size", f"must be a positive integer, got {batch_size!r}")
         size = batch_size or self.settings.write_batch_size
         report = IngestReport()
         batch: list[Any] = []
@@ -472,7 +476,7 @@ class Memory:
         layer_names = _check_layers(layers)
         since_dt = to_utc(since, "since") if since is not None else None
         until_dt = to_utc(until, "until") if until is not None else None
-        tag_list = check_tags(list(tags) if tags is not None else None, "tags")
+        tag_list = check_tags(list(tags) if isinstance(tags, (set, frozenset)) else tags, "tags")
         if budget_words is not None and (
             isinstance(budget_words, bool) or not isinstance(budget_words, int) or budget_words < 1
         ):
@@ -808,7 +812,13 @@ def _iter_rows(rows: Any) -> Iterable[Any]:
         return
     if isinstance(rows, (str, bytes, Mapping)):
         raise InvalidInput("rows", "must be a DataFrame or an iterable of mappings, not a single value")
-    yield from rows
+    try:
+        iterator = iter(rows)
+    except TypeError:
+        raise InvalidInput(
+            "rows", f"must be a DataFrame or an iterable of mappings, got {type(rows).__name__}"
+        ) from None
+    yield from iterator
 
 
 def _none_if_nan(value: Any) -> Any:

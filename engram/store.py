@@ -319,7 +319,7 @@ class Store:
                     json_serializer=json_text,
                     json_deserializer=_json_loads,
                 )
-        except (SQLAlchemyError, ImportError) as exc:
+        except (SQLAlchemyError, ImportError, OSError) as exc:  # OSError: a SQLite file's folder cannot be made
             raise StoreError(f"cannot open the store at {self.safe_url}: {exc}") from exc
 
         # Per (table, columns): the SQL, parameter order and conversions of ``_sqlite_insert_ignore``'s statement.

@@ -253,8 +253,8 @@ def validate_event(row: Mapping[str, Any], limits: Limits) -> CleanEvent:
     """
     if not isinstance(row, Mapping):
         raise InvalidInput("row", f"must be a mapping of field names to values, got {_describe(row)}")
-    if "$raw" in row:  # a line a reader could not parse (see engram.loaders.jsonl_rows)
-        raise InvalidInput("row", f"line {row.get('$line', '?')} is not a JSON object")
+    if "$raw" in row and "$field" in row:  # a part of a file a reader could not make an event of (loaders.unreadable)
+        raise InvalidInput(str(row["$field"]), str(row.get("$reason", "")))
     tenant = check_tenant(row.get("tenant"))
     session_id = check_opaque_id(row.get("session", row.get("session_id")), "session")
     actor = check_actor(row.get("actor"))

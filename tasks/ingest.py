@@ -27,9 +27,16 @@ def read_sensory_batch(store_url: str | None, tenant: str | None, batch_size: in
 def gate_sensory_batch(events: pd.DataFrame, max_reject_fraction: float):  # noqa: ANN201 - GateResult
     """The sensory -> working quality gate; a batch-level failure fails the run before anything is written."""
     from engram.quality import validate_sensory_batch
+    from engram.settings import Settings
+    from engram.validation import Limits
 
+    # The limits ``observe`` checked the events against when they were written (ENGRAM_MAX_TEXT_BYTES): with the
+    # defaults instead, events accepted under a raised limit would be rejected here, and a batch of them would fail
+    # the gate as a whole on every run.
+    settings = Settings()
+    limits = Limits(settings.max_text_bytes, settings.max_metadata_bytes)
     try:
-        return validate_sensory_batch(events, max_reject_fraction=max_reject_fraction)
+        return validate_sensory_batch(events, limits, max_reject_fraction=max_reject_fraction)
     except QualityGateFailed as exc:
         publish_gate_failure(exc.suite, exc.result)
         raise

@@ -203,6 +203,24 @@ def test_observe_many_keeps_valid_rows_and_quarantines_every_bad_one(memory: Mem
 
 
 @pytest.mark.parametrize(
+    ("rows", "kwargs", "field"),
+    [
+        (None, {}, "rows"),
+        (5, {}, "rows"),
+        ([], {"batch_size": "10"}, "batch_size"),
+        ([], {"batch_size": 0}, "batch_size"),
+        ([], {"batch_size": True}, "batch_size"),
+    ],
+)
+def test_observe_many_refuses_what_is_not_rows_or_a_batch_size_naming_it(
+    memory: Memory, rows: Any, kwargs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidInput) as err:
+        memory.observe_many(rows, **kwargs)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(
     "bad",
     [
         pytest.param(event(actor="\ud800", event_id="bad"), id="surrogate-actor"),

@@ -231,6 +231,14 @@ def test_a_store_that_cannot_be_opened_is_a_user_error(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: cannot open the store")
 
 
+def test_a_sqlite_store_whose_folder_cannot_be_made_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    store = f"sqlite:///{tmp_path / 'afile' / 'engram.db'}"
+    result = CliRunner().invoke(app, ["stats", "--store", store, "--archive", tmp_path.as_uri()])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cannot open the store") and "Traceback" not in result.output
+
+
 def test_set_aside_lists_what_consolidation_gave_up_on_and_retry_held_gives_it_back(invoke: Invoke, store: str) -> None:
     from datetime import UTC, datetime
 

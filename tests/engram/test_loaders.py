@@ -124,6 +124,59 @@ def test_jsonl_rows_keep_unreadable_lines_for_quarantine(tmp_path: Path) -> None
     assert [(r["$line"], r["$raw"]) for r in rows[1:]] == [(3, b"[1, 2]\n"), (4, b"{broken\n"), (5, b"\xff\xfe\n")]
 
 
+def test_jsonl_lines_past_the_json_readers_limits_are_quarantined_and_the_rows_around_them_written(
+    tmp_path: Path,
+) -> None:
+    """An integer of 5,000 digits (ValueError) and 100,000 nested brackets (RecursionError) are not JSONDecodeErrors:
+    they used to end the command with a traceback, the valid rows before and after them unwritten."""
+    path = tmp_path / "events.jsonl"
+    good = [
+        {"tenant": "acme", "session": "s1", "actor": "Ada", "text": f"row {i}", "at": "2024-03-01T09:00:00Z"}
+        for i in range(2)
+    ]
+    lines = [json.dumps(good[0]), '{"tenant": "acme", "at": ' + "9" * 5000 + "}", "[" * 100_000, json.dumps(good[1])]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert [r.get("$line") for r in jsonl_rows(path)] == [None, 2, 3, None]
+
+    store = f"sqlite:///{tmp_path / 'engram.db'}"
+    args = ["ingest", str(path), "--json", "--store", store, "--archive", (tmp_path / "archive").as_uri()]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["accepted"], report["quarantined"], report["reasons"]) == (2, 2, {"row": 2})
+
+
+def test_a_locomo_session_without_a_usable_date_is_quarantined_and_the_rest_of_the_file_loads(tmp_path: Path) -> None:
+    """One session's date that does not parse, a turn that is not an object and an entry that is not a conversation
+    are quarantined each with its field; every other turn of the file is written, and turns without a dia_id each
+    get an id of their own (they used to share "<sample_id>:None" and count as resends of the first)."""
+    broken = json.loads(json.dumps(CONVERSATION))
+    broken["sample_id"] = "conv-t2"
+    broken["conversation"]["session_2_date_time"] = "sometime in June"
+    broken["conversation"]["session_10"].append("not a turn")
+    no_ids = {
+        "sample_id": "conv-t3",
+        "conversation": {
+            "session_1_date_time": "1:00 pm on 2 May, 2023",
+            "session_1": [{"speaker": "Ada", "text": f"turn {i}"} for i in range(3)],
+        },
+    }
+    path = tmp_path / "conversations.json"
+    path.write_text(json.dumps([CONVERSATION, broken, 7, no_ids]), encoding="utf-8")
+
+    store = f"sqlite:///{tmp_path / 'engram.db'}"
+    args = ["ingest", str(path), "--format", "locomo", "--json", "--store", store]
+    result = CliRunner().invoke(app, [*args, "--archive", (tmp_path / "archive").as_uri()])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["accepted"], report["duplicates"], report["quarantined"]) == (5 + 4 + 3, 0, 3)
+    assert report["reasons"] == {"session_date_time": 1, "turn": 1, "conversation": 1}
+    with Memory(store, (tmp_path / "archive").as_uri(), migrate=False) as memory:
+        assert memory.stats("conv-t2")["events"] == 4
+        assert memory.stats("conv-t3")["events"] == 3
+        assert memory.get("conv-t2", "conv-t2:D10:2").text == "Happy new year to you too."
+
+
 def test_ingest_locomo_through_the_command(locomo_file: Path, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'engram.db'}"
     args = ["ingest", str(locomo_file), "--format", "locomo", "--json", "--store", store]

@@ -92,6 +92,8 @@ def test_search_filters_by_time_and_tags(memory: Memory) -> None:
         ({"limit": "5"}, "limit"),  # wrong type, not coerced
         ({"layers": ["attic"]}, "layers"),  # unknown layer
         ({"tags": ["a b"]}, "tags"),  # spaces are not allowed in tags
+        ({"tags": "travel"}, "tags"),  # one string is not a list of tags (it was split into letters)
+        ({"tags": 5}, "tags"),  # not iterable
         ({"since": "yesterday"}, "since"),  # not ISO-8601
     ],
 )

@@ -113,6 +113,23 @@ def test_ingest_gate_quarantines_bad_rows_and_keeps_the_valid_ones(memory: Memor
     assert_every_event_in_exactly_one_place(memory.store, "acme")
 
 
+def test_ingest_gate_applies_the_configured_text_limit_not_the_default(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ENGRAM_MAX_TEXT_BYTES raised, events that observe accepts pass the flow's gate too (the gate used to hold
+    the default 64 KiB: a batch of them failed as a whole, run after run), and one past the raised limit is still
+    quarantined."""
+    monkeypatch.setenv("ENGRAM_MAX_TEXT_BYTES", "200000")
+    rows = [_raw_event("acme", f"big{i}", "y" * 100_000, T0) for i in range(3)]
+    rows += [_raw_event("acme", "small", "fine", T0), _raw_event("acme", "huge", "z" * 200_001, T0)]
+    memory.store.add_events(rows, T0)
+    result = ingest(store_url=memory.store_url, as_of=T0 + timedelta(minutes=1))
+    assert (result["routed"], result["quarantined"]) == (4, 1)
+    with memory.store.read() as conn:
+        row = conn.execute(select(QUARANTINE).where(QUARANTINE.c.source == "ingest")).one()
+    assert row.field == "text" and "huge" in row.raw_payload
+
+
 def test_ingest_gate_failure_stops_the_run_before_it_writes(memory: Memory) -> None:
     # Most of the batch is broken: a batch-level failure, not a few rows to quarantine.
     rows = [_raw_event("acme", f"b{i}", "", T0) for i in range(8)] + [_raw_event("acme", "g0", "fine", T0)]
