@@ -1428,6 +1428,7 @@ def _rewrite_manifest(
     """Steps 2 to 4 of a forget for one manifest: its files' rows without the subject, by the path they replace."""
     tenant, manifest_id = manifest["tenant"], manifest["manifest_id"]
     files: list[dict[str, Any]] = []
+    written: list[dict[str, Any]] = []
     for entry in manifest["files"]:
         kept = kept_by_path.get(entry["path"])
         if kept is None:
@@ -1440,10 +1441,21 @@ def _rewrite_manifest(
         path = _rewritten_path(entry["path"])
         with _storage_errors(f"writing {path}", storage):
             _put(fs, storage, path, data)
-        files.append(
+        written.append(
             {**entry, "path": path, "rows": count, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         )
+        files.append(written[-1])
         counts["archive_files_rewritten"] += 1
+    # Read the new files back before the manifest names them and the old ones go: a write that stored other bytes
+    # than were sent (checksum), or that does not decode to the rows counted, stops the forget here with the old files
+    # still referenced and whole; the new ones are unreferenced and the orphan sweep takes them.
+    try:
+        _verified({**manifest, "files": written}, _read_files(storage, fs, [(manifest, entry) for entry in written]))
+    except ArchiveMismatch as exc:
+        raise ArchiveError(
+            f"a file this forget wrote for manifest {manifest_id} of tenant {tenant!r} did not read back as written "
+            f"({exc}); the manifest still names its old files, whole; rerun the forget"
+        ) from exc
     if not store.swap_manifest_files(tenant, manifest_id, manifest["files"], files):
         raise ArchiveError(
             f"manifest {manifest_id} of tenant {tenant!r} changed while this forget rewrote it (another forget of the "
