@@ -43,6 +43,8 @@ MAX_LIMIT = 1_000
 # Threads that read and decode a tenant's archive manifests when its search index loads them.
 ARCHIVE_LOAD_THREADS = 4
 ARCHIVE_LOAD_FILES = 32
+# Seconds before a search tries again a committed manifest it could not read (a file missing or damaged for now).
+ARCHIVE_RETRY_SECONDS = 30.0
 
 
 def utc_now() -> datetime:
@@ -366,29 +368,36 @@ class Memory:
     # -- reading -----------------------------------------------------------------------------------------------
 
     def _index(self, tenant: str) -> TenantIndex:
-        for _ in range(3):
+        for _ in range(4):
             index = self._indexes.get(tenant)
             with index.lock:
                 seq, epoch, added, removed = self.store.index_changes(tenant, index.seq)
                 if index.epoch is not None and epoch != index.epoch:
-                    # The tenant's memory was rewritten wholesale (forget, compaction): start over from the store.
-                    index = self._indexes.reset(tenant)
-                    seq, epoch, added, removed = self.store.index_changes(tenant, 0)
+                    # The tenant's memory was rewritten wholesale (forget, compaction): start over from the store,
+                    # with a new index filled under its own lock (a search waiting on it must not find it empty
+                    # and load the archive into it a second time).
+                    self._indexes.reset(tenant, index)
+                    continue
                 index.epoch = epoch
                 index.apply(seq, added, removed)
-                if index.manifests_seq == seq:
+                retry_due = index.archive_incomplete and time.monotonic() >= index.archive_retry_at
+                if index.manifests_seq == seq and not retry_due:
                     return index
-                self._add_archived(tenant, index)
+                complete = self._add_archived(tenant, index)
                 index.manifests_seq = seq
+                index.archive_incomplete = not complete
+                # A manifest left out (unreadable for now) is tried again by a search after ARCHIVE_RETRY_SECONDS,
+                # whether or not the tenant's memory changed meanwhile.
+                index.archive_retry_at = time.monotonic() + ARCHIVE_RETRY_SECONDS
                 # A compaction or forget that committed while the manifests loaded may have left this index with
                 # both the old manifests and the new one, or with neither: then it starts over.
                 if self.store.tenant_epoch(tenant) == epoch:
                     return index
         return index
 
-    def _add_archived(self, tenant: str, index: TenantIndex) -> None:
+    def _add_archived(self, tenant: str, index: TenantIndex) -> bool:
         """Add the documents of archive manifests committed since the index last looked (a commit moves the
-        tenant's counter, so an unchanged counter means nothing new).
+        tenant's counter, so an unchanged counter means nothing new); whether every one of them could be read.
 
         The manifests' files are read and decoded on ``ARCHIVE_LOAD_THREADS`` threads, ``ARCHIVE_LOAD_FILES`` files
         a job (Parquet decoding and checksums release the GIL), while this thread matches each manifest with the
@@ -406,7 +415,8 @@ class Memory:
 
         pending = [m for m in self.store.manifests(tenant, ["committed"]) if m["manifest_id"] not in index.manifests]
         if not pending:
-            return
+            return True
+        complete = True
 
         def load(part: dict[str, Any]) -> Any:
             try:
@@ -428,10 +438,12 @@ class Memory:
                         index.add(search_segment(self.store, tables, tombstones))
                 except ArchiveError as exc:
                     # An unreadable or damaged archive file must not take search down with it: the hot layers and
-                    # the other manifests still answer, and this manifest is tried again on the next search.
+                    # the other manifests still answer, and this manifest is tried again (see ``_index``).
                     LOG.warning("archive manifest %s left out of search: %s", manifest["manifest_id"], exc)
+                    complete = False
                     continue
                 index.manifests.add(manifest["manifest_id"])
+        return complete
 
     def search(
         self,
@@ -485,9 +497,18 @@ class Memory:
             return []
         index = self._index(tenant)
         query_vector = self._embed_query(query) if index.has_vectors else None
-        with index.lock:
-            ranked = index.search(query, limit, layer_names, since_dt, until_dt, tag_list, query_vector)
-        found = select_hits(ranked, limit, budget_words)
+        pool = None
+        while True:
+            with index.lock:
+                ranked, cut = index.candidates(
+                    query, limit, layer_names, since_dt, until_dt, tag_list, query_vector, pool
+                )
+            found, stopped = _select_hits(ranked, limit, budget_words)
+            # The tags and the near-duplicates are filtered out of a pool of the best matches: when they leave
+            # fewer than ``limit`` hits and more documents matched than the pool held, look further down.
+            if stopped or not cut:
+                break
+            pool = 4 * (pool or len(ranked) + limit)
         sources = self._sources_for(tenant, [(layer, item_id) for _, layer, item_id, _ in found])
         hits = [
             Hit(
@@ -771,6 +792,13 @@ def select_hits(
     episode's turn next to the fact distilled from it, or a fact restated. The date and speaker of the rendering
     are left out of the comparison, since every item of a day shares them.
     """
+    return _select_hits(ranked, limit, budget_words)[0]
+
+
+def _select_hits(
+    ranked: Sequence[tuple[float, str, str, dict[str, Any]]], limit: int, budget_words: int | None
+) -> tuple[list[tuple[float, str, str, dict[str, Any]]], bool]:
+    """``select_hits``, and whether it stopped at ``limit`` or at the budget rather than at the end of ``ranked``."""
     kept: list[tuple[float, str, str, dict[str, Any]]] = []
     kept_words: list[frozenset[str]] = []
     used = 0
@@ -781,13 +809,13 @@ def select_hits(
             continue
         size = len(doc["rendered"].split())
         if budget_words is not None and used + size > budget_words:
-            break
+            return kept, True
         kept.append(cand)
         kept_words.append(bag)
         used += size
         if len(kept) >= limit:
-            break
-    return kept
+            return kept, True
+    return kept, False
 
 
 def _event_row(e: CleanEvent) -> dict[str, Any]:

@@ -368,6 +368,8 @@ class TenantIndex:
         # Committed archive manifests whose documents are in this index (see ``engram.archive.search_documents``).
         self.manifests: set[str] = set()
         self.manifests_seq = -1  # the tenant counter at which the committed manifests were last listed
+        self.archive_incomplete = False  # a committed manifest could not be read when they were last listed
+        self.archive_retry_at = 0.0  # time.monotonic() after which a search tries such a manifest again
         self._tok = _tokenizer()
         self._postings: dict[int, _Postings] = {}
         self._keys: list[tuple[str, str]] = []
@@ -547,14 +549,15 @@ class TenantIndex:
             mask &= self._at[:n_docs] < until
         return mask
 
-    def _bm25(self, query: str, masks: Sequence[np.ndarray], pool: int) -> tuple[np.ndarray, np.ndarray]:
+    def _bm25(self, query: str, masks: Sequence[np.ndarray], pool: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Document ids (see ``_doc_id``) of the ``pool`` best BM25 matches within ``masks`` (the hot documents',
-        then each segment's), best first, and their scores. The collection statistics (document count, average
-        length, document frequencies) are those of the hot and archived documents together."""
+        then each segment's), best first, their scores, and how many documents matched in all. The collection
+        statistics (document count, average length, document frequencies) are those of the hot and archived
+        documents together."""
         terms = list(dict.fromkeys(search_terms([query])[0]))
         n_alive = self._n_alive + sum(seg.n_alive for seg in self._segments)
         if not terms or n_alive == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), 0
         avgdl = (self._total_len + sum(seg.total_len for seg in self._segments)) / max(n_alive, 1)
         hot_scores = np.zeros(len(self._keys), dtype=np.float32)
         seg_scores = [np.zeros(len(seg.length), dtype=np.float32) for seg in self._segments]
@@ -580,10 +583,11 @@ class TenantIndex:
             rows = np.flatnonzero(masks[k] & (scores > 0))
             ids.append(_doc_id(k, rows))
             values.append(scores[rows])
-        return _top(np.concatenate(ids), np.concatenate(values), pool)
+        return (*_top(np.concatenate(ids), np.concatenate(values), pool), sum(len(i) for i in ids))
 
-    def _dense(self, vector: np.ndarray, masks: Sequence[np.ndarray], pool: int) -> tuple[np.ndarray, np.ndarray]:
-        """Document ids of the ``pool`` nearest vectors within ``masks``, nearest first, and their cosines."""
+    def _dense(self, vector: np.ndarray, masks: Sequence[np.ndarray], pool: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Document ids of the ``pool`` nearest vectors within ``masks``, nearest first, their cosines, and how many
+        documents with a vector the masks let through."""
         query = vector.astype(np.float32)
         ids: list[np.ndarray] = []
         sims: list[np.ndarray] = []
@@ -601,8 +605,8 @@ class TenantIndex:
             ids.append(_doc_id(k, rows[keep]))
             sims.append(vecs[keep] @ query)
         if not ids or not sum(len(i) for i in ids):
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        return _top(np.concatenate(ids), np.concatenate(sims), pool)
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), 0
+        return (*_top(np.concatenate(ids), np.concatenate(sims), pool), sum(len(i) for i in ids))
 
     def _entry(self, doc_id: int) -> tuple[str, str, dict[str, Any]]:
         """(layer, item_id, document) of a document id."""
@@ -614,7 +618,11 @@ class TenantIndex:
         layer, item_id = seg.key(row)
         return layer, item_id, seg.doc(row)
 
-    def search(
+    def search(self, *args: Any, **kwargs: Any) -> list[tuple[float, str, str, dict[str, Any]]]:
+        """The documents of ``candidates`` (same arguments), without whether the pool was cut."""
+        return self.candidates(*args, **kwargs)[0]
+
+    def candidates(
         self,
         query: str,
         limit: int,
@@ -623,25 +631,32 @@ class TenantIndex:
         until: datetime | None = None,
         tags: Sequence[str] | None = None,
         query_vector: np.ndarray | None = None,
-    ) -> list[tuple[float, str, str, dict[str, Any]]]:
-        """Top documents for ``query`` as (score, layer, item_id, doc), best first, equal scores by item id.
+        pool: int | None = None,
+    ) -> tuple[list[tuple[float, str, str, dict[str, Any]]], bool]:
+        """Top documents for ``query`` as (score, layer, item_id, doc), best first, equal scores by item id, ranked
+        from the ``pool`` best of each ranking (by default a few times ``limit``); and whether a ranking had more
+        matching documents than that: then documents past the pool were not looked at, and a caller that filtered
+        too many of these out asks again with a larger pool.
 
         With ``query_vector`` and stored vectors, BM25 and cosine rankings are fused by reciprocal rank (k=60):
         a document near the top of either list ranks high, and scores of different scales never mix.
         """
         if len(self) == 0:
-            return []
+            return [], False
         if len(self._segments) > 1:
             self._segments = [ArchiveSegment.merge(self._segments)]
         want = set(tags or ())
-        pool = limit * (8 if want else 2) + 32  # over-fetch: tag filtering and near-duplicate removal follow
+        if pool is None:
+            pool = limit * (8 if want else 2) + 32  # over-fetch: tag filtering and near-duplicate removal follow
         codes = self._codes(layers)
         lo = since.timestamp() if since is not None else None
         hi = until.timestamp() if until is not None else None
         masks = [self._mask(codes, lo, hi), *(seg.mask(codes, lo, hi) for seg in self._segments)]
-        lexical, lex_scores = self._bm25(query, masks, pool)
+        lexical, lex_scores, matched = self._bm25(query, masks, pool)
+        cut = matched > len(lexical)
         if query_vector is not None and self.has_vectors:
-            dense, dense_scores = self._dense(query_vector, masks, pool)
+            dense, dense_scores, near = self._dense(query_vector, masks, pool)
+            cut = cut or near > len(dense)
             fused: dict[int, float] = {}
             for ranking, scores in ((lexical, lex_scores), (dense, dense_scores)):
                 for rank, idx in zip(_shared_ranks(scores), ranking.tolist(), strict=True):
@@ -659,7 +674,7 @@ class TenantIndex:
         # must not decide which of two equally good hits comes first, nor which near-duplicate is kept (``_top``
         # keeps the documents tied at its cut for this).
         out.sort(key=lambda hit: (-hit[0], hit[2]))
-        return out
+        return out, cut
 
 
 def _shared_ranks(scores: np.ndarray) -> list[int]:
@@ -728,9 +743,13 @@ class IndexRegistry:
             self._evict()
             return index
 
-    def reset(self, tenant: str) -> TenantIndex:
+    def reset(self, tenant: str, stale: TenantIndex) -> TenantIndex:
+        """A new, empty index for the tenant in place of ``stale``; the one already there if another search
+        replaced ``stale`` first (it may be filled by now)."""
         with self._lock:
-            index = self._indexes[tenant] = TenantIndex(tenant)
+            index = self._indexes.get(tenant)
+            if index is None or index is stale:
+                index = self._indexes[tenant] = TenantIndex(tenant)
             self._indexes.move_to_end(tenant)
             self._evict()
             return index

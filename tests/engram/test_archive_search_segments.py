@@ -154,6 +154,75 @@ def test_an_index_that_loaded_the_archive_drops_what_is_rehydrated(archived: Mem
         fresh.close()
 
 
+def test_a_manifest_unreadable_for_a_while_comes_back_into_search(
+    archived: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search during a storage outage answers without the manifests it cannot read; once they are back, a search
+    after ARCHIVE_RETRY_SECONDS finds them again with no other change to the tenant (it used to wait for the
+    tenant's next write, which for a quiet tenant may never come)."""
+    import time
+
+    import engram.memory as memory_module
+
+    monkeypatch.setattr(memory_module, "ARCHIVE_RETRY_SECONDS", 2.0)
+    query = "moving to Lisbon as a nurse"
+    expected = _ranking(archived, query, ["archival"])
+    assert expected
+    archived.close()
+    memory = Memory(archived.store_url, archived.archive_url, clock=FixedClock(LATER))
+    try:
+        files = list(Path(memory.archive.prefix).rglob("*.parquet"))
+        for path in files:
+            path.rename(path.with_suffix(".away"))
+        assert _ranking(memory, query, ["archival"]) == []
+        for path in files:
+            path.with_suffix(".away").rename(path)
+        assert _ranking(memory, query, ["archival"]) == []  # not tried again before the interval
+        time.sleep(2.1)
+        assert _ranking(memory, query, ["archival"]) == expected
+    finally:
+        memory.close()
+
+
+def test_searches_that_meet_a_rewritten_tenant_at_once_load_its_archive_once(
+    archived: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two searches right after a compaction or forget moved the tenant's epoch: the one that replaces the stale
+    index fills the new one under the new one's lock, so the other waits for it instead of loading every manifest
+    into it a second time (which doubled the archive's documents and skewed the scores)."""
+    import threading
+    import time
+
+    import engram.archive as archive_module
+    from engram.store import TENANTS
+
+    query = "moving to Lisbon as a nurse"
+    expected = _ranking(archived, query, ["archival"])
+    documents = len(archived._index("acme"))
+    with archived.store.write() as conn:
+        conn.execute(update(TENANTS).where(TENANTS.c.tenant == "acme").values(epoch=TENANTS.c.epoch + 1))
+    load = archive_module.load_search_tables
+
+    def slow_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a slow object store
+        time.sleep(0.3)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(archive_module, "load_search_tables", slow_load)
+    rankings: dict[int, list] = {}
+
+    def search(n: int) -> None:
+        rankings[n] = _ranking(archived, query, ["archival"])
+
+    threads = [threading.Thread(target=search, args=(n,)) for n in range(2)]
+    threads[0].start()
+    time.sleep(0.05)
+    threads[1].start()
+    for thread in threads:
+        thread.join()
+    assert len(archived._indexes.get("acme")) == documents
+    assert rankings == {0: expected, 1: expected}
+
+
 @pytest.mark.parametrize("with_vectors", [False, True], ids=["bm25", "bm25+dense"])
 def test_equal_scores_rank_by_item_id_whatever_order_the_documents_were_loaded_in(with_vectors: bool) -> None:
     """Compaction and reloads change the order documents are loaded in: equal hits (an exact restatement) come in

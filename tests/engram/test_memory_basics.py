@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -83,6 +83,29 @@ def test_search_filters_by_time_and_tags(memory: Memory) -> None:
     assert {h.item_id for h in memory.search("acme", "paris", tags=["travel"])} == {"old", "new"}
     assert {h.item_id for h in memory.search("acme", "paris", tags=["travel", "done"])} == {"new"}
     assert memory.search("acme", "paris", layers=["semantic"]) == []
+
+
+def test_a_tag_or_near_duplicates_filtering_out_the_best_matches_do_not_hide_the_others(memory: Memory) -> None:
+    """Tags and near-duplicates are filtered out of a pool of the best matches: when they leave fewer than ``limit``
+    hits, the search looks further down (the one tagged match below 60 better untagged ones was not found, and 60
+    near-copies of one text left 1 hit of 10 asked for)."""
+    copies = [f"{'apple ' * (i + 1)}banana cherry date elder fig grape honey kiwi lemon mango" for i in range(60)]
+    others = [f"apple distinct{i} alpha{i} beta{i} gamma{i} delta{i} epsilon{i} zeta{i} eta{i}" for i in range(10)]
+    rows = [_row(f"copy{i:02d}", text, T0 + timedelta(minutes=i)) for i, text in enumerate(copies)]
+    rows += [_row(f"other{i}", text, T0) for i, text in enumerate(others)]
+    tagged = "I once ate an apple at the fair with my cousins, and it was a long and very happy day"
+    rows.append({**_row("tagged", tagged, T0), "metadata": {"tags": ["fruit"]}})
+    assert memory.observe_many(rows).accepted == len(rows)
+
+    assert [h.item_id for h in memory.search("acme", "apple", limit=1, tags=["fruit"])] == ["tagged"]
+    hits = memory.search("acme", "apple", limit=10)
+    assert len(hits) == 10 and sum(h.item_id.startswith("copy") for h in hits) == 1
+    # Asked for more than there are, it returns every distinct one: a copy, the ten others and the tagged one.
+    assert len(memory.search("acme", "apple", limit=100)) == 12
+
+
+def _row(event_id: str, text: str, at: datetime) -> dict:
+    return {"tenant": "acme", "session": "s1", "actor": "Bob", "text": text, "at": at, "event_id": event_id}
 
 
 @pytest.mark.parametrize(
