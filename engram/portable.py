@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -129,6 +130,7 @@ class ExportManifest:
                 "src",
                 f"{url} has export format version {body.get('format_version')!r}; this engram reads {FORMAT_VERSION}",
             )
+        _check_entries(body, url)
         try:
             return cls(
                 tenant=body["tenant"],
@@ -145,6 +147,56 @@ class ExportManifest:
             )
         except (KeyError, TypeError) as exc:
             raise InvalidInput("src", f"{MANIFEST_NAME} at {url} is missing or has a malformed field: {exc}") from exc
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_entries(body: dict[str, Any], url: str) -> None:
+    """Refuse a manifest whose entries an import could not use safely, naming the entry and field: a wrong type, a
+    count below zero, a checksum that is none, a path that leaves the export (absolute, ``..``) or a table or path
+    listed twice (``InvalidInput`` on ``src``)."""
+
+    def refuse(where: str, reason: str) -> InvalidInput:
+        return InvalidInput("src", f"{MANIFEST_NAME} at {url}: {where}: {reason}")
+
+    for name in ("tenant", "created_at", "source_dialect"):
+        if not isinstance(body.get(name), str):
+            raise refuse(name, f"must be a string, got {str(body.get(name))[:40]!r}")
+    shapes = {
+        "files": {"table": str, "path": str, "rows": int, "sha256": str, "bytes": int, "created_at": str},
+        "archive_objects": {"path": str, "source_uri": str, "sha256": str, "bytes": int},
+    }
+    for kind, fields in shapes.items():
+        entries = body.get(kind, [] if kind == "archive_objects" else None)
+        if not isinstance(entries, list):
+            raise refuse(kind, "must be a list")
+        seen: set[tuple[str, Any]] = set()
+        for n, entry in enumerate(entries):
+            where = f"{kind}[{n}]"
+            if not isinstance(entry, dict):
+                raise refuse(where, "must be an object")
+            for name, kind_of in fields.items():
+                value = entry.get(name)
+                if not isinstance(value, kind_of) or isinstance(value, bool):
+                    raise refuse(f"{where}.{name}", f"must be {kind_of.__name__}, got {str(value)[:40]!r}")
+                if kind_of is int and value < 0:
+                    raise refuse(f"{where}.{name}", f"must not be negative, got {value}")
+            if not _SHA256.fullmatch(entry["sha256"]):
+                raise refuse(f"{where}.sha256", f"is not a sha256 in hex: {entry['sha256'][:70]!r}")
+            path = entry["path"]
+            parts = path.replace("\\", "/").split("/")
+            if not path or path.startswith("/") or ":" in parts[0] or any(p in ("", ".", "..") for p in parts):
+                raise refuse(f"{where}.path", f"must be a plain path inside the export, got {path[:80]!r}")
+            if kind == "archive_objects" and parts[0] != ARCHIVE_DIR:
+                raise refuse(f"{where}.path", f"must lie under {ARCHIVE_DIR}/, got {path[:80]!r}")
+            ids = entry.get("manifest_ids", [])
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise refuse(f"{where}.manifest_ids", "must be a list of strings")
+            for key in ("path", "table") if kind == "files" else ("path",):
+                if (key, entry[key]) in seen:
+                    raise refuse(f"{where}.{key}", f"{entry[key][:80]!r} is listed twice")
+                seen.add((key, entry[key]))
 
 
 @dataclass(frozen=True)

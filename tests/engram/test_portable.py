@@ -336,6 +336,60 @@ def test_a_row_count_that_disagrees_with_the_manifest_is_refused(sqlite_memory: 
         target.close()
 
 
+def _object(path: str) -> dict[str, Any]:
+    return {"path": path, "source_uri": "file:///elsewhere", "sha256": "0" * 64, "bytes": 1, "manifest_ids": []}
+
+
+# A manifest.json edited by hand or damaged: each edit, and what the refusal names.
+MANIFEST_EDITS = {
+    "a path that is null": (lambda b: b["files"][1].update(path=None), r"files\[1\]\.path: must be str"),
+    "a table that is a list": (lambda b: b["files"][1].update(table=["events"]), r"files\[1\]\.table: must be str"),
+    "a count in quotes": (lambda b: b["files"][1].update(rows="3"), r"files\[1\]\.rows: must be int"),
+    "a negative size": (lambda b: b["files"][0].update(bytes=-1), r"files\[0\]\.bytes: must not be negative"),
+    "a checksum that is none": (lambda b: b["files"][0].update(sha256="abc"), r"files\[0\]\.sha256: is not"),
+    "a file listed twice": (lambda b: b["files"].append(dict(b["files"][0])), r"\.path: '.*' is listed twice"),
+    "a path out of the export": (
+        lambda b: b["files"][0].update(path="../outside.parquet"),
+        r"files\[0\]\.path: must be a plain path inside the export",
+    ),
+    "an archived object out of the archive": (
+        lambda b: b.update(archive_objects=[_object("archive/../../../etc/evil.parquet")]),
+        r"archive_objects\[0\]\.path: must be a plain path",
+    ),
+    "an archived object elsewhere in the export": (
+        lambda b: b.update(archive_objects=[_object("tables/events.parquet")]),
+        r"archive_objects\[0\]\.path: must lie under archive/",
+    ),
+    "files that are no list": (lambda b: b.update(files={"events": 1}), r"files: must be a list"),
+}
+
+
+@pytest.mark.parametrize("edit", list(MANIFEST_EDITS))
+def test_a_manifest_entry_an_import_cannot_use_is_refused_naming_it(
+    sqlite_memory: Memory, tmp_path: Path, edit: str
+) -> None:
+    """A damaged or hand-edited manifest.json is refused before anything is read or written, naming the entry and
+    field (these raised AttributeError or TypeError, or contradicted themselves; a path with ``..`` would have
+    been copied outside the target archive)."""
+    seed(sqlite_memory)
+    export = tmp_path / "export"
+    sqlite_memory.export("acme", export.as_uri())
+    body = json.loads((export / MANIFEST_NAME).read_text())
+    change, refusal = MANIFEST_EDITS[edit]
+    change(body)
+    (export / MANIFEST_NAME).write_text(json.dumps(body))
+
+    target = open_memory(f"sqlite:///{tmp_path / 'target.db'}", tmp_path, "archive2")
+    try:
+        with pytest.raises(InvalidInput, match=refusal) as err:
+            target.import_tenant(export.as_uri())
+        assert err.value.field == "src"
+        assert target.stats("acme")["events"] == 0
+        assert not (tmp_path / "archive2").exists() or not any((tmp_path / "archive2").rglob("*.parquet"))
+    finally:
+        target.close()
+
+
 def test_export_refuses_a_location_that_already_holds_one(sqlite_memory: Memory, tmp_path: Path) -> None:
     seed(sqlite_memory)
     sqlite_memory.export("acme", str(tmp_path / "export"))
