@@ -45,6 +45,8 @@ ARCHIVE_LOAD_THREADS = 4
 ARCHIVE_LOAD_FILES = 32
 # Seconds before a search tries again a committed manifest it could not read (a file missing or damaged for now).
 ARCHIVE_RETRY_SECONDS = 30.0
+# Passes a forget makes over the archive and the hot store before it gives up on archive runs committing meanwhile.
+FORGET_ROUNDS = 5
 
 
 def utc_now() -> datetime:
@@ -644,13 +646,30 @@ class Memory:
             # A forget matches whole words: with none, it would remove nothing and still give a receipt.
             raise InvalidInput("subject", f"has no word (letters or digits) to match: {subject!r}")
         now = self._now()
-        from engram.archive import forget_in_archive
+        from engram.archive import forget_in_archive, purge_tenant
 
-        # The archive first: its copies say which tombstones name the subject, through lineage the hot forget removes.
-        in_archive = forget_in_archive(self.store, self.archive, tenant, subject, now)
-        removed = self.store.forget(tenant, subject, now, flow_run_id)
-        for key, value in in_archive.items():
-            removed[key] = removed.get(key, 0) + value
+        removed: dict[str, int] = {}
+        for _ in range(FORGET_ROUNDS):
+            committed = self._committed_manifests(tenant)
+            # The archive first: its copies say which tombstones name the subject, through lineage the hot forget
+            # removes.
+            _add_counts(removed, forget_in_archive(self.store, self.archive, tenant, subject, now))
+            archived = subject is None and bool(self.store.manifests(tenant))
+            _add_counts(removed, self.store.forget(tenant, subject, now, flow_run_id))
+            if archived:
+                # What an archive run committed after the archive was emptied, before the tenant's rows went.
+                _add_counts(removed, {"archive_object_versions_deleted": purge_tenant(self.archive, tenant)})
+            if subject is None:
+                break
+            # An archive run that committed meanwhile took hot rows that name the subject into the archive, out of
+            # the hot forget's reach (it finds rows by their text): the archive is gone over again.
+            if self._committed_manifests(tenant) <= committed:
+                break
+        else:
+            raise ArchiveError(
+                f"archive runs committed new manifests of tenant {tenant!r} during each of {FORGET_ROUNDS} passes of "
+                "this forget; what they took may still name the subject: rerun the forget"
+            )
         subject_hash = hashlib.sha256(subject.encode()).hexdigest() if subject is not None else None
         receipt = DeletionReceipt(
             receipt_id=stable_id("receipt", tenant, subject_hash or "*", now.isoformat()),
@@ -675,6 +694,9 @@ class Memory:
         )
         self._indexes.drop(tenant)
         return receipt
+
+    def _committed_manifests(self, tenant: str) -> set[str]:
+        return {m["manifest_id"] for m in self.store.manifests(tenant, ["committed"])}
 
     # -- orchestration -----------------------------------------------------------------------------------------
 
@@ -778,6 +800,11 @@ class Memory:
         return report
 
     import_ = import_tenant
+
+
+def _add_counts(into: dict[str, int], counts: Mapping[str, int]) -> None:
+    for key, value in counts.items():
+        into[key] = into.get(key, 0) + value
 
 
 NEAR_DUPLICATE_CONTAINMENT = 0.85
