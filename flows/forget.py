@@ -15,11 +15,14 @@ from tasks.reporting import publish_run_summary
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def forget_subject(store_url: str | None, archive_url: str | None, tenant: str, subject: str | None) -> dict:
-    """``Memory.forget`` under this flow run's id; the receipt holds counts and the subject's hash, not the subject."""
+def forget_subject(
+    store_url: str | None, archive_url: str | None, tenant: str, subject: str | None, as_of: datetime
+) -> dict:
+    """``Memory.forget`` under this flow run's id, at ``as_of`` (the receipt's time and id: a retry of the task
+    records the same receipt); the receipt holds counts and the subject's hash, not the subject."""
     from engram.memory import Memory
 
-    with Memory(store_url, archive_url) as memory:
+    with Memory(store_url, archive_url, clock=lambda: as_of) as memory:
         receipt = memory.forget(tenant, subject, flow_run_id=current_run_id())
     return {k: v for k, v in asdict(receipt).items() if k != "at"} | {"total": receipt.total}
 
@@ -35,6 +38,6 @@ def forget(
     """Remove every memory of ``subject`` in ``tenant`` (the whole tenant when ``subject`` is None)."""
     store_url = reveal(store_url)
     clock, as_of = Stopwatch(), resolve_as_of(as_of)
-    receipt = forget_subject(store_url, archive_url, tenant, subject)
+    receipt = forget_subject(store_url, archive_url, tenant, subject, as_of)
     publish_run_summary("forget", {"receipt": receipt["receipt_id"], "removed": receipt["total"]}, clock.seconds)
     return receipt

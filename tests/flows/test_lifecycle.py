@@ -143,6 +143,23 @@ def test_ingest_gate_failure_stops_the_run_before_it_writes(memory: Memory) -> N
     assert count(memory.store, QUARANTINE) == 0 and count(memory.store, WORKING) == 0
 
 
+def test_the_forget_flow_dates_its_receipt_at_as_of(memory: Memory) -> None:
+    """The receipt's time (and so its id) is the run's as_of, as in every flow: a backfill or a retried task records
+    the same receipt, not one stamped with the wall clock."""
+    from engram.store import TRANSITIONS
+    from flows.forget import forget
+
+    memory.observe("acme", "s1", "Ada", "Lisbon is lovely in spring", T0, event_id="e1")
+    as_of = T0 + timedelta(days=3)
+    receipt = forget(tenant="acme", subject="Lisbon", store_url=memory.store_url, as_of=as_of)
+    assert receipt["removed"]["events"] == 1
+    with memory.store.read() as conn:
+        audit = conn.execute(
+            select(TRANSITIONS.c.action, TRANSITIONS.c.at).where(TRANSITIONS.c.item_id == receipt["receipt_id"])
+        ).all()
+    assert audit == [("forget", as_of)]
+
+
 def test_flow_runs_are_in_prefects_run_history(memory: Memory) -> None:
     memory.observe_many(conversation_rows("acme", sessions=1, start=T0))
     memory.run_lifecycle(as_of=T0 + timedelta(days=2))
