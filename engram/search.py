@@ -278,12 +278,25 @@ class ArchiveSegment:
             mask &= self.at < until
         return mask
 
-    def remove(self, item_id: str, before_seq: int | None) -> bool:
-        """Drop a row by item id (only if stamped before ``before_seq``, when given); returns whether it did."""
+    def _row(self, item_id: str) -> int | None:
         if self._row_of is None:
             ids = self._item_ids.to_pylist() if hasattr(self._item_ids, "to_pylist") else list(self._item_ids)
             self._row_of = {x: i for i, x in enumerate(ids)}
-        row = self._row_of.get(item_id)
+        return self._row_of.get(item_id)
+
+    def restamp(self, item_id: str, at: float, seq: int) -> bool:
+        """Give a row the time and change stamp its tombstone has now (a restated fact merged into an archived
+        one moves its last-seen time); returns whether the segment holds the row alive."""
+        row = self._row(item_id)
+        if row is None or not self.alive[row]:
+            return False
+        self.at[row], self.seq[row] = at, seq
+        self._docs.pop(row, None)
+        return True
+
+    def remove(self, item_id: str, before_seq: int | None) -> bool:
+        """Drop a row by item id (only if stamped before ``before_seq``, when given); returns whether it did."""
+        row = self._row(item_id)
         if row is None or not self.alive[row]:
             return False
         if before_seq is not None and self.seq[row] >= before_seq:
@@ -482,9 +495,20 @@ class TenantIndex:
             self._n_alive -= 1
             self._total_len -= float(self._len[idx])
 
-    def apply(self, seq: int, added: Sequence[dict[str, Any]], removed: Sequence[tuple[str, str, int]]) -> None:
-        """Apply a change set from ``Store.index_changes``; removals older than a re-add are ignored."""
+    def apply(
+        self,
+        seq: int,
+        added: Sequence[dict[str, Any]],
+        removed: Sequence[tuple[str, str, int]],
+        restamped: Sequence[tuple[str, datetime, int]] = (),
+    ) -> None:
+        """Apply a change set from ``Store.index_changes``; removals older than a re-add are ignored; archived
+        facts ``restamped`` (item id, last seen, seq) get their new time."""
         self.add(added)
+        for item_id, at, at_seq in restamped:
+            for segment in self._segments:
+                if segment.restamp(item_id, at.timestamp(), at_seq):
+                    break
         # Most removals name nothing the index holds (an item archived before the index read it): those are
         # skipped without a call.
         semantic, archival = Layer.SEMANTIC.value, Layer.ARCHIVAL.value

@@ -2607,20 +2607,22 @@ class Store:
 
     def index_changes(
         self, tenant: str, since_seq: int
-    ) -> tuple[int, int, list[dict[str, Any]], list[tuple[str, str, int]]]:
+    ) -> tuple[int, int, list[dict[str, Any]], list[tuple[str, str, int]], list[tuple[str, datetime, int]]]:
         """What changed in a tenant's hot layers after ``since_seq``.
 
         Returns:
-            (seq, epoch, added, removed): the tenant's counter and epoch now; the searchable documents written after
-            ``since_seq`` (each with ``layer``, ``item_id``, ``text``, ``actor``, ``at``, ``tags``, ``rendered``,
-            ``seq``); and (layer, item_id, seq) for each item that left a hot layer since then (none when
-            ``since_seq`` is 0: an index built from nothing holds only what ``added`` brings, which is current).
+            (seq, epoch, added, removed, restamped): the tenant's counter and epoch now; the searchable documents
+            written after ``since_seq`` (each with ``layer``, ``item_id``, ``text``, ``actor``, ``at``, ``tags``,
+            ``rendered``, ``seq``); (layer, item_id, seq) for each item that left a hot layer since then; and
+            (item_id, last_seen, seq) for each archived fact a restatement merged into since then, whose archived
+            copy keeps the time it was archived with (none of either when ``since_seq`` is 0: an index built from
+            nothing holds only what ``added`` and the archive bring, which is current).
         """
         with self.read() as conn:
             state = conn.execute(select(TENANTS.c.seq, TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).first()
             seq, epoch = (state.seq, state.epoch) if state else (0, 0)
             if seq <= since_seq:
-                return seq, epoch, [], []
+                return seq, epoch, [], [], []
             added: list[dict[str, Any]] = []
 
             def window(table: Table):  # noqa: ANN202
@@ -2688,21 +2690,36 @@ class Store:
             # From nothing (a new index), what is added is already what is there now: a departure cannot remove
             # anything from it, and reading every departure the tenant ever had (one per archived item, say) would
             # be most of a first search's cost.
-            removed = (
-                [
-                    (r.from_layer, r.item_id, r.seq)
+            if since_seq == 0:
+                return seq, epoch, added, [], []
+            removed: list[tuple[str, str, int]] = []
+            merged: set[str] = set()
+            for r in conn.execute(
+                select(TRANSITIONS.c.from_layer, TRANSITIONS.c.item_id, TRANSITIONS.c.seq, TRANSITIONS.c.action).where(
+                    window(TRANSITIONS),
+                    TRANSITIONS.c.from_layer.is_not(None),
+                    TRANSITIONS.c.action.in_(sorted(LEAVES_SOURCE_LAYER | {"merge"})),
+                )
+            ):
+                if r.action == "merge":
+                    merged.add(r.item_id)
+                else:
+                    removed.append((r.from_layer, r.item_id, r.seq))
+            restamped: list[tuple[str, datetime, int]] = []
+            ids = sorted(merged)
+            for start in range(0, len(ids), INSERT_CHUNK):
+                restamped += [
+                    (r.item_id, _aware(r.last_seen), r.seq)
                     for r in conn.execute(
-                        select(TRANSITIONS.c.from_layer, TRANSITIONS.c.item_id, TRANSITIONS.c.seq).where(
-                            window(TRANSITIONS),
-                            TRANSITIONS.c.from_layer.is_not(None),
-                            TRANSITIONS.c.action.in_(sorted(LEAVES_SOURCE_LAYER)),
+                        select(SEMANTIC.c.item_id, SEMANTIC.c.last_seen, SEMANTIC.c.seq).where(
+                            SEMANTIC.c.tenant == tenant,
+                            SEMANTIC.c.item_id.in_(ids[start : start + INSERT_CHUNK]),
+                            self.not_a_key(SEMANTIC.c.archived_manifest_id).is_not(None),
+                            self.not_a_key(SEMANTIC.c.valid_to).is_(None),
                         )
                     )
                 ]
-                if since_seq > 0
-                else []
-            )
-        return seq, epoch, added, removed
+        return seq, epoch, added, removed, restamped
 
     # -- reads -------------------------------------------------------------------------------------------------
 

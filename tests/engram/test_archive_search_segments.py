@@ -184,6 +184,30 @@ def test_a_manifest_unreadable_for_a_while_comes_back_into_search(
         memory.close()
 
 
+def test_an_archived_fact_restated_later_is_found_by_its_new_time_in_a_warm_index(archived: Memory) -> None:
+    """A restatement merges into the archived fact's tombstone and moves its last-seen time; an index that loaded
+    the archive before takes the new time (it kept the old one: a ``since`` filter missed the fact and the hit
+    carried the old date, where a new index had the new)."""
+    from datetime import timedelta
+
+    from tests.engram.archive_helpers import consolidate_pending
+    from tests.flows.helpers import conversation_rows
+
+    query, since = "moving to Lisbon as a nurse", LATER - timedelta(days=3)
+    assert archived.search("acme", query, layers=["archival"])  # the index has loaded the archive
+    rows = conversation_rows("acme", sessions=1, start=LATER - timedelta(days=2), prefix="acme-again")
+    archived.observe_many([{**r, "session": "acme-again"} for r in rows])
+    assert consolidate_pending(archived.store, "acme", LATER)["merged"] > 0
+
+    warm = [(h.item_id, h.at) for h in archived.search("acme", query, layers=["archival"], since=since)]
+    fresh_memory = Memory(archived.store_url, archived.archive_url, clock=FixedClock(LATER))
+    try:
+        fresh = [(h.item_id, h.at) for h in fresh_memory.search("acme", query, layers=["archival"], since=since)]
+    finally:
+        fresh_memory.close()
+    assert warm and warm == fresh and all(at >= since for _, at in warm)
+
+
 def test_searches_that_meet_a_rewritten_tenant_at_once_load_its_archive_once(
     archived: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
