@@ -373,7 +373,7 @@ class Memory:
         for _ in range(4):
             index = self._indexes.get(tenant)
             with index.lock:
-                seq, epoch, added, removed, restamped = self.store.index_changes(tenant, index.seq)
+                seq, epoch, added, removed, restamped = self.store.index_changes(tenant, index.seq, index.has_archive)
                 if index.epoch is not None and epoch != index.epoch:
                     # The tenant's memory was rewritten wholesale (forget, compaction): start over from the store,
                     # with a new index filled under its own lock (a search waiting on it must not find it empty

@@ -545,6 +545,11 @@ class TenantIndex:
         self._n_vecs += 1
 
     @property
+    def has_archive(self) -> bool:
+        """Whether archived documents are loaded (as segments)."""
+        return bool(self._segments)
+
+    @property
     def has_vectors(self) -> bool:
         return self._n_vecs > 0 or any(seg.vectors is not None for seg in self._segments)
 

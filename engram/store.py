@@ -2606,7 +2606,7 @@ class Store:
     # -- search feed -------------------------------------------------------------------------------------------
 
     def index_changes(
-        self, tenant: str, since_seq: int
+        self, tenant: str, since_seq: int, archived: bool = True
     ) -> tuple[int, int, list[dict[str, Any]], list[tuple[str, str, int]], list[tuple[str, datetime, int]]]:
         """What changed in a tenant's hot layers after ``since_seq``.
 
@@ -2616,7 +2616,8 @@ class Store:
             ``rendered``, ``seq``); (layer, item_id, seq) for each item that left a hot layer since then; and
             (item_id, last_seen, seq) for each archived fact a restatement merged into since then, whose archived
             copy keeps the time it was archived with (none of either when ``since_seq`` is 0: an index built from
-            nothing holds only what ``added`` and the archive bring, which is current).
+            nothing holds only what ``added`` and the archive bring, which is current; no ``restamped`` when
+            ``archived`` is false: the caller holds no archived document).
         """
         with self.read() as conn:
             state = conn.execute(select(TENANTS.c.seq, TENANTS.c.epoch).where(TENANTS.c.tenant == tenant)).first()
@@ -2706,7 +2707,7 @@ class Store:
                 else:
                     removed.append((r.from_layer, r.item_id, r.seq))
             restamped: list[tuple[str, datetime, int]] = []
-            ids = sorted(merged)
+            ids = sorted(merged) if archived else []
             for start in range(0, len(ids), INSERT_CHUNK):
                 restamped += [
                     (r.item_id, _aware(r.last_seen), r.seq)
