@@ -17,6 +17,7 @@ from engram.errors import (
     NotFound,
     QualityGateFailed,
     StoreError,
+    TenantChanged,
 )
 from engram.layers import Layer
 from engram.memory import DeletionReceipt, HistoryEntry, IngestReport, Item, Memory
@@ -46,5 +47,6 @@ __all__ = [
     "QualityGateFailed",
     "Settings",
     "StoreError",
+    "TenantChanged",
     "__version__",
 ]

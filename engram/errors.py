@@ -120,6 +120,11 @@ class LeaseLost(StoreError):
     """A batch claimed under a lease can no longer be committed: the lease expired or moved."""
 
 
+class TenantChanged(StoreError):
+    """A tenant was written to after the point a step was checked against (a copy of it taken for a move): the step
+    was not done."""
+
+
 class ArchiveError(EngramError):
     """Object storage failed, or an archived file does not match its manifest."""
 

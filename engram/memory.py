@@ -670,6 +670,30 @@ class Memory:
                 f"archive runs committed new manifests of tenant {tenant!r} during each of {FORGET_ROUNDS} passes of "
                 "this forget; what they took may still name the subject: rerun the forget"
             )
+        return self._receipt(tenant, subject, removed, flow_run_id, now)
+
+    def forget_moved(self, tenant: str, *, unchanged_since: int, flow_run_id: str | None = None) -> DeletionReceipt:
+        """Remove a tenant that was copied into another store sharing this archive: its rows here, with a receipt,
+        but not its archived objects, which the other store's manifests now name.
+
+        Args:
+            tenant: the tenant copied.
+            unchanged_since: its change counter (``Store.tenant_seq``) read before the copy was taken.
+
+        Raises:
+            TenantChanged: the tenant was written to after the copy was taken; nothing was removed (the copy lacks
+                what was written since).
+        """
+        tenant = check_tenant(tenant)
+        now = self._now()
+        removed = self.store.forget(tenant, None, now, flow_run_id, unchanged_since=unchanged_since)
+        return self._receipt(tenant, None, removed, flow_run_id, now)
+
+    def _receipt(
+        self, tenant: str, subject: str | None, removed: dict[str, int], flow_run_id: str | None, now: datetime
+    ) -> DeletionReceipt:
+        """Record a forget's receipt in the audit trail (counts and the subject's hash only) and drop the tenant's
+        search index."""
         subject_hash = hashlib.sha256(subject.encode()).hexdigest() if subject is not None else None
         receipt = DeletionReceipt(
             receipt_id=stable_id("receipt", tenant, subject_hash or "*", now.isoformat()),

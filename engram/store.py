@@ -49,7 +49,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 
-from engram.errors import StoreError, failed_whole, failure_reason
+from engram.errors import StoreError, TenantChanged, failed_whole, failure_reason
 from engram.layers import LEAVES_SOURCE_LAYER, Layer
 from engram.models import (
     ArchiveManifest,
@@ -2936,18 +2936,35 @@ class Store:
 
     # -- forget ------------------------------------------------------------------------------------------------
 
-    def forget(self, tenant: str, subject: str | None, now: datetime, flow_run_id: str | None) -> dict[str, int]:
+    def forget(
+        self,
+        tenant: str,
+        subject: str | None,
+        now: datetime,
+        flow_run_id: str | None,
+        unchanged_since: int | None = None,
+    ) -> dict[str, int]:
         """Remove a tenant's memories about ``subject`` (or all of them) from every hot table, in one transaction.
 
         A subject matches an item whose text contains it as a whole word, case-insensitively. Matching items are
         removed with their lineage and their audit rows (which would otherwise keep ids that point at the content);
         the caller writes the receipt. Returns the count removed per table.
+
+        Raises:
+            TenantChanged: ``unchanged_since`` (the tenant's change counter, ``tenant_seq``, when a copy of it was
+                taken) is given and the tenant was written to since; nothing was removed. The check holds the
+                tenant's counter row until the removal commits, so no write can come between.
         """
         from engram.text import mentions
 
         removed: dict[str, int] = {}
         with self.write() as conn:
-            self.bump_seq(conn, [tenant], now)
+            seq = self.bump_seq(conn, [tenant], now)[tenant]
+            if unchanged_since is not None and seq != unchanged_since + 1:
+                raise TenantChanged(
+                    f"tenant {tenant!r} was written to after its copy was taken (change counter {unchanged_since} "
+                    f"then, {seq - 1} now); nothing of it was removed"
+                )
             if subject is None:
                 for name, table in (
                     ("events", EVENTS),
@@ -3040,6 +3057,11 @@ class Store:
                 )
         removed["episode_summaries_rewritten"] = len([r for r in ep_rows if mentions(r.summary, subject)])
         return removed
+
+    def tenant_seq(self, tenant: str) -> int:
+        """The tenant's change counter: every write to the tenant's memory moves it."""
+        with self.read() as conn:
+            return self.current_seq(conn, tenant)
 
     def tenant_epoch(self, tenant: str) -> int:
         """Changes when a tenant's memory is rewritten wholesale (forget): the index then rebuilds."""

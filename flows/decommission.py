@@ -25,11 +25,11 @@ from tasks.service import (
     count_layers,
     count_set_aside,
     default_archive_block,
-    forget_tenants,
     list_tenants,
-    move_tenants_to_store,
+    move_tenant_to_store,
     pause_schedules,
     publish_audit_report,
+    remove_moved_tenant,
     save_retention_taking_everything,
 )
 
@@ -43,10 +43,16 @@ def decommission(
     batch_size: int = 500,
     target_store_url: str | SecretStr | None = None,
     staging_url: str | None = None,
+    replace_in_target: bool = False,
 ) -> dict:
     """Pause the schedules (whole service only), drain (route pending events, close every session, discard scratch
     memory, consolidate), migrate the data (to the archive, or with ``target_store_url`` to another store through
     an export), then verify and publish the audit report.
+
+    A move to another store copies each tenant through an export in ``staging_url`` (the target shares this store's
+    archive: its objects stay where they are), then removes the tenant's rows here, unless it was written to after
+    its export: then it stays whole here and the step says so. ``replace_in_target`` lets the import replace a
+    tenant the target holds already (an earlier run's copy of it).
 
     A step that cannot run here is reported as ``unavailable`` with the reason, never skipped silently.
     """
@@ -56,7 +62,7 @@ def decommission(
     common: dict[str, Any] = {"store_url": store_url, "tenant": tenant, "batch_size": batch_size}
     before = count_layers(url, tenant)
     steps: dict[str, Any] = {}
-    scheduled = [f"{s.name}/{s.name}" for s in FLOWS if s.interval_seconds and s.name != "decommission"]
+    scheduled = [f"{s.name}/{s.name}" for s in FLOWS if (s.interval_seconds or s.cron) and s.name != "decommission"]
     steps["pause_schedules"] = pause_schedules(scheduled) if tenant is None else "skipped: other tenants keep running"
     with heartbeat_of_parent():
         steps["ingest"] = ingest(**common, as_of=as_of)
@@ -67,7 +73,7 @@ def decommission(
         # An episode set aside after failed consolidation runs is not drained: the report names how many stay.
         steps["set_aside"] = count_set_aside(url, tenant)
         steps["migrate"] = migrate_memory(
-            store_url, archive_url, as_of, tenant, batch_size, target_store_url, staging_url
+            store_url, archive_url, as_of, tenant, batch_size, target_store_url, staging_url, replace_in_target
         )
     after = count_layers(url, tenant)
     steps["verify"] = (
@@ -87,6 +93,7 @@ def migrate_memory(
     batch_size: int,
     target_store_url: str | SecretStr | None,
     staging_url: str | None,
+    replace_in_target: bool = False,
 ) -> Any:
     """Move the drained memory out of the hot layers: to another store when one is named, else to the archive."""
     url, target = reveal(store_url), reveal(target_store_url)
@@ -95,9 +102,14 @@ def migrate_memory(
             return "unavailable: store-to-store export is not installed (engram.portable)"
         if not staging_url:
             return "unavailable: a store-to-store move needs staging_url (a folder or s3:// prefix for the export)"
-        tenants = [tenant] if tenant else list_tenants(url)
-        moved = move_tenants_to_store(url, target, tenants, archive_url, staging_url)
-        return {**moved, "forgotten_in_source": forget_tenants(url, archive_url, tenants)}
+        moved: dict[str, int] = {}
+        removed: dict[str, Any] = {}
+        for name in [tenant] if tenant else list_tenants(url):
+            copy = move_tenant_to_store(url, target, name, archive_url, staging_url, replace_in_target)
+            moved[name] = copy["rows"]
+            if copy["source_seq"] is not None:
+                removed[name] = remove_moved_tenant(url, archive_url, name, copy["source_seq"])
+        return {"moved_rows": moved, "removed_from_source": removed}
     if importlib.util.find_spec("flows.archive") is None:
         return "unavailable: the archive flow is not installed (flows/archive.py)"
     from flows.archive import archive

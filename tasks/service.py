@@ -8,7 +8,7 @@ could not act), so a provision run says exactly what it changed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
@@ -22,6 +22,7 @@ from engram.service import (
     check_database,
     check_object_storage,
     health_measurements,
+    hot_rows,
     layer_chart_markdown,
     measure_store,
     run_duration_measurements,
@@ -455,24 +456,57 @@ def close_open_sessions(store_url: str | None, tenant: str | None, at: datetime)
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def move_tenants_to_store(
-    store_url: str | None, target_store_url: str, tenants: Sequence[str], archive_url: str | None, staging: str
+def move_tenant_to_store(
+    store_url: str | None,
+    target_store_url: str,
+    tenant: str,
+    archive_url: str | None,
+    staging: str,
+    replace_in_target: bool,
 ) -> dict[str, Any]:
-    """Export each tenant and import it into the target store (``engram.portable``), then verify the row counts."""
+    """Export one tenant and import it into the target store (``engram.portable``: every file read back and every
+    table's rows counted again in the target before the import commits).
+
+    Returns ``rows`` (imported) and ``source_seq``, the tenant's change counter read before the export: its removal
+    from this store checks that nothing was written since. A tenant with nothing left here (moved by an earlier run)
+    is not exported again: ``rows`` 0 and ``source_seq`` None. Each attempt exports to a folder of its own under
+    ``staging``, so that a retry does not meet the export of the attempt before.
+    """
     from engram.portable import export_tenant, import_tenant
     from engram.store import Store
 
-    source, target = open_store(store_url), Store(target_store_url)
-    target.migrate()
-    moved: dict[str, int] = {}
+    source = open_store(store_url)
+    counts = source.count_by_layer(tenant)
+    if hot_rows(counts) + counts.get("archival", 0) + counts.get("events", 0) == 0:
+        return {"rows": 0, "source_seq": None}
+    seq = source.tenant_seq(tenant)
+    dest = f"{staging.rstrip('/')}/{tenant}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
+    target = Store(target_store_url)
     try:
-        for tenant in tenants:
-            dest = f"{staging.rstrip('/')}/{tenant}"
-            export_tenant(source, tenant, dest, archive_url)
-            moved[tenant] = import_tenant(target, dest, archive_url=archive_url).total
+        target.migrate()
+        export_tenant(source, tenant, dest, archive_url)
+        report = import_tenant(target, dest, archive_url=archive_url, replace=replace_in_target)
     finally:
         target.dispose()
-    return {"moved_rows": moved}
+    return {"rows": report.total, "source_seq": seq}
+
+
+@task(cache_policy=NO_CACHE)
+def remove_moved_tenant(store_url: str | None, archive_url: str | None, tenant: str, source_seq: int) -> Any:
+    """Remove from this store a tenant copied into another that shares this archive (``Memory.forget_moved``): its
+    rows go, with a deletion receipt; its archived objects stay, named by the other store's manifests now. A tenant
+    written to after its export is kept whole, and the answer says so."""
+    from engram.errors import TenantChanged
+    from engram.memory import Memory
+
+    with Memory(store_url, archive_url) as memory:
+        try:
+            return memory.forget_moved(tenant, unchanged_since=source_seq, flow_run_id=current_run_id()).total
+        except TenantChanged as exc:
+            return (
+                f"kept: {exc}. The target holds the export taken before; rerun the decommission with "
+                "replace_in_target=True to copy it again"
+            )
 
 
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -503,15 +537,6 @@ def save_retention_taking_everything() -> str:
 def list_tenants(store_url: str | None) -> list[str]:
     """Every tenant the store knows."""
     return open_store(store_url).tenants()
-
-
-@task(cache_policy=NO_CACHE)
-def forget_tenants(store_url: str | None, archive_url: str | None, tenants: Sequence[str]) -> dict[str, int]:
-    """Remove tenants that were moved elsewhere from this store; each removal leaves a deletion receipt."""
-    from engram.memory import Memory
-
-    with Memory(store_url, archive_url) as memory:
-        return {t: memory.forget(t, flow_run_id=current_run_id()).total for t in tenants}
 
 
 @task(cache_policy=NO_CACHE)

@@ -97,6 +97,62 @@ def test_scale_raises_parallelism_and_a_shard_worker_drains_every_shard(sqlite_m
     assert (drained["backlog"], drained["action"], drained["workers"]) == (0, "lower", "3 -> 1")
 
 
+def test_decommission_moves_a_tenant_to_another_store_sharing_the_archive_and_loses_nothing(
+    sqlite_memory: Memory, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A laptop's SQLite store moves a tenant to another store (SQLite, then PostgreSQL) that keeps the same archive:
+    every fact and turn, archived ones included, reads back from the target; the source keeps no row of it and the
+    archive keeps every object (the source's forget used to purge the objects the target's manifests name). A tenant
+    written to while it moved stays whole in the source, and the step says so."""
+    from engram import portable
+    from engram.archive import archive_cold_items
+    from tests.engram.archive_helpers import COLD, LATER, consolidate_pending, contents
+
+    memory, archive = sqlite_memory, sqlite_memory.archive
+    for tenant in ("acme", "globex"):
+        memory.observe_many(conversation_rows(tenant, sessions=3, start=T0))
+        consolidate_pending(memory.store, tenant, AS_OF)
+    archive_cold_items(memory.store, archive, COLD, LATER, "acme")
+    before = {t: contents(memory.store, archive, t) for t in ("acme", "globex")}
+    assert any(memory.store.manifests("acme"))
+    objects = sorted(str(p) for p in Path(archive.prefix).rglob("*") if p.is_file())
+
+    import_tenant = portable.import_tenant
+
+    def import_while_globex_is_written_to(store, src, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        report = import_tenant(store, src, **kwargs)
+        if report.tenant == "globex":  # the application writes to globex while it moves
+            memory.observe("globex", "late", "Ada", "One more thing", AS_OF, event_id="late-1")
+        return report
+
+    monkeypatch.setattr(portable, "import_tenant", import_while_globex_is_written_to)
+    steps = {}
+    for tenant in ("acme", "globex"):
+        result = decommission(
+            store_url=memory.store_url,
+            archive_url=memory.archive_url,
+            as_of=AS_OF,
+            tenant=tenant,
+            target_store_url=store_url,
+            staging_url=(tmp_path / "staging").as_uri(),
+        )
+        steps[tenant] = result["steps"]["migrate"]
+
+    assert steps["acme"]["moved_rows"]["acme"] > 0 and isinstance(steps["acme"]["removed_from_source"]["acme"], int)
+    kept = steps["globex"]["removed_from_source"]["globex"]
+    assert kept.startswith("kept: tenant 'globex' was written to after its copy was taken"), kept
+    with Memory(store_url, memory.archive_url, migrate=False) as target:
+        assert contents(target.store, archive, "acme") == before["acme"]
+        assert target.search("acme", "Lisbon", layers=["archival"])
+    assert contents(memory.store, archive, "acme") == {}
+    assert memory.store.manifests("acme") == []
+    assert sorted(str(p) for p in Path(archive.prefix).rglob("*") if p.is_file() and "staging" not in str(p)) == [
+        o for o in objects
+    ]
+    assert memory.get("globex", "late-1").text == "One more thing"  # kept whole in the source
+    assert contents(memory.store, archive, "globex") == before["globex"]
+
+
 def test_decommission_of_a_tenant_drains_it_and_reports_every_step(sqlite_memory: Memory) -> None:
     _with_episodes(sqlite_memory, ["acme", "globex"], sessions=2)
     sqlite_memory.observe("acme", "open-session", "Caroline", "I still have a question", AS_OF - timedelta(minutes=1))
