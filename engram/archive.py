@@ -742,14 +742,28 @@ def verify_manifests(
     """Read every file of the manifests back, compare row counts and checksums, and mark them ``verified`` (one
     statement for the batch); returns them with the rows the commit compares, as read back.
 
+    A manifest discarded meanwhile (a forget of its tenant removed its row and swept its objects) is left out: the
+    others are verified without it.
+
     Raises:
         ArchiveMismatch: a file is missing or differs; no manifest of the batch is marked and nothing is tombstoned.
     """
     fs = storage.filesystem()
     verified = []
-    for group in _file_groups(manifests, VERIFY_GROUP):
-        contents = iter(_read_files(storage, fs, [(m, entry) for m in group for entry in m["files"]]))
-        verified += [_verified(m, [next(contents) for _ in m["files"]]) for m in group]
+    try:
+        for group in _file_groups(manifests, VERIFY_GROUP):
+            contents = iter(_read_files(storage, fs, [(m, entry) for m in group for entry in m["files"]]))
+            verified += [_verified(m, [next(contents) for _ in m["files"]]) for m in group]
+    except ArchiveMismatch:
+        recorded = {
+            (tenant, m["manifest_id"])
+            for tenant in {m["tenant"] for m in manifests}
+            for m in store.manifests(tenant, ["written", "verified"])
+        }
+        kept = [m for m in manifests if (m["tenant"], m["manifest_id"]) in recorded]
+        if len(kept) == len(manifests):
+            raise
+        return verify_manifests(store, storage, kept) if kept else []
     store.mark_manifests_verified(
         [(m["tenant"], m["manifest_id"]) for m in manifests if m.get("status", "written") == "written"]
     )
@@ -766,21 +780,34 @@ def verify_manifest(store: Store, storage: StorageLike, manifest: Mapping[str, A
 
 
 def commit_manifests(
-    store: Store, verified: Sequence[VerifiedManifest], now: datetime, flow_run_id: str | None
+    store: Store,
+    storage: StorageLike,
+    verified: Sequence[VerifiedManifest],
+    now: datetime,
+    flow_run_id: str | None,
 ) -> dict[str, int]:
     """Tombstone the hot rows of verified manifests and mark them ``committed``, in one transaction.
 
     The rows compared with the hot ones are those the verification read back from the files' checked bytes: the
-    files are not read a second time.
+    files are not read a second time. A manifest discarded meanwhile (a forget of its tenant removed it, since its
+    files may hold what was forgotten) is not committed: its objects are deleted after the transaction and counted
+    as ``manifests_discarded``.
     """
-    return store.commit_archives(
+    discarded: list[tuple[str, str]] = []
+    counts = store.commit_archives(
         [
             (v.manifest["tenant"], v.manifest["manifest_id"], {t: k.to_pylist() for t, k in v.keys.items()})
             for v in verified
         ],
         now,
         flow_run_id,
+        discarded,
     )
+    gone = set(discarded)
+    for v in verified:
+        if (v.manifest["tenant"], v.manifest["manifest_id"]) in gone:
+            remove_manifest_objects(storage, v.manifest)
+    return {**counts, "manifests_discarded": len(gone)} if gone else counts
 
 
 def settle_unfinished(
@@ -801,7 +828,7 @@ def settle_unfinished(
             remove_manifest_objects(storage, manifest)
             counts["manifests_discarded"] += 1
             continue
-        for k, v in commit_manifests(store, [verified], now, flow_run_id).items():
+        for k, v in commit_manifests(store, storage, [verified], now, flow_run_id).items():
             counts[k] = counts.get(k, 0) + v
         counts["manifests_resumed"] += 1
     return counts
@@ -1612,7 +1639,7 @@ def archive_cold_items(
             if not keys:
                 break
             verified = verify_manifests(store, storage, archive_batch(store, storage, layer, keys, as_of, flow_run_id))
-            counts = commit_manifests(store, verified, as_of, flow_run_id)
+            counts = commit_manifests(store, storage, verified, as_of, flow_run_id)
             for k, v in counts.items():
                 totals[k] = totals.get(k, 0) + v
             totals["manifests"] = totals.get("manifests", 0) + len(verified)

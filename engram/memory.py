@@ -646,7 +646,7 @@ class Memory:
             # A forget matches whole words: with none, it would remove nothing and still give a receipt.
             raise InvalidInput("subject", f"has no word (letters or digits) to match: {subject!r}")
         now = self._now()
-        from engram.archive import forget_in_archive, purge_tenant
+        from engram.archive import forget_in_archive, purge_tenant, remove_orphan_objects
 
         removed: dict[str, int] = {}
         for _ in range(FORGET_ROUNDS):
@@ -655,7 +655,13 @@ class Memory:
             # removes.
             _add_counts(removed, forget_in_archive(self.store, self.archive, tenant, subject, now))
             archived = subject is None and bool(self.store.manifests(tenant))
-            _add_counts(removed, self.store.forget(tenant, subject, now, flow_run_id))
+            hot = self.store.forget(tenant, subject, now, flow_run_id)
+            _add_counts(removed, hot)
+            if hot.get("archive_manifests_unfinished"):
+                # An archive run's manifests the hot forget discarded: what they uploaded so far (their commit finds
+                # them gone and deletes what they upload after).
+                swept = remove_orphan_objects(self.store, self.archive, tenant)
+                _add_counts(removed, {"archive_object_versions_deleted": swept})
             if archived:
                 # What an archive run committed after the archive was emptied, before the tenant's rows went.
                 _add_counts(removed, {"archive_object_versions_deleted": purge_tenant(self.archive, tenant)})

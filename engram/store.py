@@ -2216,6 +2216,7 @@ class Store:
         verified: Sequence[tuple[str, str, Mapping[str, Sequence[Mapping[str, Any]]]]],
         now: datetime,
         flow_run_id: str | None,
+        discarded: list[tuple[str, str]] | None = None,
     ) -> dict[str, int]:
         """Swap hot rows for tombstones that point at their verified manifests, audit the moves, mark the manifests
         committed: one transaction for them all, so each manifest is committed whole or not at all.
@@ -2224,12 +2225,13 @@ class Store:
         time); a row that moved on since keeps living hot, and its stale copy in the manifest's files is ignored
         because no tombstone points at it.
 
+        A manifest whose row is gone was discarded meanwhile, by a forget of its tenant (its files may hold what
+        was forgotten) or by a run that settled it: nothing of it is committed, its rows stay hot, and its
+        (tenant, manifest id) is appended to ``discarded`` for the caller to delete its objects.
+
         Args:
             verified: (tenant, manifest id, the rows as read back from the manifest's files by table name), at most
                 one manifest per tenant and table row.
-
-        Raises:
-            StoreError: a manifest was discarded meanwhile (by a forget); nothing is committed and its rows stay hot.
         """
         counts = {"semantic_items": 0, "episodes": 0, "episode_turns": 0, "events_blanked": 0}
         if not verified:
@@ -2240,17 +2242,21 @@ class Store:
             by_tenant: dict[str, list[str]] = {}
             for tenant, manifest_id, _ in verified:
                 by_tenant.setdefault(tenant, []).append(manifest_id)
+            gone: set[tuple[str, str]] = set()
             for tenant, ids in by_tenant.items():
                 query = select(MANIFESTS.c.manifest_id).where(
                     MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id.in_(ids)
                 )
                 if self.dialect == "postgresql":
                     query = query.with_for_update()
-                missing = set(ids) - set(conn.execute(query).scalars())
-                if missing:
-                    raise StoreError(f"manifest {min(missing)} of tenant {tenant!r} was discarded; its rows stay hot")
+                gone |= {(tenant, m) for m in set(ids) - set(conn.execute(query).scalars())}
+                by_tenant[tenant] = [m for m in ids if (tenant, m) not in gone]
+            if discarded is not None:
+                discarded += sorted(gone)
             audit: list[dict[str, Any]] = []
             for tenant, manifest_id, archived in verified:
+                if (tenant, manifest_id) in gone:
+                    continue
                 moved = self._tombstone_archived(
                     conn, tenant, manifest_id, archived, seqs[tenant], now, flow_run_id, audit
                 )
@@ -2258,11 +2264,12 @@ class Store:
                     counts[k] += v
             self.insert_ignore(conn, TRANSITIONS, audit)
             for tenant, ids in by_tenant.items():
-                conn.execute(
-                    update(MANIFESTS)
-                    .where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id.in_(ids))
-                    .values(status="committed")
-                )
+                if ids:
+                    conn.execute(
+                        update(MANIFESTS)
+                        .where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.manifest_id.in_(ids))
+                        .values(status="committed")
+                    )
         return counts
 
     def _tombstone_archived(
@@ -2982,6 +2989,16 @@ class Store:
                     removed[name] = conn.execute(table.delete().where(table.c.tenant == tenant)).rowcount or 0
             else:
                 removed = self._forget_subject(conn, tenant, subject, mentions)
+                # An archive run's manifest not yet committed may hold rows this forget removed: it is discarded
+                # (the run's commit then finds it gone and commits nothing of it; the caller deletes its objects).
+                removed["archive_manifests_unfinished"] = (
+                    conn.execute(
+                        MANIFESTS.delete().where(
+                            MANIFESTS.c.tenant == tenant, MANIFESTS.c.status.in_(["written", "verified"])
+                        )
+                    ).rowcount
+                    or 0
+                )
             # The index follows the counter; a forget invalidates it wholesale by moving the tenant's epoch.
             conn.execute(update(TENANTS).where(TENANTS.c.tenant == tenant).values(epoch=TENANTS.c.epoch + 1))
         return removed

@@ -62,7 +62,7 @@ def archive(
             manifests = write_archive_files(store_url, storage, layer, opaque(keys), as_of)
             verified = verify_archive_files(store_url, storage, opaque(manifests))
             totals["rows_verified"] += sum(v.rows for v in verified)
-            moved = tombstone_archived_rows(store_url, opaque(verified), as_of)
+            moved = tombstone_archived_rows(store_url, storage, opaque(verified), as_of)
             totals.update(moved)
             batches.release()
             if not moved.get("semantic_items") and not moved.get("episodes"):

@@ -77,10 +77,11 @@ def verify_archive_files(
 @task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 @cyclic_gc_paused()
 def tombstone_archived_rows(
-    store_url: str | None, verified: list[arc.VerifiedManifest], as_of: datetime
+    store_url: str | None, storage: arc.StorageLike, verified: list[arc.VerifiedManifest], as_of: datetime
 ) -> dict[str, int]:
-    """Swap the verified rows for tombstones and audit the moves, one transaction for the batch (``committed``)."""
-    counts = arc.commit_manifests(open_store(store_url), verified, as_of, current_run_id())
+    """Swap the verified rows for tombstones and audit the moves, one transaction for the batch (``committed``);
+    a manifest a forget discarded meanwhile is not committed, and its objects are deleted."""
+    counts = arc.commit_manifests(open_store(store_url), storage, verified, as_of, current_run_id())
     return {**counts, "manifests": len(verified)}
 
 

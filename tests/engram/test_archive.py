@@ -410,6 +410,49 @@ def test_an_archive_run_between_the_archive_and_the_hot_forget_does_not_keep_the
     assert contents(memory.store, location, "acme")  # what does not name it is still there
 
 
+def test_an_archive_run_that_read_the_subject_before_a_forget_commits_none_of_it(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An archive run reads hot rows and uploads its files while a forget runs; it verifies and commits after the
+    forget returned. The forget discards the run's manifest (not committed yet), so the commit finds it gone: it
+    commits nothing of it and deletes its objects (its files held the forgotten rows, committed before)."""
+    from engram.archive import archive_batch, commit_manifests, verify_manifests
+
+    location = ArchiveLocation((tmp_path / "archive").as_uri())
+    provision_archive(location)
+    memory = Memory(store_url, location, clock=FixedClock(LATER))
+    try:
+        fill(memory)
+        store = memory.store
+        keys = store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "acme", 5000)
+        hot_forget, written, verified = Store.forget, [], []
+
+        def archive_run_reads_first(self: Store, *args: Any) -> dict[str, int]:
+            if not written:
+                written.extend(archive_batch(self, location, Layer.SEMANTIC, keys, LATER, None))
+                verified.extend(verify_manifests(self, location, written))
+            return hot_forget(self, *args)
+
+        monkeypatch.setattr(Store, "forget", archive_run_reads_first)
+        removed = memory.forget("acme", "Lisbon").removed
+        monkeypatch.setattr(Store, "forget", hot_forget)
+        assert written and removed["archive_manifests_unfinished"] == len(written)
+
+        # A run that verifies after the forget leaves the discarded manifests out; one that verified before
+        # commits none of them.
+        assert verify_manifests(store, location, written) == []
+        counts = commit_manifests(store, location, verified, LATER, None)
+        assert counts["semantic_items"] == 0 and counts["manifests_discarded"] == len(written)
+        assert store.manifests("acme") == []
+        _assert_nothing_names(memory, location, "lisbon")
+        assert not any(Path(location.prefix).rglob("*.parquet"))
+        # The rows it read are hot still, and the next archive run takes them.
+        assert archive_cold_items(store, location, COLD, LATER)["semantic_items"] > 0
+        _assert_nothing_names(memory, location, "lisbon")
+    finally:
+        memory.close()
+
+
 def test_forget_a_whole_tenant_empties_its_archive(sqlite_memory: Memory, s3_archive: ArchiveLocation) -> None:
     provision_archive(s3_archive)
     memory = Memory(sqlite_memory.store_url, s3_archive, clock=FixedClock(T0))
@@ -526,7 +569,7 @@ def test_a_batch_of_many_tenants_is_uploaded_and_read_back_in_one_call(
     files = sum(len(m["files"]) for m in written)
     assert [len(objects) for _, _, objects in uploads] == [files + len(written)]  # every file and manifest, once
     assert [len(pairs) for _, _, pairs in fetches] == [files]
-    counts = commit_manifests(sqlite_memory.store, verified, LATER, None)
+    counts = commit_manifests(sqlite_memory.store, s3_archive, verified, LATER, None)
     assert counts["semantic_items"] == len(keys)
     for t in tenants:
         (manifest,) = sqlite_memory.store.manifests(t, ["committed"])
@@ -592,5 +635,5 @@ def test_verifying_in_groups_pairs_each_manifest_with_its_own_files(
     assert [v.manifest["manifest_id"] for v in verified] == [m["manifest_id"] for m in written]
     for v in verified:
         assert v.keys["episodes"].num_rows == sum(f["rows"] for f in v.manifest["files"] if f["table"] == "episodes")
-    counts = arc.commit_manifests(sqlite_memory.store, verified, LATER, None)
+    counts = arc.commit_manifests(sqlite_memory.store, location, verified, LATER, None)
     assert counts["episodes"] == len(keys)
