@@ -84,13 +84,26 @@ def _fail(message: str, code: int = USER_ERROR) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _settings_error(exc: Any) -> str:
+    """A pydantic error of the settings as one line naming each variable: ``ENGRAM_LEASE_SECONDS: ...``."""
+    parts = []
+    for error in exc.errors():
+        name = "_".join(str(p) for p in error.get("loc", ())).upper()
+        parts.append(f"ENGRAM_{name}: {error.get('msg', 'is not valid')}, got {str(error.get('input'))[:40]!r}")
+    return "; ".join(parts) or str(exc)
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Turn engram's errors into one line and exit status 2, never a traceback."""
+    from pydantic import ValidationError
+
     try:
         yield
     except EngramError as exc:
         _fail(str(exc))
+    except ValidationError as exc:  # a setting from the environment (ENGRAM_*) that is not valid
+        _fail(_settings_error(exc))
 
 
 @contextmanager

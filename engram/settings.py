@@ -46,12 +46,20 @@ class Settings(BaseSettings):
         description="Pause Python's cycle collector while observe_many writes a batch, and resume it after (about a"
         " fifth off its time); false leaves the host process's collector alone.",
     )
-    working_ttl_hours: float = Field(default=24.0, gt=0, description="Lifetime of task-scoped working memory.")
-    session_idle_minutes: float = Field(default=30.0, gt=0, description="Idle time after which a session closes.")
+    # Upper bounds keep every time these make (now plus one of them) inside the calendar: a ten-year lifetime,
+    # idle time or lease is already far past any use.
+    working_ttl_hours: float = Field(
+        default=24.0, gt=0, le=87_600, allow_inf_nan=False, description="Lifetime of task-scoped working memory."
+    )
+    session_idle_minutes: float = Field(
+        default=30.0, gt=0, le=5_256_000, allow_inf_nan=False, description="Idle time after which a session closes."
+    )
     embeddings: bool = Field(
         default=True, description="Use dense embeddings when the embeddings extra is installed (fused with BM25)."
     )
-    lease_seconds: float = Field(default=300.0, gt=0, description="How long a claimed batch stays reserved.")
+    lease_seconds: float = Field(
+        default=300.0, gt=0, le=315_360_000, allow_inf_nan=False, description="How long a claimed batch stays reserved."
+    )
     consolidate_attempts: int = Field(
         default=5,
         gt=0,

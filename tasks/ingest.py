@@ -63,7 +63,7 @@ def route_to_working(store_url: str | None, gate, as_of: datetime, working_ttl: 
                 "scope": metadata.get("scope", "session"),
                 "tags": list(metadata.get("tags") or []),
                 "metadata": metadata,
-                "expires_at": at + working_ttl,
+                "expires_at": _later(at, working_ttl),
                 "created_run_id": run_id,
             }
         )
@@ -71,3 +71,12 @@ def route_to_working(store_url: str | None, gate, as_of: datetime, working_ttl: 
         {"tenant": r["tenant"], "event_id": r["key"], "field": r["field"], "reason": r["reason"]} for r in gate.rejected
     ]
     return open_store(store_url).route_events(working, rejected, as_of, current_run_id())
+
+
+def _later(at: datetime, span: timedelta) -> datetime:
+    """``at + span``, or the calendar's last instant for an event dated so near it (a valid 9999-12-31) that the
+    sum is past it: the sum would raise and fail the whole batch, and every run after it."""
+    try:
+        return at + span
+    except OverflowError:
+        return datetime.max.replace(tzinfo=at.tzinfo)

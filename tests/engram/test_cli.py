@@ -231,6 +231,19 @@ def test_a_store_that_cannot_be_opened_is_a_user_error(tmp_path: Path) -> None:
     assert result.stderr.startswith("error: cannot open the store")
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("ENGRAM_LEASE_SECONDS", "abc"), ("ENGRAM_LEASE_SECONDS", "inf"), ("ENGRAM_WORKING_TTL_HOURS", "1e12")],
+)
+def test_a_setting_that_is_not_valid_is_named_in_one_line(tmp_path: Path, variable: str, value: str) -> None:
+    """A bad ENGRAM_* value printed a 78-line traceback; an infinite or huge lease or lifetime was taken and then
+    overflowed in every flow that adds it to a time."""
+    where = ["--store", f"sqlite:///{tmp_path / 'engram.db'}", "--archive", tmp_path.as_uri()]
+    result = CliRunner().invoke(app, ["stats", *where], env={variable: value})
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {variable}: ") and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_sqlite_store_whose_folder_cannot_be_made_is_a_user_error(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("not a folder")
     store = f"sqlite:///{tmp_path / 'afile' / 'engram.db'}"

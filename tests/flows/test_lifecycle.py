@@ -130,6 +130,16 @@ def test_ingest_gate_applies_the_configured_text_limit_not_the_default(
     assert row.field == "text" and "huge" in row.raw_payload
 
 
+def test_an_event_dated_at_the_end_of_the_calendar_does_not_block_ingest(memory: Memory) -> None:
+    """9999-12-31 is a valid time; its working-memory lifetime added to it is past the calendar. That raised in the
+    routing task and failed the batch, which every later run read again first."""
+    memory.observe("acme", "s1", "Ada", "written far ahead", "9999-12-31T12:00:00Z", event_id="far")
+    memory.observe("acme", "s1", "Ada", "written today", T0, event_id="today")
+    result = ingest(store_url=memory.store_url, as_of=T0 + timedelta(minutes=1))
+    assert (result["routed"], result["quarantined"]) == (2, 0)
+    assert memory.stats("acme")["working"] == 2
+
+
 def test_ingest_gate_failure_stops_the_run_before_it_writes(memory: Memory) -> None:
     # Most of the batch is broken: a batch-level failure, not a few rows to quarantine.
     rows = [_raw_event("acme", f"b{i}", "", T0) for i in range(8)] + [_raw_event("acme", "g0", "fine", T0)]
