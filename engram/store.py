@@ -1614,15 +1614,17 @@ class Store:
         ]
         return candidates if all(keep) else candidates[keep]
 
-    def _episode_of_events(self, conn: Connection, episodes: Sequence[tuple[str, str]]) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def _episode_of_events(self, conn: Connection, episodes: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The episode of each (tenant, event id) of the episodes' turns: event ids are unique within a tenant only,
+        and a batch spans tenants."""
+        out: dict[tuple[str, str], str] = {}
         for chunk in pair_chunks(episodes):
             for r in conn.execute(
-                select(TURNS.c.event_id, TURNS.c.episode_id).where(
+                select(TURNS.c.tenant, TURNS.c.event_id, TURNS.c.episode_id).where(
                     self._pairs_in(TURNS.c.tenant, TURNS.c.episode_id, chunk)
                 )
             ):
-                out[r.event_id] = r.episode_id
+                out[(r.tenant, r.event_id)] = r.episode_id
         return out
 
     def _closed_versions(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -1654,7 +1656,7 @@ class Store:
         seqs: dict[str, int],
         as_of: datetime,
         flow_run_id: str | None,
-        episode_of: dict[str, str],
+        episode_of: dict[tuple[str, str], str],
         vectors: Mapping[str, bytes],
     ) -> None:
         semantic_cols = {c.name for c in SEMANTIC.columns}
@@ -1680,7 +1682,7 @@ class Store:
                     seqs[tenant],
                     {
                         "version": item.get("version", 1),
-                        "episodes": sorted({episode_of[e] for e in sources if e in episode_of}),
+                        "episodes": sorted({episode_of[(tenant, e)] for e in sources if (tenant, e) in episode_of}),
                     },
                 )
             )
@@ -1715,7 +1717,7 @@ class Store:
                     {
                         "support_delta": int(merge.get("support_delta", 1)),
                         "sources": sources[:50],
-                        "episodes": sorted({episode_of[e] for e in sources if e in episode_of}),
+                        "episodes": sorted({episode_of[(tenant, e)] for e in sources if (tenant, e) in episode_of}),
                     },
                     key=",".join(sorted(sources)),
                 )

@@ -345,3 +345,23 @@ def test_an_event_skipped_for_another_reason_than_its_key_fails_the_write_and_ke
         store.add_events([_event("a", "e2", "same words"), _event("b", "e1", "other words")], AT)
     with store.read() as conn:
         assert sorted(conn.execute(select(EVENTS.c.tenant, EVENTS.c.event_id)).all()) == [("a", "e1")]
+
+
+def test_the_consolidation_audit_names_each_facts_own_tenants_episodes(memory: Any) -> None:
+    """Event ids are unique within a tenant only; one batch consolidates several tenants. The audit's episodes were
+    looked up by event id alone, so a fact of one tenant named another tenant's episode."""
+    from engram.store import EPISODES, TRANSITIONS
+    from tests.conftest import T0
+    from tests.engram.archive_helpers import consolidate_pending
+
+    for tenant in ("acme", "globex"):
+        memory.observe(tenant, "s1", "Ada", f"My favorite color is {tenant}blue.", T0, event_id="e1")
+    consolidate_pending(memory.store, None, T0 + timedelta(days=1))
+    with memory.store.read() as conn:
+        episodes = dict(conn.execute(select(EPISODES.c.tenant, EPISODES.c.episode_id)).all())
+        audit = conn.execute(
+            select(TRANSITIONS.c.tenant, TRANSITIONS.c.detail).where(TRANSITIONS.c.action == "consolidate")
+        ).all()
+    assert sorted(t for t, _ in audit) == ["acme", "globex"]
+    for tenant, detail in audit:
+        assert (json.loads(detail) if isinstance(detail, str) else detail)["episodes"] == [episodes[tenant]]
