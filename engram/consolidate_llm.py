@@ -20,6 +20,11 @@ import pandas as pd
 from engram.consolidate import FACT_COLUMNS, LocalConsolidator, content_hash, fact_key, signature
 from engram.errors import failure_reason
 from engram.text import render_date
+from engram.validation import Limits, check_actor, check_text
+
+# What a reply that is not the asked-for JSON raises on its way through ``_facts`` (an empty "choices" list, a turn
+# number of 1e999, a fact that is a string): the episode falls back to the local consolidator.
+_NOT_AN_ANSWER = (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError, OverflowError, AttributeError)
 
 SYSTEM_PROMPT = (
     "You distil durable facts from one conversation. Answer with JSON only: "
@@ -78,7 +83,7 @@ class LLMConsolidator:
             try:
                 try:
                     facts = self._facts(tenant, episode_turns)
-                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                except _NOT_AN_ANSWER:
                     self.fallbacks += 1
                     episode = episodes[(episodes.tenant == tenant) & (episodes.episode_id == episode_id)]
                     facts = self._local.distill(episode, episode_turns)
@@ -128,7 +133,11 @@ class LLMConsolidator:
             statement = str(fact["statement"]).strip()
             if not positions or not statement:
                 raise ValueError("a fact without its source turns or text")
-            speaker = str(fact.get("speaker") or by_position[positions[0]].actor)
+            # What the model wrote is checked as an event's text and actor are (a control character, a lone
+            # surrogate, a speaker past 256 characters would be stored on SQLite and refused by PostgreSQL, failing
+            # the whole batch on every run): InvalidInput is a ValueError, and the episode falls back.
+            statement = check_text(statement, Limits(), "statement")
+            speaker = check_actor(str(fact.get("speaker") or by_position[positions[0]].actor), "speaker")
             at: datetime = by_position[positions[-1]].at
             text = f"{speaker}: {statement}"
             slot = fact.get("slot")

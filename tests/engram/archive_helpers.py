@@ -36,6 +36,15 @@ def fill(memory: Memory, tenant: str = "acme", sessions: int = 4, as_of: datetim
 def consolidate_pending(store: Store, tenant: str | None, as_of: datetime, limit: int = 10_000) -> dict[str, int]:
     """What the ingest, close_sessions and consolidate flows do to a tenant's pending events (every tenant's with
     ``tenant=None``), by the store's own steps (no flow runs)."""
+    close_pending(store, tenant, as_of, limit)
+    episodes = store.claim_episodes(as_of, "test", 300, limit, tenant)
+    frames, turns = store.load_episodes(episodes)
+    facts = LocalConsolidator().distill(frames, turns)
+    return store.commit_consolidation(episodes, facts, "test", as_of, None, plan_changes)
+
+
+def close_pending(store: Store, tenant: str | None, as_of: datetime, limit: int = 10_000) -> None:
+    """What the ingest and close_sessions flows do to a tenant's pending events: episodes, not consolidated."""
     working = [
         {
             "tenant": e["tenant"],
@@ -56,10 +65,6 @@ def consolidate_pending(store: Store, tenant: str | None, as_of: datetime, limit
     store.route_events(working, [], as_of, None)
     sessions = store.claim_sessions_to_close(as_of, 1800, "test", 300, limit, tenant)
     store.close_sessions(sessions, "test", as_of, None, summarize_episode)
-    episodes = store.claim_episodes(as_of, "test", 300, limit, tenant)
-    frames, turns = store.load_episodes(episodes)
-    facts = LocalConsolidator().distill(frames, turns)
-    return store.commit_consolidation(episodes, facts, "test", as_of, None, plan_changes)
 
 
 def contents(store: Store, storage: Any, tenant: str) -> dict[tuple[str, str], str]:

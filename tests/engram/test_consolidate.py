@@ -7,6 +7,7 @@ import re
 import string
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -582,3 +583,58 @@ def test_words_of_ascii_and_other_text_are_those_of_each_word_lowered(seed: int)
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         assert _tokens(text) == [w.lower() for w in _WORD.findall(text.replace("’", "'"))], text
     assert _tokens("Kelvin \u212aB") == ["kelvin", "b"]
+
+
+# Replies of a model that are not the asked-for facts, each as the body its server sends.
+_BAD_REPLIES = {
+    "no choices": {"choices": []},
+    "a turn past any number": {"facts": [{"speaker": "Ada", "statement": "Ada lives in Lisbon", "turns": [1e999]}]},
+    "a speaker of 300 letters": {"facts": [{"speaker": "A" * 300, "statement": "Ada lives in Lisbon", "turns": [0]}]},
+    "a NUL in the statement": {"facts": [{"speaker": "Ada", "statement": "Ada lives\x00 in Lisbon", "turns": [0]}]},
+    "a fact that is a string": {"facts": ["Ada lives in Lisbon"]},
+}
+
+
+@pytest.mark.parametrize("reply", list(_BAD_REPLIES))
+def test_a_model_reply_that_is_not_facts_falls_back_to_the_local_consolidator(
+    reply: str, store_url: str, tmp_path: Any
+) -> None:
+    """Every such reply falls back for its episode (an IndexError or OverflowError held the episode back instead;
+    a long speaker or a NUL was stored on SQLite and failed the batch's commit on PostgreSQL, run after run)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from engram import Memory
+    from engram.consolidate_llm import LLMConsolidator
+    from engram.testing import FixedClock
+    from tests.conftest import T0
+    from tests.engram.archive_helpers import close_pending
+    from tests.flows.helpers import answer_json
+
+    body = _BAD_REPLIES[reply]
+
+    class Model(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answer_json(self, body if "choices" in body else {"choices": [{"message": {"content": json.dumps(body)}}]})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Model)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    memory = Memory(store_url, (tmp_path / "archive").as_uri(), clock=FixedClock(T0))
+    try:
+        memory.observe("acme", "s1", "Ada", "I live in Lisbon now, near the river.", T0, event_id="e1")
+        store, later = memory.store, T0 + timedelta(hours=2)
+        close_pending(store, "acme", later)  # routed and closed: the episode waits
+        episodes, turns = store.load_episodes(store.claim_episodes(later, "t", 300, 10, "acme"))
+        llm = LLMConsolidator(f"http://127.0.0.1:{server.server_address[1]}/v1", "m", retries=0)
+        facts, failed = llm.distill_each(episodes, turns)
+        assert failed == {} and llm.fallbacks == 1
+        local = LocalConsolidator().distill(episodes, turns)
+        assert list(facts["text"]) == list(local["text"]) and len(facts) > 0
+    finally:
+        memory.close()
+        server.shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -119,3 +120,13 @@ def artifacts_with_keys(*keys: str) -> list:
         return client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys))), sort=ArtifactSort.CREATED_DESC
         )
+
+
+def answer_json(handler: Any, body: Any) -> None:
+    """Send ``body`` as a 200 JSON response from an ``http.server`` request handler (a model server on loopback)."""
+    payload = json.dumps(body).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)

@@ -17,6 +17,7 @@ from flows.consolidate import consolidate
 from flows.ingest import ingest
 from flows.sessions import close_sessions
 from tests.conftest import T0
+from tests.flows.helpers import answer_json
 
 TURN = re.compile(r"^\[(\d+)\] ([^:]+): (.*)$")
 
@@ -44,12 +45,7 @@ class ChatHandler(BaseHTTPRequestHandler):
                     }
                 )
         content = "not json at all" if "garble" in transcript else json.dumps({"facts": facts})
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        answer_json(self, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
     def log_message(self, *args: object) -> None:
         pass
