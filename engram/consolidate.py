@@ -825,8 +825,11 @@ def plan_changes(candidates: pd.DataFrame, existing: pd.DataFrame, now: datetime
                 merge["last_seen"] = item["last_seen"]
                 merge["sources"] = [*merge["sources"], *fresh]
             continue
-        if cand["at"] < item["valid_from"]:
-            continue  # older news than the current version: it stays in the episodic record, not in the facts
+        if cand["at"] < max(item["valid_from"], item["last_seen"]):
+            # Older news than the current version, which began or was said again after it (an episode closed or
+            # consolidated late): it stays in the episodic record, not in the facts. Else which of two statements
+            # is current would depend on how the episodes fell into runs.
+            continue
         new = _new_item(cand, version=int(item["version"]) + 1)
         item["valid_to"] = new["valid_from"]
         item["superseded_by"] = new["item_id"]

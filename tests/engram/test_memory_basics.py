@@ -231,3 +231,27 @@ def test_a_change_after_its_current_version_was_forgotten_is_the_next_version(me
     assert len({r["fact_key"] for r in rows}) == 1
     live = [r for r in rows if r["valid_to"] is None]
     assert [r["text"] for r in live] == ["Ada: My favorite color is red."]
+
+
+def test_a_statement_consolidated_late_does_not_replace_a_newer_restatement(memory: Memory) -> None:
+    """London on day 0 and again on day 2, Paris on day 1 in a session that closes on day 3. Run by run, the
+    restatement of day 2 had only moved London's last-seen time, so Paris (day 1, after London began) superseded
+    it; run once at the end, London came out current. The current fact is now London either way."""
+    from sqlalchemy import select
+
+    from engram.store import SEMANTIC
+    from tests.engram.archive_helpers import consolidate_pending
+
+    day = timedelta(days=1)
+    memory.observe("acme", "a", "Ann", "I live in London.", T0, event_id="london-1")
+    memory.observe("acme", "b", "Ann", "I live in Paris.", T0 + day, event_id="paris")
+    memory.observe("acme", "c", "Ann", "I live in London.", T0 + 2 * day, event_id="london-2")
+    memory.observe("acme", "b", "Ann", "The weather is lovely here.", T0 + 3 * day, event_id="weather")
+    for as_of in (T0 + timedelta(hours=1), T0 + 2 * day + timedelta(hours=1), T0 + 3 * day + timedelta(hours=1)):
+        consolidate_pending(memory.store, "acme", as_of)
+    with memory.store.read() as conn:
+        current = conn.execute(
+            select(SEMANTIC.c.text).where(SEMANTIC.c.tenant == "acme", SEMANTIC.c.valid_to.is_(None))
+        ).scalars()
+        homes = [text for text in current if "live in" in text]
+    assert homes == ["Ann: I live in London."]
