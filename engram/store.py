@@ -929,12 +929,20 @@ class Store:
     def _check_leases(
         self, conn: Connection, table: Table, key_cols: Sequence[str], keys: Sequence[tuple[str, ...]], owner: str
     ) -> None:
-        """Raise ``LeaseLost`` unless every key is still leased to ``owner`` (checked under the write lock)."""
+        """Raise ``LeaseLost`` unless every key is still leased to ``owner`` (checked under the write lock).
+
+        On PostgreSQL the rows are locked until the transaction ends: a claim by another worker (``FOR UPDATE SKIP
+        LOCKED``) then passes over them, instead of taking them over between this check and the commit's writes,
+        which would commit the batch under a lease it no longer holds. SQLite's writer holds the database."""
         from engram.errors import LeaseLost
 
         held = 0
         cols = [table.c[k] for k in key_cols]
         for chunk in pair_chunks(keys):
+            if self.dialect == "postgresql":
+                query = select(*cols).where(self._pairs_in(*cols, chunk), table.c.lease_owner == owner)
+                held += len(conn.execute(query.with_for_update()).all())
+                continue
             query = select(func.count()).select_from(table)
             held += conn.execute(query.where(self._pairs_in(*cols, chunk), table.c.lease_owner == owner)).scalar_one()
         if held != len(keys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -21,6 +22,7 @@ from sqlalchemy import func, select
 
 from engram.layers import Layer
 from engram.store import (
+    EPISODES,
     EVENTS,
     SEMANTIC,
     TENANTS,
@@ -365,3 +367,51 @@ def test_the_consolidation_audit_names_each_facts_own_tenants_episodes(memory: A
     assert sorted(t for t, _ in audit) == ["acme", "globex"]
     for tenant, detail in audit:
         assert (json.loads(detail) if isinstance(detail, str) else detail)["episodes"] == [episodes[tenant]]
+
+
+@pytest.mark.postgres
+def test_a_claim_during_a_commit_on_postgresql_does_not_take_the_batch_over(tmp_path: Path) -> None:
+    """A's lease has run out when it commits; B claims the same episodes meanwhile. The commit's lease check locks
+    the rows: B's claim passes over them (SKIP LOCKED) and A commits once. Unlocked, B took them over between A's
+    check and A's writes, A committed under a lease it no longer held, and B did the batch again."""
+    import threading
+
+    from engram import Memory
+    from engram.consolidate import LocalConsolidator, plan_changes
+    from engram.testing import FixedClock
+    from tests.conftest import T0, fresh_store
+    from tests.engram.archive_helpers import close_pending
+
+    with fresh_store(tmp_path, "postgresql") as url, Memory(url, tmp_path.as_uri(), clock=FixedClock(T0)) as memory:
+        store = memory.store
+        memory.observe("acme", "s1", "Ada", "I live in Lisbon now.", T0, event_id="e1")
+        close_pending(store, "acme", T0 + timedelta(hours=1))
+        episodes = store.claim_episodes(T0 + timedelta(hours=1), "A", 0.1, 10, "acme")  # a lease of 0.1 s
+        frames, turns = store.load_episodes(episodes)
+        facts = LocalConsolidator().distill(frames, turns)
+        time.sleep(0.3)  # leases run on the wall clock: A's has run out
+        checked, claimed = threading.Event(), []
+        check = Store._check_leases
+
+        def check_then_let_b_claim(self: Store, *args: Any) -> None:
+            check(self, *args)
+            if args[1] is EPISODES:
+                checked.set()
+                time.sleep(1.0)  # B claims while A's transaction is open
+
+        def b_claims() -> None:
+            checked.wait(30)
+            claimed.extend(Store(url).claim_episodes(T0 + timedelta(hours=2), "B", 300, 10, "acme"))
+
+        worker = threading.Thread(target=b_claims)
+        worker.start()
+        try:
+            Store._check_leases = check_then_let_b_claim  # type: ignore[method-assign]
+            counts = store.commit_consolidation(episodes, facts, "A", T0 + timedelta(hours=2), None, plan_changes)
+        finally:
+            Store._check_leases = check  # type: ignore[method-assign]
+            worker.join()
+        assert counts["episodes"] == len(episodes) and claimed == []
+        with store.read() as conn:
+            owner = conn.execute(select(EPISODES.c.consolidated_run_id, EPISODES.c.lease_owner)).one()
+        assert owner.lease_owner is None
