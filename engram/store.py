@@ -1370,8 +1370,11 @@ class Store:
         vectors: Mapping[str, bytes] | None = None,
         held: Mapping[tuple[str, str], str] | None = None,
         failed_whole: bool = False,
+        rejected: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, int]:
-        """Apply a batch's candidate facts to the semantic layer and mark its episodes consolidated, atomically.
+        """Apply a batch's candidate facts to the semantic layer and mark its episodes consolidated, atomically;
+        ``rejected`` (quarantine rows of the facts the quality gate turned away) are written in the same
+        transaction, so that a fact the gate refused is kept with its reason when its episode is marked done.
 
         The plan is made inside the transaction, after the tenant's row lock is held, from the current items as
         they are then: two consolidations of different episodes that distil the same fact cannot both create it.
@@ -1408,6 +1411,7 @@ class Store:
         with self.write() as conn:
             seqs = self.bump_seq(conn, tenants, as_of)
             self._check_leases(conn, EPISODES, ("tenant", "episode_id"), [*episodes, *held], owner)
+            self.insert_ignore(conn, QUARANTINE, list(rejected))
             if held:
                 rows = [
                     _episode_quarantine_row(t, e, "consolidate", "episode", why, as_of, flow_run_id, {})

@@ -99,9 +99,11 @@ def commit_facts(
     as_of: datetime,
     vectors: dict[str, bytes] | None = None,
     held: dict[tuple[str, str], str] | None = None,
+    rejected: list[dict[str, Any]] | None = None,
 ) -> dict[str, int]:
     """Merge, version or add the facts and mark the episodes consolidated, in one transaction under the leases;
-    quarantine the reasons of the ``held`` episodes (some of ``episodes``), which stay unconsolidated, and count
+    quarantine the facts the gate ``rejected`` (quarantine rows) and the reasons of the ``held`` episodes (some of
+    ``episodes``), which stay unconsolidated, and count
     the failure against each (``set_aside``: those that reached ``ENGRAM_CONSOLIDATE_ATTEMPTS``). When the batch
     failed whole, the consolidator may be what failed: only episodes already failed on alone are counted.
 
@@ -119,6 +121,7 @@ def commit_facts(
             vectors,
             held,
             bool(held) and failed_whole(len(episodes), len(held)),
+            rejected or (),
         )
     except LeaseLost as exc:
         get_run_logger().warning("batch of %d episodes skipped: %s", len(episodes), exc)
@@ -145,9 +148,36 @@ def consolidate_batch(
     gate = gate_facts(candidates, max_reject_fraction)
     # Without embeddings there is no embedding task run: the run graph shows only work that was done.
     vectors = embed_facts(gate.valid) if embeddings_enabled() else None
-    counts = dict(commit_facts(store_url, opaque(episodes), gate.valid, owner, as_of, vectors, held or None))
+    rejected = _rejected_facts(candidates, gate.rejected, as_of) if gate.rejected else None
+    counts = dict(commit_facts(store_url, opaque(episodes), gate.valid, owner, as_of, vectors, held or None, rejected))
     counts["rows_in"] = counts.get("rows_in", 0) + len(candidates)
     counts["quarantined"] = counts.get("quarantined", 0) + len(gate.rejected)
     if counts.get("lease_lost"):
         held = {}
     return counts, gate.result, held
+
+
+def _rejected_facts(candidates: Any, rejected: list[dict[str, Any]], as_of: datetime) -> list[dict[str, Any]]:
+    """Quarantine rows (source ``consolidate``) for the candidate facts the gate turned away, each with the fact as
+    its payload: one per fact and reason, so that a rerun of the batch adds none."""
+    from engram.frames import records
+    from engram.store import stable_id
+    from engram.validation import raw_payload
+
+    run_id = current_run_id()
+    out = []
+    for r in rejected:
+        fact = records(candidates.loc[[r["index"]]])[0]
+        out.append(
+            {
+                "tenant": str(r["tenant"]),
+                "quarantine_id": stable_id("q", str(r["tenant"]), str(r["key"]), "consolidate", r["field"]),
+                "source": "consolidate",
+                "field": str(r["field"])[:64],
+                "reason": f"fact {r['key']}: {r['reason']}",
+                "raw_payload": raw_payload(fact),
+                "flow_run_id": run_id,
+                "quarantined_at": as_of,
+            }
+        )
+    return out

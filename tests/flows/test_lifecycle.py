@@ -170,6 +170,38 @@ def test_the_forget_flow_dates_its_receipt_at_as_of(memory: Memory) -> None:
     assert audit == [("forget", as_of)]
 
 
+def test_a_fact_the_gate_turns_away_is_quarantined_with_its_text(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consolidator's fact that fails the episodic -> semantic gate (a salience past 1, as a plugged-in
+    consolidator may write) was only counted: its episode was marked consolidated and the fact was gone without a
+    trace. It is now a quarantine row (source consolidate) with the fact as its payload; the other facts are kept."""
+    from engram.consolidate import LocalConsolidator
+    from flows.consolidate import consolidate
+
+    distill = LocalConsolidator.distill
+
+    def one_too_salient(self: LocalConsolidator, episodes, turns):  # noqa: ANN001, ANN202
+        facts = distill(self, episodes, turns)
+        facts.loc[facts.index[0], "salience"] = 1.7
+        return facts
+
+    monkeypatch.setattr(LocalConsolidator, "distill", one_too_salient)
+    memory.observe_many(conversation_rows("acme", sessions=2, start=T0))
+    as_of = T0 + timedelta(days=30)
+    ingest(store_url=memory.store_url, as_of=as_of)
+    close_sessions(store_url=memory.store_url, as_of=as_of)
+    result = consolidate(store_url=memory.store_url, as_of=as_of)
+    assert result["quarantined"] >= 1 and memory.stats("acme")["semantic"] > 0
+    with memory.store.read() as conn:
+        rows = conn.execute(select(QUARANTINE).where(QUARANTINE.c.source == "consolidate")).all()
+        waiting = conn.execute(select(EPISODES.c.episode_id).where(EPISODES.c.consolidated_at.is_(None))).all()
+    assert len(rows) == result["quarantined"] and waiting == []
+    assert all(
+        r.field == "salience" and '"salience": 1.7' in r.raw_payload and '"text": ' in r.raw_payload for r in rows
+    )
+
+
 def test_flow_runs_are_in_prefects_run_history(memory: Memory) -> None:
     memory.observe_many(conversation_rows("acme", sessions=1, start=T0))
     memory.run_lifecycle(as_of=T0 + timedelta(days=2))
