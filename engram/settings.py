@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Consolidation runs that may fail on one episode before it is set aside, to be retried by hand.",
     )
+    metrics_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        le=36_500,
+        allow_inf_nan=False,
+        description="Days the monitor's measurements are kept in the metrics table; each run deletes older ones.",
+    )
     search_max_tenants: int = Field(
         default=64,
         gt=0,

@@ -1806,10 +1806,17 @@ class Store:
         with self.read() as conn:
             return {t: (n, _aware(oldest)) for t, n, oldest in conn.execute(q)}
 
-    def record_metrics(self, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Store measurements; a measurement already recorded for (tenant, name, at) is kept as it was."""
+    def record_metrics(self, rows: Sequence[Mapping[str, Any]], keep_after: datetime | None = None) -> int:
+        """Store measurements; a measurement already recorded for (tenant, name, at) is kept as it was. With
+        ``keep_after``, the measurements of the same names taken before it are deleted in the same transaction (by
+        name and time, on ``ix_metrics_name_at``: each run deletes what expired since the one before), so that the
+        table holds a window, not every run since the service began."""
         with self.write() as conn:
-            return self.insert_ignore(conn, METRICS, rows)
+            written = self.insert_ignore(conn, METRICS, rows)
+            if keep_after is not None:
+                for name in sorted({r["name"] for r in rows}):
+                    conn.execute(METRICS.delete().where(METRICS.c.name == name, METRICS.c.at < keep_after))
+            return written
 
     def latest_metric(self, tenant: str, name: str, before: datetime) -> float | None:
         """The newest value of a measurement recorded before ``before``, or None."""

@@ -250,9 +250,15 @@ def measure_run_durations(since: datetime, flow_names: Sequence[str]) -> list[Me
 def record_measurements(
     store_url: str | None, measurements: Sequence[Measurement], checks: Sequence[HealthCheck], as_of: datetime
 ) -> int:
-    """Write the run's measurements (and one per health check) to the ``metrics`` table."""
+    """Write the run's measurements (and one per health check) to the ``metrics`` table, and delete those taken
+    more than ``ENGRAM_METRICS_RETENTION_DAYS`` before ``as_of``."""
+    from datetime import timedelta
+
+    from engram.settings import Settings
+
     rows = [m.row(as_of, current_run_id()) for m in [*measurements, *health_measurements(checks)]]
-    return open_store(store_url).record_metrics(rows)
+    keep_after = as_of - timedelta(days=Settings().metrics_retention_days)
+    return open_store(store_url).record_metrics(rows, keep_after)
 
 
 @task(cache_policy=NO_CACHE)

@@ -80,6 +80,12 @@ def test_monitor_records_metrics_publishes_a_chart_and_signals_the_backlog(sqlit
     assert {"engram-metrics", "engram-layer-sizes"} <= keys
     markdown = next(a.data for a in chart if a.key == "engram-layer-sizes")
     assert "xychart-beta" in markdown and "| episodic |" in markdown
+    # A month later (ENGRAM_METRICS_RETENTION_DAYS, 30 by default), a run deletes what the first two recorded.
+    later = AS_OF + timedelta(days=31)
+    monitor(store_url=sqlite_memory.store_url, archive_url=sqlite_memory.archive_url, as_of=later)
+    with sqlite_memory.store.read() as conn:
+        times = conn.execute(select(METRICS.c.at).where(METRICS.c.name == "layer.episodic")).scalars().all()
+    assert times and all(at >= later for at in times)
 
 
 def test_scale_raises_parallelism_and_a_shard_worker_drains_every_shard(sqlite_memory: Memory) -> None:
