@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from engram.errors import InvalidInput
 from engram.store import Store
 
 SERVICE_WIDE = "*"  # the tenant of a measurement that covers every tenant
@@ -310,6 +311,14 @@ class ScalingPolicy:
     min_workers: int = 1
     max_workers: int = 8
     shard_count: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("backlog_per_worker", "min_workers", "max_workers", "shard_count"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInput(name, f"must be a whole number of at least 1, got {value!r}")
+        if self.min_workers > self.max_workers:
+            raise InvalidInput("min_workers", f"is {self.min_workers}, above max_workers ({self.max_workers})")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engram import Memory
+from engram import InvalidInput, Memory
 from engram.service import (
     HealthCheck,
     Measurement,
@@ -190,3 +190,19 @@ def test_shard_leases_go_to_one_owner_at_a_time(store_url: str) -> None:
         assert {r["shard_count"] for r in store.shard_leases("pool")} == {8}
     finally:
         store.dispose()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"backlog_per_worker": 0}, "backlog_per_worker"),  # divided by: a ZeroDivisionError in the flow
+        ({"min_workers": 0}, "min_workers"),  # a pool limit of 0 would stop consolidation
+        ({"max_workers": -1}, "max_workers"),
+        ({"shard_count": 2.5}, "shard_count"),
+        ({"min_workers": 5, "max_workers": 2}, "min_workers"),
+    ],
+)
+def test_a_scaling_policy_that_cannot_work_is_refused_naming_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        ScalingPolicy(**kwargs)
+    assert err.value.field == field
