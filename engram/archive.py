@@ -1321,26 +1321,60 @@ def rehydrate_batch(
 ) -> dict[str, int]:
     """Bring up to ``limit`` archived semantic items back to the semantic layer, audited; idempotent.
 
-    The archive's copy stays where it is (its manifest is unchanged); the hot row is whole again.
+    The archive's copy stays where it is (its manifest is unchanged); the hot row is whole again. An item whose
+    tombstone a compaction pointed at its new manifest between the pick and the commit (the commit then matches
+    nothing) is picked again from where it points now, up to ``REHYDRATE_ROUNDS`` times.
     """
     picked = store.archived_semantic(tenant, item_ids, limit)
     counts = {"rehydrated": 0, "candidates": len(picked)}
+    for _ in range(REHYDRATE_ROUNDS):
+        moved = _rehydrate_picked(store, storage, picked, now, flow_run_id, counts)
+        if not moved:
+            return counts
+        picked = store.archived_semantic(tenant, sorted(moved), len(moved))
+    if picked:
+        raise ArchiveError(
+            f"{len(picked)} archived items moved to other manifests during each of {REHYDRATE_ROUNDS} attempts to "
+            "bring them back (compactions running); rerun the rehydrate"
+        )
+    return counts
+
+
+# Picks a rehydrate makes of items whose manifest a compaction replaced meanwhile.
+REHYDRATE_ROUNDS = 3
+
+
+def _rehydrate_picked(
+    store: Store,
+    storage: StorageLike,
+    picked: Sequence[tuple[str, str, str, datetime | None]],
+    now: datetime,
+    flow_run_id: str | None,
+    counts: dict[str, int],
+) -> set[str]:
+    """Rehydrate picked (tenant, item id, manifest id, last seen) rows manifest by manifest; returns the ids of the
+    manifests that were replaced before their rows could be brought back (to be picked again)."""
     by_manifest: dict[tuple[str, str], set[str]] = {}
     seen: dict[tuple[str, str], list[datetime]] = {}
     for t, item_id, manifest_id, last_seen in picked:
         by_manifest.setdefault((t, manifest_id), set()).add(item_id)
         if last_seen is not None:
             seen.setdefault((t, manifest_id), []).append(last_seen)
+    moved: set[str] = set()
     for (t, manifest_id), ids in sorted(by_manifest.items()):
         manifest = next((m for m in store.manifests(t, ["committed"]) if m["manifest_id"] == manifest_id), None)
-        if manifest is None:
-            raise ArchiveError(f"tenant {t!r}: archived items point at manifest {manifest_id}, which is not committed")
+        if manifest is None:  # compacted away since the pick: the tombstones point at its replacement
+            moved |= ids
+            continue
         found = find_archived_rows(storage, manifest, "semantic_items", ids, seen.get((t, manifest_id), []))
         missing = ids - {r["item_id"] for r in found}
         if missing:
             raise ArchiveMismatch(manifest_id, "(semantic files)", f"lacks {len(missing)} archived items")
-        counts["rehydrated"] += store.commit_rehydrate(t, manifest_id, found, now, flow_run_id)
-    return counts
+        done = store.commit_rehydrate(t, manifest_id, found, now, flow_run_id)
+        counts["rehydrated"] += done
+        if done < len(found):
+            moved |= ids
+    return moved
 
 
 # -- forget -------------------------------------------------------------------------------------------------------

@@ -348,6 +348,28 @@ def test_search_ranks_the_same_after_compaction_with_a_fresh_index_and_a_warm_on
         fresh.close()
 
 
+def test_a_rehydrate_that_a_compaction_overtakes_brings_the_item_back_from_the_new_manifest(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rehydrate reads the item from its manifest; a compaction commits before the rehydrate's commit and points
+    the tombstone at the merged manifest. The commit matched no row, and the run answered success with the item
+    still archived; now it picks the item again where it points and brings it back."""
+    store, location = scene.store, scene.location
+    fact = _archived_fact(store)
+    commit, compactions = Store.commit_rehydrate, []
+
+    def compaction_first(self: Store, *args: Any) -> int:
+        if not compactions:
+            compactions.append(compact_tenant(self, location, TENANT, LATER, **MERGE_ALL)["manifests_merged"])
+        return commit(self, *args)
+
+    monkeypatch.setattr(Store, "commit_rehydrate", compaction_first)
+    counts = rehydrate_batch(store, location, TENANT, [fact], LATER, None, 10)
+    assert compactions[0] > 1 and counts == {"rehydrated": 1, "candidates": 1}
+    assert store.archived_semantic(TENANT, [fact], 10) == []
+    assert scene.memory.get(TENANT, fact).layer == "semantic"
+
+
 def test_get_and_rehydrate_find_archived_items_after_compaction(scene: Scene) -> None:
     memory, store, location = scene.memory, scene.store, scene.location
     fact = _archived_fact(store)
