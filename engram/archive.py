@@ -763,6 +763,10 @@ def verify_manifests(
         kept = [m for m in manifests if (m["tenant"], m["manifest_id"]) in recorded]
         if len(kept) == len(manifests):
             raise
+        # What a discarded manifest's upload wrote after the forget swept its objects is no one's: it goes now.
+        for m in manifests:
+            if (m["tenant"], m["manifest_id"]) not in recorded:
+                remove_manifest_objects(storage, m)
         return verify_manifests(store, storage, kept) if kept else []
     store.mark_manifests_verified(
         [(m["tenant"], m["manifest_id"]) for m in manifests if m.get("status", "written") == "written"]
@@ -774,9 +778,13 @@ def verify_manifest(store: Store, storage: StorageLike, manifest: Mapping[str, A
     """Read a manifest's files back, compare row counts and checksums, and mark it ``verified``; returns rows.
 
     Raises:
-        ArchiveMismatch: a file is missing or differs; the manifest stays ``written`` and nothing is tombstoned.
+        ArchiveMismatch: a file is missing or differs (or the manifest was discarded meanwhile); the manifest stays
+            ``written`` and nothing is tombstoned.
     """
-    return verify_manifests(store, storage, [manifest])[0].rows
+    verified = verify_manifests(store, storage, [manifest])
+    if not verified:
+        raise ArchiveMismatch(manifest["manifest_id"], "(manifest)", "was discarded meanwhile (by a forget)")
+    return verified[0].rows
 
 
 def commit_manifests(
@@ -819,7 +827,7 @@ def settle_unfinished(
     counts = {"manifests_resumed": 0, "manifests_discarded": 0}
     for manifest in store.manifests(tenant, ["written", "verified"]):
         try:
-            (verified,) = verify_manifests(store, storage, [manifest])
+            (verified,) = verify_manifests(store, storage, [manifest]) or [None]
         except ArchiveMismatch:
             # The row goes first, under its lock: a run that verified the same manifest meanwhile and is about to
             # commit it then finds it gone and commits nothing, instead of tombstoning rows over deleted files. What
@@ -828,9 +836,14 @@ def settle_unfinished(
             remove_manifest_objects(storage, manifest)
             counts["manifests_discarded"] += 1
             continue
-        for k, v in commit_manifests(store, storage, [verified], now, flow_run_id).items():
+        if verified is None:  # discarded by a forget since it was listed; verify_manifests removed its objects
+            counts["manifests_discarded"] += 1
+            continue
+        committed = commit_manifests(store, storage, [verified], now, flow_run_id)
+        for k, v in committed.items():
             counts[k] = counts.get(k, 0) + v
-        counts["manifests_resumed"] += 1
+        if not committed.get("manifests_discarded"):
+            counts["manifests_resumed"] += 1
     return counts
 
 
@@ -1366,7 +1379,14 @@ def _rehydrate_picked(
         if manifest is None:  # compacted away since the pick: the tombstones point at its replacement
             moved |= ids
             continue
-        found = find_archived_rows(storage, manifest, "semantic_items", ids, seen.get((t, manifest_id), []))
+        try:
+            found = find_archived_rows(storage, manifest, "semantic_items", ids, seen.get((t, manifest_id), []))
+        except ArchiveMismatch:
+            # A compaction that committed since the lookup deletes the files it replaced: picked again if so.
+            if any(m["manifest_id"] == manifest_id for m in store.manifests(t, ["committed"])):
+                raise
+            moved |= ids
+            continue
         missing = ids - {r["item_id"] for r in found}
         if missing:
             raise ArchiveMismatch(manifest_id, "(semantic files)", f"lacks {len(missing)} archived items")
@@ -1642,10 +1662,17 @@ def archive_batch(
     Raises:
         ArchiveError: when the storage fails; the manifest rows stay ``written`` for the next run to settle.
     """
+    # The epochs before the rows: a forget that commits after the rows are read moves its tenant's epoch, and that
+    # tenant's manifest is then not recorded (its rows may hold what the forget removed; the next run reads them
+    # again). One committing before the rows are read is seen in them.
+    epochs = store.tenant_epochs(t for t, _ in keys)
     planned = _encode_manifests(storage, layer, store.archive_rows_by_tenant(layer, keys), now, flow_run_id)
     if not planned:
         return []
-    store.add_manifests([row for row, _ in planned])
+    recorded = {row["manifest_id"] for row in store.add_manifests([row for row, _ in planned], epochs)}
+    planned = [(row, objects) for row, objects in planned if row["manifest_id"] in recorded]
+    if not planned:
+        return []
     fs = storage.filesystem()
     ids = [row["manifest_id"] for row, _ in planned]
     with _storage_errors(f"writing archive {_listed('manifest', ids)}", storage):

@@ -510,7 +510,7 @@ class Memory:
             # fewer than ``limit`` hits and more documents matched than the pool held, look further down.
             if stopped or not cut:
                 break
-            pool = 4 * (pool or len(ranked) + limit)
+            pool = 4 * (pool or index.default_pool(limit, tag_list))
         sources = self._sources_for(tenant, [(layer, item_id) for _, layer, item_id, _ in found])
         hits = [
             Hit(

@@ -420,10 +420,15 @@ def export_tenant(
                 written = 0
                 with fs.open(path, "wb") as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
                     for rows in store.tenant_rows(conn, table, tenant, BATCH_ROWS):
+                        if table.name == "archive_manifests":
+                            # A manifest not committed belongs to the archive run or compaction writing it (its
+                            # rows are hot, or copies of committed ones): neither it nor its objects are copied.
+                            rows = [r for r in rows if r["status"] == "committed"]
+                            manifests += rows
+                        if not rows:
+                            continue
                         writer.write_batch(_to_batch(table, schema, rows))
                         written += len(rows)
-                        if table.name == "archive_manifests":
-                            manifests += rows
                 sha, size = _sha256_of(fs, path)
                 stored_rows = pq.ParquetFile(fs.open(path, "rb")).metadata.num_rows
                 if stored_rows != written:

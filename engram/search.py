@@ -505,10 +505,6 @@ class TenantIndex:
         """Apply a change set from ``Store.index_changes``; removals older than a re-add are ignored; archived
         facts ``restamped`` (item id, last seen, seq) get their new time."""
         self.add(added)
-        for item_id, at, at_seq in restamped:
-            for segment in self._segments:
-                if segment.restamp(item_id, at.timestamp(), at_seq):
-                    break
         # Most removals name nothing the index holds (an item archived before the index read it): those are
         # skipped without a call.
         semantic, archival = Layer.SEMANTIC.value, Layer.ARCHIVAL.value
@@ -522,6 +518,11 @@ class TenantIndex:
                 # An archived fact's tombstone is a semantic row: superseding it is audited from the semantic layer,
                 # and its archived document (stamped with the tombstone's seq) must go with it.
                 self.remove([(archival, item_id)], before_seq=at_seq)
+        # After the removals: a row that left before it was archived again and restated must go by its old stamp.
+        for item_id, at, at_seq in restamped:
+            for segment in self._segments:
+                if segment.restamp(item_id, at.timestamp(), at_seq):
+                    break
         self.seq = max(self.seq, seq)
 
     # -- dense vectors ---------------------------------------------------------------------------------------
@@ -651,6 +652,12 @@ class TenantIndex:
         """The documents of ``candidates`` (same arguments), without whether the pool was cut."""
         return self.candidates(*args, **kwargs)[0]
 
+    @staticmethod
+    def default_pool(limit: int, tags: Sequence[str] | None) -> int:
+        """How many of each ranking's best matches a search looks at first: over-fetched, since tag filtering and
+        near-duplicate removal follow."""
+        return limit * (8 if tags else 2) + 32
+
     def candidates(
         self,
         query: str,
@@ -676,7 +683,7 @@ class TenantIndex:
             self._segments = [ArchiveSegment.merge(self._segments)]
         want = set(tags or ())
         if pool is None:
-            pool = limit * (8 if want else 2) + 32  # over-fetch: tag filtering and near-duplicate removal follow
+            pool = self.default_pool(limit, tags)
         codes = self._codes(layers)
         lo = since.timestamp() if since is not None else None
         hi = until.timestamp() if until is not None else None

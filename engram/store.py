@@ -2043,11 +2043,35 @@ class Store:
         """Record a manifest (status ``written``) before its files are uploaded, so a crash leaves a trace."""
         self.add_manifests([row])
 
-    def add_manifests(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Record a batch's manifests (status ``written``) in one transaction, before any of their files is uploaded."""
-        if rows:
-            with self.write() as conn:
-                self.insert_ignore(conn, MANIFESTS, rows)
+    def add_manifests(
+        self, rows: Sequence[Mapping[str, Any]], epochs: Mapping[str, int] | None = None
+    ) -> list[Mapping[str, Any]]:
+        """Record a batch's manifests (status ``written``) in one transaction, before any of their files is uploaded;
+        returns the rows recorded.
+
+        With ``epochs`` (each tenant's epoch read before the manifests' rows were: ``tenant_epochs``), a manifest of a
+        tenant whose epoch moved since is not recorded: a forget (or a compaction) rewrote the tenant meanwhile, and
+        the rows read may hold what a forget removed."""
+        if not rows:
+            return []
+        with self.write() as conn:
+            if epochs is not None:
+                now = self._epochs(conn, sorted(epochs))
+                rows = [r for r in rows if now.get(r["tenant"], 0) == epochs.get(r["tenant"], 0)]
+            self.insert_ignore(conn, MANIFESTS, rows)
+        return list(rows)
+
+    def tenant_epochs(self, tenants: Iterable[str]) -> dict[str, int]:
+        """Each tenant's epoch (``tenant_epoch``), read in one statement per chunk."""
+        with self.read() as conn:
+            return self._epochs(conn, sorted(set(tenants)))
+
+    def _epochs(self, conn: Connection, tenants: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for start in range(0, len(tenants), INSERT_CHUNK):
+            chunk = tenants[start : start + INSERT_CHUNK]
+            out.update(conn.execute(select(TENANTS.c.tenant, TENANTS.c.epoch).where(TENANTS.c.tenant.in_(chunk))).all())
+        return out
 
     def mark_manifests_verified(self, keys: Sequence[tuple[str, str]]) -> None:
         """Move the (tenant, manifest id) manifests still ``written`` to ``verified``, in one statement per tenant."""
@@ -2992,6 +3016,20 @@ class Store:
                 raise TenantChanged(
                     f"tenant {tenant!r} was written to after its copy was taken (change counter {unchanged_since} "
                     f"then, {seq - 1} now); nothing of it was removed"
+                )
+            if (
+                unchanged_since is not None
+                and conn.execute(
+                    select(func.count())
+                    .select_from(MANIFESTS)
+                    .where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.status != "committed")
+                ).scalar_one()
+            ):
+                # An archive run or compaction under way: its commit would follow rows the copy has hot, and its
+                # objects, which it deletes if it finds its manifest gone, may be what the copy's manifests name.
+                raise TenantChanged(
+                    f"tenant {tenant!r} has an archive run or compaction under way (a manifest not committed); "
+                    "nothing of it was removed"
                 )
             if subject is None:
                 for name, table in (

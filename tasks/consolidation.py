@@ -159,7 +159,7 @@ def consolidate_batch(
 
 def _rejected_facts(candidates: Any, rejected: list[dict[str, Any]], as_of: datetime) -> list[dict[str, Any]]:
     """Quarantine rows (source ``consolidate``) for the candidate facts the gate turned away, each with the fact as
-    its payload: one per fact and reason, so that a rerun of the batch adds none."""
+    its payload: one per fact (key and content) and field, so that a rerun of the batch adds none."""
     from engram.frames import records
     from engram.store import stable_id
     from engram.validation import raw_payload
@@ -171,7 +171,10 @@ def _rejected_facts(candidates: Any, rejected: list[dict[str, Any]], as_of: date
         out.append(
             {
                 "tenant": str(r["tenant"]),
-                "quarantine_id": stable_id("q", str(r["tenant"]), str(r["key"]), "consolidate", r["field"]),
+                # By the fact's content too: two statements of one fact (one key) rejected alike are two rows.
+                "quarantine_id": stable_id(
+                    "q", str(r["tenant"]), str(r["key"]), str(fact.get("content_hash")), "consolidate", r["field"]
+                ),
                 "source": "consolidate",
                 "field": str(r["field"])[:64],
                 "reason": f"fact {r['key']}: {r['reason']}",

@@ -453,6 +453,74 @@ def test_an_archive_run_that_read_the_subject_before_a_forget_commits_none_of_it
         memory.close()
 
 
+def test_a_forget_between_an_archive_runs_read_and_its_record_keeps_the_manifest_from_being_recorded(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run reads its rows, then a forget commits, then the run would record its manifest: the forget had none to
+    discard. The tenant's epoch, read before the rows, has moved: the manifest is not recorded nor uploaded, and
+    the next run archives what is left."""
+    from engram.archive import archive_batch
+
+    location = ArchiveLocation((tmp_path / "archive").as_uri())
+    provision_archive(location)
+    memory = Memory(store_url, location, clock=FixedClock(LATER))
+    try:
+        fill(memory)
+        store = memory.store
+        keys = store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "acme", 5000)
+        read = Store.archive_rows_by_tenant
+
+        def forget_after_the_read(self: Store, *args: Any) -> Any:
+            rows = read(self, *args)
+            memory.forget("acme", "Lisbon")
+            return rows
+
+        monkeypatch.setattr(Store, "archive_rows_by_tenant", forget_after_the_read)
+        assert archive_batch(store, location, Layer.SEMANTIC, keys, LATER, None) == []
+        monkeypatch.setattr(Store, "archive_rows_by_tenant", read)
+        assert store.manifests("acme") == [] and not any(Path(location.prefix).rglob("*.parquet"))
+        assert archive_cold_items(store, location, COLD, LATER)["semantic_items"] > 0
+        _assert_nothing_names(memory, location, "lisbon")
+    finally:
+        memory.close()
+
+
+def test_a_manifest_discarded_while_it_uploads_leaves_no_object_and_fails_no_run(
+    sqlite_memory: Memory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forget discards a run's manifest (its row) and sweeps its objects while the upload goes on: what lands
+    after the sweep is removed by the run's verification, which leaves the manifest out; a settle that listed the
+    manifest before it was discarded counts it as discarded (it raised on unpacking an empty verification)."""
+    from engram.archive import archive_batch, settle_unfinished, verify_manifests
+
+    location = ArchiveLocation((tmp_path / "archive").as_uri())
+    provision_archive(location)
+    store = sqlite_memory.store
+    fill(sqlite_memory)
+    keys = store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "acme", 5000)
+    written = archive_batch(store, location, Layer.SEMANTIC, keys, LATER, None)
+    for m in written:  # discarded; the sweep took the first file, the others landed after it
+        store.drop_manifest("acme", m["manifest_id"])
+    (Path(location.prefix) / written[0]["files"][0]["path"]).unlink()
+    assert verify_manifests(store, location, written) == []
+    assert not any(Path(location.prefix).rglob("*.parquet"))
+
+    written = archive_batch(store, location, Layer.SEMANTIC, keys, LATER, None)
+    listed = Store.manifests
+
+    def listed_then_discarded(self: Store, tenant: Any, statuses: Any = None) -> list[dict[str, Any]]:
+        found = listed(self, tenant, statuses)
+        for m in found if statuses == ["written", "verified"] else []:  # a forget discards it and sweeps a file
+            self.drop_manifest(m["tenant"], m["manifest_id"])
+            (Path(location.prefix) / m["files"][0]["path"]).unlink(missing_ok=True)
+        return found
+
+    monkeypatch.setattr(Store, "manifests", listed_then_discarded)
+    counts = settle_unfinished(store, location, "acme", LATER, None)
+    assert (counts["manifests_resumed"], counts["manifests_discarded"]) == (0, len(written))
+    assert not any(Path(location.prefix).rglob("*.parquet"))
+
+
 def test_forget_a_whole_tenant_empties_its_archive(sqlite_memory: Memory, s3_archive: ArchiveLocation) -> None:
     provision_archive(s3_archive)
     memory = Memory(sqlite_memory.store_url, s3_archive, clock=FixedClock(T0))

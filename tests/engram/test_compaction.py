@@ -370,6 +370,27 @@ def test_a_rehydrate_that_a_compaction_overtakes_brings_the_item_back_from_the_n
     assert scene.memory.get(TENANT, fact).layer == "semantic"
 
 
+def test_a_rehydrate_whose_files_a_compaction_deletes_while_it_reads_picks_the_item_again(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compaction commits after the rehydrate found the manifest and deletes the replaced files before the
+    rehydrate reads them: the read finds them missing, the manifest is no longer committed, and the item is picked
+    again where its tombstone points now (it was reported as a damaged archive)."""
+    store, location = scene.store, scene.location
+    fact = _archived_fact(store)
+    find, compactions = archive.find_archived_rows, []
+
+    def compaction_first(*args: Any, **kwargs: Any) -> Any:
+        if not compactions:
+            compactions.append(compact_tenant(store, location, TENANT, LATER, **MERGE_ALL)["manifests_merged"])
+        return find(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "find_archived_rows", compaction_first)
+    counts = rehydrate_batch(store, location, TENANT, [fact], LATER, None, 10)
+    assert compactions[0] > 1 and counts == {"rehydrated": 1, "candidates": 1}
+    assert scene.memory.get(TENANT, fact).layer == "semantic"
+
+
 def test_get_and_rehydrate_find_archived_items_after_compaction(scene: Scene) -> None:
     memory, store, location = scene.memory, scene.store, scene.location
     fact = _archived_fact(store)

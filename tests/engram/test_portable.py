@@ -390,6 +390,33 @@ def test_a_manifest_entry_an_import_cannot_use_is_refused_naming_it(
         target.close()
 
 
+def test_a_manifest_not_committed_stays_out_of_an_export_and_keeps_a_moved_tenant_in_place(
+    sqlite_memory: Memory, tmp_path: Path
+) -> None:
+    """An archive run under way (its manifest written, not committed) belongs to that run: the export leaves the
+    manifest and its objects out (the rows are hot and exported as such), and removing a tenant after a move
+    (``unchanged_since``) is refused while it lasts, since the run deletes its objects when it finds its manifest
+    gone, and they may be what the copy's manifests name."""
+    from engram import TenantChanged
+    from engram.archive import archive_batch
+    from engram.layers import Layer
+    from tests.engram.archive_helpers import COLD, LATER, consolidate_pending
+
+    store = sqlite_memory.store
+    sqlite_memory.observe_many(conversation_rows("acme", sessions=2, start=T0))
+    consolidate_pending(store, "acme", T0 + timedelta(days=3))
+    keys = store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "acme", 5000)
+    written = archive_batch(store, sqlite_memory.archive, Layer.SEMANTIC, keys, LATER, None)
+    assert written and all(m["status"] == "written" for m in store.manifests("acme"))
+    seq = store.tenant_seq("acme")
+
+    export = read_manifest(sqlite_memory.export("acme", (tmp_path / "export").as_uri()).url)
+    assert export.rows["archive_manifests"] == 0 and export.archive_objects == ()
+    with pytest.raises(TenantChanged, match="archive run or compaction under way"):
+        store.forget("acme", None, LATER, None, unchanged_since=seq)
+    assert store.manifests("acme") and sqlite_memory.stats("acme")["semantic"] > 0
+
+
 def test_export_refuses_a_location_that_already_holds_one(sqlite_memory: Memory, tmp_path: Path) -> None:
     seed(sqlite_memory)
     sqlite_memory.export("acme", str(tmp_path / "export"))

@@ -202,6 +202,27 @@ def test_a_fact_the_gate_turns_away_is_quarantined_with_its_text(
     )
 
 
+def test_two_rejected_statements_of_one_fact_are_two_quarantine_rows() -> None:
+    """Two statements of one fact (one key: where Ann lives) rejected for the same field got one quarantine id, and
+    the second was dropped while counted."""
+    import pandas as pd
+
+    from engram.quality import validate_fact_batch
+    from tasks.consolidation import _rejected_facts
+
+    base = {"tenant": "acme", "fact_key": "k1", "actor": "Ann", "at": T0, "rendered": "", "tags": [], "sources": ["e1"]}
+    candidates = pd.DataFrame(
+        [
+            {**base, "text": "Ann: I live in Paris.", "content_hash": "h-paris", "salience": 1.7},
+            {**base, "text": "Ann: I live in Rome.", "content_hash": "h-rome", "salience": 1.8},
+        ]
+    )
+    gate = validate_fact_batch(candidates, max_reject_fraction=1.0)
+    rows = _rejected_facts(candidates, gate.rejected, T0)
+    assert len(gate.rejected) == 2 and len({r["quarantine_id"] for r in rows}) == 2
+    assert {"Paris" in r["raw_payload"] for r in rows} == {True, False}
+
+
 def test_flow_runs_are_in_prefects_run_history(memory: Memory) -> None:
     memory.observe_many(conversation_rows("acme", sessions=1, start=T0))
     memory.run_lifecycle(as_of=T0 + timedelta(days=2))
