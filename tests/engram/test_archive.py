@@ -317,6 +317,19 @@ def test_rehydrate_brings_back_every_id_it_is_given_past_a_statements_share(
 # -- forget across the archive ------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def filled(store_url: str, tmp_path: Path) -> Iterator[tuple[Memory, ArchiveLocation]]:
+    """A memory on each store backend whose sessions are consolidated (nothing archived), beside a local archive."""
+    location = ArchiveLocation((tmp_path / "archive").as_uri())
+    provision_archive(location)
+    memory = Memory(store_url, location, clock=FixedClock(LATER))
+    try:
+        fill(memory)
+        yield memory, location
+    finally:
+        memory.close()
+
+
 def _assert_nothing_names(memory: Memory, location: ArchiveLocation, word: str) -> None:
     """No row of any table and no stored object (any version) holds ``word``, in any case."""
     with memory.store.read() as conn:
@@ -411,92 +424,78 @@ def test_an_archive_run_between_the_archive_and_the_hot_forget_does_not_keep_the
 
 
 def test_an_archive_run_that_read_the_subject_before_a_forget_commits_none_of_it(
-    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    filled: tuple[Memory, ArchiveLocation], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An archive run reads hot rows and uploads its files while a forget runs; it verifies and commits after the
     forget returned. The forget discards the run's manifest (not committed yet), so the commit finds it gone: it
     commits nothing of it and deletes its objects (its files held the forgotten rows, committed before)."""
     from engram.archive import archive_batch, commit_manifests, verify_manifests
 
-    location = ArchiveLocation((tmp_path / "archive").as_uri())
-    provision_archive(location)
-    memory = Memory(store_url, location, clock=FixedClock(LATER))
-    try:
-        fill(memory)
-        store = memory.store
-        keys = store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "acme", 5000)
-        hot_forget, written, verified = Store.forget, [], []
+    memory, location = filled
+    store = memory.store
+    keys = store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "acme", 5000)
+    hot_forget, written, verified = Store.forget, [], []
 
-        def archive_run_reads_first(self: Store, *args: Any) -> dict[str, int]:
-            if not written:
-                written.extend(archive_batch(self, location, Layer.SEMANTIC, keys, LATER, None))
-                verified.extend(verify_manifests(self, location, written))
-            return hot_forget(self, *args)
+    def archive_run_reads_first(self: Store, *args: Any) -> dict[str, int]:
+        if not written:
+            written.extend(archive_batch(self, location, Layer.SEMANTIC, keys, LATER, None))
+            verified.extend(verify_manifests(self, location, written))
+        return hot_forget(self, *args)
 
-        monkeypatch.setattr(Store, "forget", archive_run_reads_first)
-        removed = memory.forget("acme", "Lisbon").removed
-        monkeypatch.setattr(Store, "forget", hot_forget)
-        assert written and removed["archive_manifests_unfinished"] == len(written)
+    monkeypatch.setattr(Store, "forget", archive_run_reads_first)
+    removed = memory.forget("acme", "Lisbon").removed
+    monkeypatch.setattr(Store, "forget", hot_forget)
+    assert written and removed["archive_manifests_unfinished"] == len(written)
 
-        # A run that verifies after the forget leaves the discarded manifests out; one that verified before
-        # commits none of them.
-        assert verify_manifests(store, location, written) == []
-        counts = commit_manifests(store, location, verified, LATER, None)
-        assert counts["semantic_items"] == 0 and counts["manifests_discarded"] == len(written)
-        assert store.manifests("acme") == []
-        _assert_nothing_names(memory, location, "lisbon")
-        assert not any(Path(location.prefix).rglob("*.parquet"))
-        # The rows it read are hot still, and the next archive run takes them.
-        assert archive_cold_items(store, location, COLD, LATER)["semantic_items"] > 0
-        _assert_nothing_names(memory, location, "lisbon")
-    finally:
-        memory.close()
+    # A run that verifies after the forget leaves the discarded manifests out; one that verified before
+    # commits none of them.
+    assert verify_manifests(store, location, written) == []
+    counts = commit_manifests(store, location, verified, LATER, None)
+    assert counts["semantic_items"] == 0 and counts["manifests_discarded"] == len(written)
+    assert store.manifests("acme") == []
+    _assert_nothing_names(memory, location, "lisbon")
+    assert not any(Path(location.prefix).rglob("*.parquet"))
+    # The rows it read are hot still, and the next archive run takes them.
+    assert archive_cold_items(store, location, COLD, LATER)["semantic_items"] > 0
+    _assert_nothing_names(memory, location, "lisbon")
 
 
 def test_a_forget_between_an_archive_runs_read_and_its_record_keeps_the_manifest_from_being_recorded(
-    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    filled: tuple[Memory, ArchiveLocation], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run reads its rows, then a forget commits, then the run would record its manifest: the forget had none to
     discard. The tenant's epoch, read before the rows, has moved: the manifest is not recorded nor uploaded, and
     the next run archives what is left."""
     from engram.archive import archive_batch
 
-    location = ArchiveLocation((tmp_path / "archive").as_uri())
-    provision_archive(location)
-    memory = Memory(store_url, location, clock=FixedClock(LATER))
-    try:
-        fill(memory)
-        store = memory.store
-        keys = store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "acme", 5000)
-        read = Store.archive_rows_by_tenant
+    memory, location = filled
+    store = memory.store
+    keys = store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "acme", 5000)
+    read = Store.archive_rows_by_tenant
 
-        def forget_after_the_read(self: Store, *args: Any) -> Any:
-            rows = read(self, *args)
-            memory.forget("acme", "Lisbon")
-            return rows
+    def forget_after_the_read(self: Store, *args: Any) -> Any:
+        rows = read(self, *args)
+        memory.forget("acme", "Lisbon")
+        return rows
 
-        monkeypatch.setattr(Store, "archive_rows_by_tenant", forget_after_the_read)
-        assert archive_batch(store, location, Layer.SEMANTIC, keys, LATER, None) == []
-        monkeypatch.setattr(Store, "archive_rows_by_tenant", read)
-        assert store.manifests("acme") == [] and not any(Path(location.prefix).rglob("*.parquet"))
-        assert archive_cold_items(store, location, COLD, LATER)["semantic_items"] > 0
-        _assert_nothing_names(memory, location, "lisbon")
-    finally:
-        memory.close()
+    monkeypatch.setattr(Store, "archive_rows_by_tenant", forget_after_the_read)
+    assert archive_batch(store, location, Layer.SEMANTIC, keys, LATER, None) == []
+    monkeypatch.setattr(Store, "archive_rows_by_tenant", read)
+    assert store.manifests("acme") == [] and not any(Path(location.prefix).rglob("*.parquet"))
+    assert archive_cold_items(store, location, COLD, LATER)["semantic_items"] > 0
+    _assert_nothing_names(memory, location, "lisbon")
 
 
 def test_a_manifest_discarded_while_it_uploads_leaves_no_object_and_fails_no_run(
-    sqlite_memory: Memory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    filled: tuple[Memory, ArchiveLocation], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A forget discards a run's manifest (its row) and sweeps its objects while the upload goes on: what lands
     after the sweep is removed by the run's verification, which leaves the manifest out; a settle that listed the
     manifest before it was discarded counts it as discarded (it raised on unpacking an empty verification)."""
     from engram.archive import archive_batch, settle_unfinished, verify_manifests
 
-    location = ArchiveLocation((tmp_path / "archive").as_uri())
-    provision_archive(location)
-    store = sqlite_memory.store
-    fill(sqlite_memory)
+    memory, location = filled
+    store = memory.store
     keys = store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "acme", 5000)
     written = archive_batch(store, location, Layer.SEMANTIC, keys, LATER, None)
     for m in written:  # discarded; the sweep took the first file, the others landed after it
