@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,10 +17,17 @@ from flows.monitor import monitor
 from flows.provision import provision
 from flows.scale import consolidate_shards, scale
 from tasks.service import apply_parallelism
-from tests.conftest import T0
+from tests.conftest import T0, fresh_store
 from tests.flows.helpers import artifacts_with_keys, conversation_rows
 
 AS_OF = T0 + timedelta(days=30)
+
+
+@pytest.fixture
+def postgres_store(tmp_path: Path) -> Iterator[str]:
+    """An empty store on the PostgreSQL server (a private schema, dropped after)."""
+    with fresh_store(tmp_path, "postgresql") as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
@@ -103,10 +111,11 @@ def test_scale_raises_parallelism_and_a_shard_worker_drains_every_shard(sqlite_m
     assert (drained["backlog"], drained["action"], drained["workers"]) == (0, "lower", "3 -> 1")
 
 
+@pytest.mark.postgres
 def test_decommission_moves_a_tenant_to_another_store_sharing_the_archive_and_loses_nothing(
-    sqlite_memory: Memory, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_memory: Memory, postgres_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A laptop's SQLite store moves a tenant to another store (SQLite, then PostgreSQL) that keeps the same archive:
+    """A laptop's SQLite store moves a tenant to a PostgreSQL store that keeps the same archive:
     every fact and turn, archived ones included, reads back from the target; the source keeps no row of it and the
     archive keeps every object (the source's forget used to purge the objects the target's manifests name). A tenant
     written to while it moved stays whole in the source, and the step says so."""
@@ -132,6 +141,7 @@ def test_decommission_moves_a_tenant_to_another_store_sharing_the_archive_and_lo
         return report
 
     monkeypatch.setattr(portable, "import_tenant", import_while_globex_is_written_to)
+    target = postgres_store
     steps = {}
     for tenant in ("acme", "globex"):
         result = decommission(
@@ -139,7 +149,7 @@ def test_decommission_moves_a_tenant_to_another_store_sharing_the_archive_and_lo
             archive_url=memory.archive_url,
             as_of=AS_OF,
             tenant=tenant,
-            target_store_url=store_url,
+            target_store_url=target,
             staging_url=(tmp_path / "staging").as_uri(),
         )
         steps[tenant] = result["steps"]["migrate"]
@@ -147,9 +157,9 @@ def test_decommission_moves_a_tenant_to_another_store_sharing_the_archive_and_lo
     assert steps["acme"]["moved_rows"]["acme"] > 0 and isinstance(steps["acme"]["removed_from_source"]["acme"], int)
     kept = steps["globex"]["removed_from_source"]["globex"]
     assert kept.startswith("kept: tenant 'globex' was written to after its copy was taken"), kept
-    with Memory(store_url, memory.archive_url, migrate=False) as target:
-        assert contents(target.store, archive, "acme") == before["acme"]
-        assert target.search("acme", "Lisbon", layers=["archival"])
+    with Memory(target, memory.archive_url, migrate=False) as moved:
+        assert contents(moved.store, archive, "acme") == before["acme"]
+        assert moved.search("acme", "Lisbon", layers=["archival"])
     assert contents(memory.store, archive, "acme") == {}
     assert memory.store.manifests("acme") == []
     assert sorted(str(p) for p in Path(archive.prefix).rglob("*") if p.is_file() and "staging" not in str(p)) == [
