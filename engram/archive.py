@@ -755,17 +755,19 @@ def verify_manifests(
             contents = iter(_read_files(storage, fs, [(m, entry) for m in group for entry in m["files"]]))
             verified += [_verified(m, [next(contents) for _ in m["files"]]) for m in group]
     except ArchiveMismatch:
-        recorded = {
-            (tenant, m["manifest_id"])
+        status = {
+            (tenant, m["manifest_id"]): m["status"]
             for tenant in {m["tenant"] for m in manifests}
-            for m in store.manifests(tenant, ["written", "verified"])
+            for m in store.manifests(tenant)
         }
-        kept = [m for m in manifests if (m["tenant"], m["manifest_id"]) in recorded]
+        keys = [(m["tenant"], m["manifest_id"]) for m in manifests]
+        kept = [m for m, key in zip(manifests, keys, strict=True) if status.get(key) in ("written", "verified")]
         if len(kept) == len(manifests):
             raise
-        # What a discarded manifest's upload wrote after the forget swept its objects is no one's: it goes now.
-        for m in manifests:
-            if (m["tenant"], m["manifest_id"]) not in recorded:
+        # A manifest with no row was discarded (by a forget): what its upload wrote after the forget swept its
+        # objects is no one's, and goes now. One another run committed meanwhile is left out, and left alone.
+        for m, key in zip(manifests, keys, strict=True):
+            if key not in status:
                 remove_manifest_objects(storage, m)
         return verify_manifests(store, storage, kept) if kept else []
     store.mark_manifests_verified(

@@ -2056,7 +2056,9 @@ class Store:
             return []
         with self.write() as conn:
             if epochs is not None:
-                now = self._epochs(conn, sorted(epochs))
+                # Read under a shared lock on PostgreSQL: a forget holds its tenant's row from its first write to its
+                # commit, so the epoch read here is the one after it (SQLite's writer holds the database).
+                now = self._epochs(conn, sorted(epochs), lock=True)
                 rows = [r for r in rows if now.get(r["tenant"], 0) == epochs.get(r["tenant"], 0)]
             self.insert_ignore(conn, MANIFESTS, rows)
         return list(rows)
@@ -2066,11 +2068,15 @@ class Store:
         with self.read() as conn:
             return self._epochs(conn, sorted(set(tenants)))
 
-    def _epochs(self, conn: Connection, tenants: Sequence[str]) -> dict[str, int]:
+    def _epochs(self, conn: Connection, tenants: Sequence[str], lock: bool = False) -> dict[str, int]:
         out: dict[str, int] = {}
         for start in range(0, len(tenants), INSERT_CHUNK):
-            chunk = tenants[start : start + INSERT_CHUNK]
-            out.update(conn.execute(select(TENANTS.c.tenant, TENANTS.c.epoch).where(TENANTS.c.tenant.in_(chunk))).all())
+            query = select(TENANTS.c.tenant, TENANTS.c.epoch).where(
+                TENANTS.c.tenant.in_(tenants[start : start + INSERT_CHUNK])
+            )
+            if lock and self.dialect == "postgresql":
+                query = query.order_by(TENANTS.c.tenant).with_for_update(read=True)
+            out.update(conn.execute(query).all())
         return out
 
     def mark_manifests_verified(self, keys: Sequence[tuple[str, str]]) -> None:

@@ -485,6 +485,16 @@ def move_tenant_to_store(
     counts = source.count_by_layer(tenant)
     if hot_rows(counts) + counts.get("archival", 0) + counts.get("events", 0) == 0:
         return {"rows": 0, "source_seq": None}
+    if any(m["status"] != "committed" for m in source.manifests(tenant)):
+        # What an interrupted archive run or compaction left would keep the tenant from being removed after the copy
+        # (its run may still be going on): settled first, as the next archive run or compaction would.
+        from engram.archive import settle_unfinished
+        from engram.compaction import drop_leftovers
+        from tasks.archive import load_archive_storage
+
+        storage = load_archive_storage(archive_url, None)
+        settle_unfinished(source, storage, tenant, datetime.now(UTC), current_run_id())
+        drop_leftovers(source, storage, tenant)
     seq = source.tenant_seq(tenant)
     dest = f"{staging.rstrip('/')}/{tenant}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
     target = Store(target_store_url)

@@ -486,13 +486,61 @@ def test_a_forget_between_an_archive_runs_read_and_its_record_keeps_the_manifest
     _assert_nothing_names(memory, location, "lisbon")
 
 
+@pytest.mark.postgres
+def test_on_postgresql_a_run_recording_its_manifest_during_a_forget_sees_the_forgets_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run read the epoch and its rows before a forget committed, and records its manifest while the forget's
+    transaction is open: the epoch is read under a shared lock, so the recording waits for the forget and sees its
+    epoch (read without the lock, it saw the old one and recorded rows the forget removed)."""
+    import threading
+    import time
+
+    from engram.archive import archive_batch
+    from tests.conftest import fresh_store
+
+    location = ArchiveLocation((tmp_path / "archive").as_uri())
+    provision_archive(location)
+    with fresh_store(tmp_path, "postgresql") as url, Memory(url, location, clock=FixedClock(LATER)) as memory:
+        fill(memory)
+        store = memory.store
+        keys = store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "acme", 5000)
+        in_forget, recorded = threading.Event(), []
+        forget_subject = Store._forget_subject
+
+        def slow_forget(self: Store, *args: Any) -> dict[str, int]:
+            removed = forget_subject(self, *args)
+            in_forget.set()
+            time.sleep(1.0)  # the run records its manifest now, with the forget's transaction open
+            return removed
+
+        read = Store.archive_rows_by_tenant
+
+        def read_then_wait(self: Store, *args: Any) -> Any:
+            rows = read(self, *args)
+            in_forget.wait(30)
+            return rows
+
+        monkeypatch.setattr(Store, "_forget_subject", slow_forget)
+        monkeypatch.setattr(Store, "archive_rows_by_tenant", read_then_wait)
+        run = threading.Thread(
+            target=lambda: recorded.extend(archive_batch(Store(url), location, Layer.SEMANTIC, keys, LATER, None))
+        )
+        run.start()
+        try:
+            memory.store.forget("acme", "Lisbon", LATER, None)
+        finally:
+            run.join()
+        assert recorded == [] and store.manifests("acme") == []
+
+
 def test_a_manifest_discarded_while_it_uploads_leaves_no_object_and_fails_no_run(
     filled: tuple[Memory, ArchiveLocation], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A forget discards a run's manifest (its row) and sweeps its objects while the upload goes on: what lands
     after the sweep is removed by the run's verification, which leaves the manifest out; a settle that listed the
     manifest before it was discarded counts it as discarded (it raised on unpacking an empty verification)."""
-    from engram.archive import archive_batch, settle_unfinished, verify_manifests
+    from engram.archive import archive_batch, commit_manifests, settle_unfinished, verify_manifests
 
     memory, location = filled
     store = memory.store
@@ -503,6 +551,19 @@ def test_a_manifest_discarded_while_it_uploads_leaves_no_object_and_fails_no_run
     (Path(location.prefix) / written[0]["files"][0]["path"]).unlink()
     assert verify_manifests(store, location, written) == []
     assert not any(Path(location.prefix).rglob("*.parquet"))
+
+    # A batch of which another run committed one manifest and a forget discarded the other: the verification
+    # leaves both out and deletes only the discarded one's files (it deleted the committed one's too).
+    fill(memory, tenant="globex")
+    other = store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "globex", 5000)
+    one, two = archive_batch(store, location, Layer.SEMANTIC, keys + other, LATER, None)
+    commit_manifests(store, location, verify_manifests(store, location, [one]), LATER, None)
+    store.drop_manifest(two["tenant"], two["manifest_id"])
+    (Path(location.prefix) / two["files"][0]["path"]).unlink()
+    assert verify_manifests(store, location, [one, two]) == []
+    assert all((Path(location.prefix) / f["path"]).exists() for f in one["files"])
+    assert not any((Path(location.prefix) / f["path"]).exists() for f in two["files"])
+    assert contents(store, location, one["tenant"])  # every archived row of it reads back
 
     written = archive_batch(store, location, Layer.SEMANTIC, keys, LATER, None)
     listed = Store.manifests
@@ -517,7 +578,7 @@ def test_a_manifest_discarded_while_it_uploads_leaves_no_object_and_fails_no_run
     monkeypatch.setattr(Store, "manifests", listed_then_discarded)
     counts = settle_unfinished(store, location, "acme", LATER, None)
     assert (counts["manifests_resumed"], counts["manifests_discarded"]) == (0, len(written))
-    assert not any(Path(location.prefix).rglob("*.parquet"))
+    assert not any((Path(location.prefix) / f["path"]).exists() for m in written for f in m["files"])
 
 
 def test_forget_a_whole_tenant_empties_its_archive(sqlite_memory: Memory, s3_archive: ArchiveLocation) -> None:

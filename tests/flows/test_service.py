@@ -115,12 +115,14 @@ def test_scale_raises_parallelism_and_a_shard_worker_drains_every_shard(sqlite_m
 def test_decommission_moves_a_tenant_to_another_store_sharing_the_archive_and_loses_nothing(
     sqlite_memory: Memory, postgres_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A laptop's SQLite store moves a tenant to a PostgreSQL store that keeps the same archive:
+    """A laptop's SQLite store moves a tenant (with an interrupted archive run's manifest) to a PostgreSQL store
+    that keeps the same archive:
     every fact and turn, archived ones included, reads back from the target; the source keeps no row of it and the
     archive keeps every object (the source's forget used to purge the objects the target's manifests name). A tenant
     written to while it moved stays whole in the source, and the step says so."""
     from engram import portable
-    from engram.archive import archive_cold_items
+    from engram.archive import archive_batch, archive_cold_items
+    from engram.layers import Layer
     from tests.engram.archive_helpers import COLD, LATER, consolidate_pending, contents
 
     memory, archive = sqlite_memory, sqlite_memory.archive
@@ -128,6 +130,11 @@ def test_decommission_moves_a_tenant_to_another_store_sharing_the_archive_and_lo
         memory.observe_many(conversation_rows(tenant, sessions=3, start=T0))
         consolidate_pending(memory.store, tenant, AS_OF)
     archive_cold_items(memory.store, archive, COLD, LATER, "acme")
+    # Then an archive run of acme's newer facts, interrupted after its upload: its manifest stays written.
+    memory.observe_many(conversation_rows("acme", sessions=1, start=T0 + timedelta(days=10), prefix="acme-late"))
+    consolidate_pending(memory.store, "acme", AS_OF)
+    late = memory.store.archive_candidates(Layer.SEMANTIC, LATER, COLD, "acme", 5000)
+    assert archive_batch(memory.store, archive, Layer.SEMANTIC, late, LATER, None)
     before = {t: contents(memory.store, archive, t) for t in ("acme", "globex")}
     assert any(memory.store.manifests("acme"))
     objects = sorted(str(p) for p in Path(archive.prefix).rglob("*") if p.is_file())
