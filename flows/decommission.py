@@ -44,10 +44,14 @@ def decommission(
     target_store_url: str | SecretStr | None = None,
     staging_url: str | None = None,
     replace_in_target: bool = False,
+    confirm: str | None = None,
 ) -> dict:
     """Pause the schedules (whole service only), drain (route pending events, close every session, discard scratch
     memory, consolidate), migrate the data (to the archive, or with ``target_store_url`` to another store through
     an export), then verify and publish the audit report.
+
+    ``confirm`` must name what is retired: the tenant's id, or ``service`` for the whole service. A run without it
+    (a "Quick run" with the deployment's defaults, say) is refused before anything is touched.
 
     A move to another store copies each tenant through an export in ``staging_url`` (the target shares this store's
     archive: its objects stay where they are), then removes the tenant's rows here, unless it was written to after
@@ -56,6 +60,11 @@ def decommission(
 
     A step that cannot run here is reported as ``unavailable`` with the reason, never skipped silently.
     """
+    if confirm != (tenant or "service"):
+        raise ValueError(
+            f"confirm: a decommission retires {f'tenant {tenant!r}' if tenant else 'the whole service'}; pass "
+            f"confirm={tenant or 'service'!r} to run it (got {confirm!r}); nothing was touched"
+        )
     url = reveal(store_url)  # the subflows get store_url as given, so that a SecretStr stays hidden in their runs
     clock, as_of, policy = Stopwatch(), resolve_as_of(as_of), LifecyclePolicy.from_settings()
     scope = f"tenant {tenant}" if tenant else "service"

@@ -156,6 +156,7 @@ def test_decommission_moves_a_tenant_to_another_store_sharing_the_archive_and_lo
             archive_url=memory.archive_url,
             as_of=AS_OF,
             tenant=tenant,
+            confirm=tenant,
             target_store_url=target,
             staging_url=(tmp_path / "staging").as_uri(),
         )
@@ -179,8 +180,15 @@ def test_decommission_moves_a_tenant_to_another_store_sharing_the_archive_and_lo
 def test_decommission_of_a_tenant_drains_it_and_reports_every_step(sqlite_memory: Memory) -> None:
     _with_episodes(sqlite_memory, ["acme", "globex"], sessions=2)
     sqlite_memory.observe("acme", "open-session", "Caroline", "I still have a question", AS_OF - timedelta(minutes=1))
+    with pytest.raises(ValueError, match="confirm: a decommission retires tenant 'acme'"):
+        decommission(store_url=sqlite_memory.store_url, archive_url=sqlite_memory.archive_url, tenant="acme")
+    assert sqlite_memory.stats("acme")["sensory"] > 0  # refused before anything was touched
     result = decommission(
-        store_url=sqlite_memory.store_url, archive_url=sqlite_memory.archive_url, as_of=AS_OF, tenant="acme"
+        store_url=sqlite_memory.store_url,
+        archive_url=sqlite_memory.archive_url,
+        as_of=AS_OF,
+        tenant="acme",
+        confirm="acme",
     )
     steps = result["steps"]
     assert steps["pause_schedules"].startswith("skipped")  # one tenant: the service keeps its schedules

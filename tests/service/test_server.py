@@ -151,7 +151,7 @@ def _params(stack: Stack, name: str) -> dict[str, Any]:
         "provision": {"store_url": stack.store_url, "archive_url": stack.archive_url},
         "monitor": with_archive,
         "scale": common | {"launch": False},
-        "decommission": with_archive | {"tenant": "globex"},
+        "decommission": with_archive | {"tenant": "globex", "confirm": "globex"},
     }.get(name, common)
 
 
