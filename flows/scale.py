@@ -74,7 +74,16 @@ def scale(
     prepare_shards(store_url, pool, shard_count)
     applied = apply_parallelism(pool, decision.desired) if decision.action != "hold" else {}
     announce_scaling(decision, pool)
-    worker_params = {"store_url": store_url, "as_of": as_of.isoformat(), "batch_size": batch_size, "pool": pool}
+    # The workers' shard count is this run's: with the default instead, each would rebuild the shard table (a changed
+    # count drops the old rows) and revoke the leases of the workers already running.
+    worker_params = {
+        "store_url": store_url,
+        "as_of": as_of.isoformat(),
+        "batch_size": batch_size,
+        "pool": pool,
+        "shard_count": shard_count,
+        "tenant": tenant,
+    }
     started = launch_shard_workers(decision.desired if launch and backlog else 0, worker_params)
     counts = {"backlog": backlog, "workers": f"{decision.current} -> {decision.desired}", "action": decision.action}
     return publish_run_summary("scale", {**counts, "reason": decision.reason, **applied, **started}, clock.seconds)

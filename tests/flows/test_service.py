@@ -177,6 +177,29 @@ def test_decommission_moves_a_tenant_to_another_store_sharing_the_archive_and_lo
     assert contents(memory.store, archive, "globex") == before["globex"]
 
 
+def test_scale_starts_its_shard_workers_with_its_own_shard_count_and_tenant(
+    sqlite_memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers got the default 16 shards whatever the scale run used: each rebuilt the shard table (another count
+    drops the rows) and revoked the leases of the workers already running. What the run asks the deployment for is
+    recorded here in place of Prefect's run_deployment (the shard-worker deployment is not registered in this test's
+    server)."""
+    import prefect.deployments
+
+    _with_episodes(sqlite_memory, ["acme"], sessions=2)
+    asked: list[dict] = []
+
+    def record(name: str, parameters: dict, timeout: int) -> object:
+        asked.append({"name": name, **parameters})
+        return type("Run", (), {"id": len(asked)})()
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", record)
+    apply_parallelism.fn("engram-semantic", 1)
+    result = scale(store_url=sqlite_memory.store_url, as_of=AS_OF, tenant="acme", shard_count=32, max_workers=2)
+    assert result["launched"] == len(asked) > 0
+    assert all((a["shard_count"], a["tenant"]) == (32, "acme") for a in asked)
+
+
 def test_decommission_of_a_tenant_drains_it_and_reports_every_step(sqlite_memory: Memory) -> None:
     _with_episodes(sqlite_memory, ["acme", "globex"], sessions=2)
     sqlite_memory.observe("acme", "open-session", "Caroline", "I still have a question", AS_OF - timedelta(minutes=1))
