@@ -6,6 +6,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -181,7 +182,7 @@ class Memory:
         )
         self.archive = location or ArchiveLocation.from_settings(self.archive_url, self.settings)
         self.clock: Clock = clock or utc_now
-        self.limits = Limits(self.settings.max_text_bytes, self.settings.max_metadata_bytes)
+        self.limits = Limits.from_settings(self.settings)
         self.store = Store(self.store_url, consolidate_attempts=self.settings.consolidate_attempts)
         if migrate:
             self.store.migrate()
@@ -648,23 +649,22 @@ class Memory:
         now = self._now()
         from engram.archive import forget_in_archive, purge_tenant, remove_orphan_objects
 
-        removed: dict[str, int] = {}
+        removed: Counter[str] = Counter()
         for _ in range(FORGET_ROUNDS):
             committed = self._committed_manifests(tenant)
             # The archive first: its copies say which tombstones name the subject, through lineage the hot forget
             # removes.
-            _add_counts(removed, forget_in_archive(self.store, self.archive, tenant, subject, now))
+            removed.update(forget_in_archive(self.store, self.archive, tenant, subject, now))
             archived = subject is None and bool(self.store.manifests(tenant))
             hot = self.store.forget(tenant, subject, now, flow_run_id)
-            _add_counts(removed, hot)
+            removed.update(hot)
             if hot.get("archive_manifests_unfinished"):
                 # An archive run's manifests the hot forget discarded: what they uploaded so far (their commit finds
                 # them gone and deletes what they upload after).
-                swept = remove_orphan_objects(self.store, self.archive, tenant)
-                _add_counts(removed, {"archive_object_versions_deleted": swept})
+                removed["archive_object_versions_deleted"] += remove_orphan_objects(self.store, self.archive, tenant)
             if archived:
                 # What an archive run committed after the archive was emptied, before the tenant's rows went.
-                _add_counts(removed, {"archive_object_versions_deleted": purge_tenant(self.archive, tenant)})
+                removed["archive_object_versions_deleted"] += purge_tenant(self.archive, tenant)
             if subject is None:
                 break
             # An archive run that committed meanwhile took hot rows that name the subject into the archive, out of
@@ -676,7 +676,7 @@ class Memory:
                 f"archive runs committed new manifests of tenant {tenant!r} during each of {FORGET_ROUNDS} passes of "
                 "this forget; what they took may still name the subject: rerun the forget"
             )
-        return self._receipt(tenant, subject, removed, flow_run_id, now)
+        return self._receipt(tenant, subject, dict(removed), flow_run_id, now)
 
     def forget_moved(self, tenant: str, *, unchanged_since: int, flow_run_id: str | None = None) -> DeletionReceipt:
         """Remove a tenant that was copied into another store sharing this archive: its rows here, with a receipt,
@@ -830,11 +830,6 @@ class Memory:
         return report
 
     import_ = import_tenant
-
-
-def _add_counts(into: dict[str, int], counts: Mapping[str, int]) -> None:
-    for key, value in counts.items():
-        into[key] = into.get(key, 0) + value
 
 
 NEAR_DUPLICATE_CONTAINMENT = 0.85

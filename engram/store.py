@@ -3018,25 +3018,8 @@ class Store:
         removed: dict[str, int] = {}
         with self.write() as conn:
             seq = self.bump_seq(conn, [tenant], now)[tenant]
-            if unchanged_since is not None and seq != unchanged_since + 1:
-                raise TenantChanged(
-                    f"tenant {tenant!r} was written to after its copy was taken (change counter {unchanged_since} "
-                    f"then, {seq - 1} now); nothing of it was removed"
-                )
-            if (
-                unchanged_since is not None
-                and conn.execute(
-                    select(func.count())
-                    .select_from(MANIFESTS)
-                    .where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.status != "committed")
-                ).scalar_one()
-            ):
-                # An archive run or compaction under way: its commit would follow rows the copy has hot, and its
-                # objects, which it deletes if it finds its manifest gone, may be what the copy's manifests name.
-                raise TenantChanged(
-                    f"tenant {tenant!r} has an archive run or compaction under way (a manifest not committed); "
-                    "nothing of it was removed"
-                )
+            if unchanged_since is not None:
+                self._check_unchanged(conn, tenant, unchanged_since, seq)
             if subject is None:
                 for name, table in (
                     ("events", EVENTS),
@@ -3067,6 +3050,22 @@ class Store:
             # The index follows the counter; a forget invalidates it wholesale by moving the tenant's epoch.
             conn.execute(update(TENANTS).where(TENANTS.c.tenant == tenant).values(epoch=TENANTS.c.epoch + 1))
         return removed
+
+    def _check_unchanged(self, conn: Connection, tenant: str, unchanged_since: int, seq: int) -> None:
+        """``forget``'s check that a copied tenant is as it was copied (``seq`` is its counter just bumped)."""
+        if seq != unchanged_since + 1:
+            raise TenantChanged(
+                f"tenant {tenant!r} was written to after its copy was taken (change counter {unchanged_since} "
+                f"then, {seq - 1} now); nothing of it was removed"
+            )
+        unfinished = select(func.count()).select_from(MANIFESTS)
+        if conn.execute(unfinished.where(MANIFESTS.c.tenant == tenant, MANIFESTS.c.status != "committed")).scalar_one():
+            # An archive run or compaction under way: its commit would follow rows the copy has hot, and its objects,
+            # which it deletes if it finds its manifest gone, may be what the copy's manifests name.
+            raise TenantChanged(
+                f"tenant {tenant!r} has an archive run or compaction under way (a manifest not committed); "
+                "nothing of it was removed"
+            )
 
     def _forget_subject(self, conn: Connection, tenant: str, subject: str, mentions: Any) -> dict[str, int]:
         removed: dict[str, int] = {}

@@ -42,6 +42,11 @@ class Limits:
     max_text_bytes: int = 65_536
     max_metadata_bytes: int = 16_384
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        """The limits of ``engram.settings.Settings`` (``ENGRAM_MAX_TEXT_BYTES``, ``ENGRAM_MAX_METADATA_BYTES``)."""
+        return cls(settings.max_text_bytes, settings.max_metadata_bytes)
+
 
 @dataclass
 class CleanEvent:

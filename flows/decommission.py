@@ -26,6 +26,7 @@ from tasks.service import (
     count_set_aside,
     default_archive_block,
     list_tenants,
+    migrate_target_store,
     move_tenant_to_store,
     pause_schedules,
     publish_audit_report,
@@ -111,6 +112,7 @@ def migrate_memory(
             return "unavailable: store-to-store export is not installed (engram.portable)"
         if not staging_url:
             return "unavailable: a store-to-store move needs staging_url (a folder or s3:// prefix for the export)"
+        migrate_target_store(target)
         moved: dict[str, int] = {}
         removed: dict[str, Any] = {}
         for name in [tenant] if tenant else list_tenants(url):

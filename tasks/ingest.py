@@ -33,8 +33,7 @@ def gate_sensory_batch(events: pd.DataFrame, max_reject_fraction: float):  # noq
     # The limits ``observe`` checked the events against when they were written (ENGRAM_MAX_TEXT_BYTES): with the
     # defaults instead, events accepted under a raised limit would be rejected here, and a batch of them would fail
     # the gate as a whole on every run.
-    settings = Settings()
-    limits = Limits(settings.max_text_bytes, settings.max_metadata_bytes)
+    limits = Limits.from_settings(Settings())
     try:
         return validate_sensory_batch(events, limits, max_reject_fraction=max_reject_fraction)
     except QualityGateFailed as exc:

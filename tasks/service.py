@@ -8,7 +8,7 @@ could not act), so a provision run says exactly what it changed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import task
@@ -252,8 +252,6 @@ def record_measurements(
 ) -> int:
     """Write the run's measurements (and one per health check) to the ``metrics`` table, and delete those taken
     more than ``ENGRAM_METRICS_RETENTION_DAYS`` before ``as_of``."""
-    from datetime import timedelta
-
     from engram.settings import Settings
 
     rows = [m.row(as_of, current_run_id()) for m in [*measurements, *health_measurements(checks)]]
@@ -470,8 +468,8 @@ def move_tenant_to_store(
     staging: str,
     replace_in_target: bool,
 ) -> dict[str, Any]:
-    """Export one tenant and import it into the target store (``engram.portable``: every file read back and every
-    table's rows counted again in the target before the import commits).
+    """Export one tenant and import it into the target store, migrated by ``migrate_target_store`` (``engram.portable``:
+    every file read back and every table's rows counted again in the target before the import commits).
 
     Returns ``rows`` (imported) and ``source_seq``, the tenant's change counter read before the export: its removal
     from this store checks that nothing was written since. A tenant with nothing left here (moved by an earlier run)
@@ -499,12 +497,23 @@ def move_tenant_to_store(
     dest = f"{staging.rstrip('/')}/{tenant}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
     target = Store(target_store_url)
     try:
-        target.migrate()
         export_tenant(source, tenant, dest, archive_url)
         report = import_tenant(target, dest, archive_url=archive_url, replace=replace_in_target)
     finally:
         target.dispose()
     return {"rows": report.total, "source_seq": seq}
+
+
+@task(retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def migrate_target_store(target_store_url: str) -> None:
+    """Bring the store tenants move to up to the schema, once for the move (``move_tenant_to_store`` expects it)."""
+    from engram.store import Store
+
+    target = Store(target_store_url)
+    try:
+        target.migrate()
+    finally:
+        target.dispose()
 
 
 @task(cache_policy=NO_CACHE)
